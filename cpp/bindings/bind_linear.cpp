@@ -1,0 +1,126 @@
+#include <pybind11/stl.h>
+
+#include <optional>
+
+#include "bind_common.hpp"
+
+namespace ntkflow::bindings {
+
+namespace {
+
+void simulate_linear_py(LinearModel model, const CArray& sigma, const CArray& beta,
+                        InitSpec init, const std::optional<CArray>& u0,
+                        const std::optional<CArray>& w0, Schedule sched, const CArray& times,
+                        Index trajectories, const py::dict& records, bool params_all,
+                        bool reduced) {
+  const Index n = trajectories, m = model.width, d = model.dim, T = times.size();
+  if (n < 1 || m < 1 || d < 1) throw py::value_error("trajectories, width and dim must be >= 1");
+  model.sigma = in_buffer(sigma, d * d, "Sigma");
+  model.beta = in_buffer(beta, d, "beta");
+  if (init.given) {
+    if (!u0 || !w0) throw py::value_error("given initial parameters need u0 and w0");
+    init.u0 = in_buffer(*u0, n * m, "u0");
+    init.w0 = in_buffer(*w0, n * m * d, "w0");
+  }
+  sched.times = times.data();
+  sched.n_times = T;
+  const Index tp = params_all ? T : 1;
+  Records out;
+  out.params_all = params_all;
+  out.loss = out_buffer<double>(records, "loss", {n, T});
+  out.p = out_buffer<double>(records, "p", {n, T, d});
+  out.norm_u2 = out_buffer<double>(records, "norm_u2", {n, T});
+  out.norm_w2 = out_buffer<double>(records, "norm_w2", {n, T});
+  out.alignment = out_buffer<double>(records, "alignment", {n, T});
+  out.ntk = out_buffer<double>(records, "ntk", {n, T, d, d});
+  out.drift = out_buffer<double>(records, "balance_drift", {n, T});
+  out.u = out_buffer<double>(records, "u", {n, tp, m});
+  out.w = out_buffer<double>(records, "W", {n, tp, m, d});
+  out.status = out_buffer<std::int8_t>(records, "status", {n});
+  out.t_fail = out_buffer<double>(records, "t_fail", {n});
+  out.steps = out_buffer<std::int64_t>(records, "steps", {n});
+  out.rejected = out_buffer<std::int64_t>(records, "rejected", {n});
+  out.t_hit = out_buffer<double>(records, "t_hit", {n});
+  run_cancellable([&](CancelToken* token) {
+    if (reduced)
+      simulate_linear_reduced(model, init, sched, n, out, token);
+    else
+      simulate_linear(model, init, sched, n, out, token);
+  });
+}
+
+py::tuple initial_params_py(InitSpec init, const std::optional<CArray>& u0,
+                            const std::optional<CArray>& w0, Index width, Index dim,
+                            Index trajectories, int threads) {
+  if (trajectories < 1 || width < 1 || dim < 1)
+    throw py::value_error("trajectories, width and dim must be >= 1");
+  if (init.given) {
+    if (!u0 || !w0) throw py::value_error("given initial parameters need u0 and w0");
+    init.u0 = in_buffer(*u0, trajectories * width, "u0");
+    init.w0 = in_buffer(*w0, trajectories * width * dim, "w0");
+  }
+  CArray u({trajectories, width});
+  CArray w({trajectories, width, dim});
+  double* up = u.mutable_data();
+  double* wp = w.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    initial_params(init, width, dim, trajectories, up, wp, threads);
+  }
+  return py::make_tuple(u, w);
+}
+
+}  // namespace
+
+void bind_linear(py::module_& m) {
+  // module_local: each instruction-set build is its own module with the same C++ types.
+  py::enum_<Solver>(m, "Solver", py::module_local())
+      .value("euler", Solver::euler)
+      .value("rk4", Solver::rk4)
+      .value("dopri5", Solver::dopri5)
+      .value("gd", Solver::gd);
+
+  py::class_<LinearModel>(m, "LinearModel", py::module_local())
+      .def(py::init<>())
+      .def_readwrite("width", &LinearModel::width)
+      .def_readwrite("dim", &LinearModel::dim)
+      .def_readwrite("kappa", &LinearModel::kappa)
+      .def_readwrite("eta_u", &LinearModel::eta_u)
+      .def_readwrite("eta_w", &LinearModel::eta_w)
+      .def_readwrite("loss_min", &LinearModel::loss_min);
+
+  py::class_<InitSpec>(m, "InitSpec", py::module_local())
+      .def(py::init<>())
+      .def_readwrite("given", &InitSpec::given)
+      .def_readwrite("s_u", &InitSpec::s_u)
+      .def_readwrite("s_w", &InitSpec::s_w)
+      .def_readwrite("correlation", &InitSpec::correlation)
+      .def_readwrite("copy", &InitSpec::copy)
+      .def_readwrite("seed", &InitSpec::seed)
+      .def_readwrite("first_trajectory", &InitSpec::first_trajectory);
+
+  py::class_<Schedule>(m, "Schedule", py::module_local())
+      .def(py::init<>())
+      .def_readwrite("solver", &Schedule::solver)
+      .def_readwrite("dt", &Schedule::dt)
+      .def_readwrite("lr", &Schedule::lr)
+      .def_readwrite("rtol", &Schedule::rtol)
+      .def_readwrite("atol", &Schedule::atol)
+      .def_readwrite("h0", &Schedule::h0)
+      .def_readwrite("max_steps", &Schedule::max_steps)
+      .def_readwrite("loss_threshold", &Schedule::loss_threshold)
+      .def_readwrite("threads", &Schedule::threads);
+
+  m.def("simulate_linear", &simulate_linear_py, py::arg("model"), py::arg("sigma").noconvert(),
+        py::arg("beta").noconvert(), py::arg("init"), py::arg("u0").noconvert() = py::none(),
+        py::arg("w0").noconvert() = py::none(), py::arg("schedule"),
+        py::arg("times").noconvert(), py::arg("trajectories"), py::arg("records"),
+        py::arg("params_all") = false, py::arg("reduced") = false,
+        "Integrate an ensemble of linear two-layer networks into caller-owned record buffers.");
+  m.def("initial_params", &initial_params_py, py::arg("init"),
+        py::arg("u0").noconvert() = py::none(), py::arg("w0").noconvert() = py::none(),
+        py::arg("width"), py::arg("dim"), py::arg("trajectories"), py::arg("threads") = 0,
+        "Initial parameters exactly as simulate_linear draws them: (u, W).");
+}
+
+}  // namespace ntkflow::bindings

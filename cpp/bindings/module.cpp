@@ -1,0 +1,22 @@
+// The extension module. One copy is built per instruction-set level; the Python package
+// imports the best one the CPU runs (ntkflow/_core.py).
+#include "bind_common.hpp"
+
+#ifndef NTKFLOW_MODULE_NAME
+#define NTKFLOW_MODULE_NAME _core_baseline
+#endif
+
+namespace ntkflow::bindings {
+void bind_linear(py::module_& m);
+}
+
+PYBIND11_MODULE(NTKFLOW_MODULE_NAME, m) {
+  namespace py = pybind11;
+  m.doc() = "ntkflow compiled core (private: use the ntkflow package)";
+  ntkflow::bindings::bind_linear(m);
+  m.def("build_isa", &ntkflow::build_isa);
+  m.def("build_compiler", &ntkflow::build_compiler);
+  m.def("eigen_version", &ntkflow::eigen_version);
+  m.def("max_threads", &ntkflow::max_threads);
+  m.def("cpu_best_isa", &ntkflow::cpu_best_isa);
+}

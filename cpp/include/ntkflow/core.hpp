@@ -1,0 +1,130 @@
+// Public interface of the ntkflow core: plain C++17 + Eigen, no Python.
+//
+// Every array crossing this interface is a caller-owned, C-contiguous (row-major) float64
+// buffer described by a raw pointer; shapes are given per field. The core never allocates
+// record storage: the caller sizes it (and checks it against a memory budget) first.
+#pragma once
+
+#include <Eigen/Core>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+namespace ntkflow {
+
+using Index = std::int64_t;
+using RowMatrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Vector = Eigen::VectorXd;
+
+/// Per-trajectory outcome codes stored in `Records::status`.
+enum class Status : std::int8_t { ok = 0, diverged = 1, step_limit = 2 };
+
+/// Time steppers. `gd` is gradient descent: explicit Euler whose clock counts steps.
+enum class Solver : std::int32_t { euler = 0, rk4 = 1, dopri5 = 2, gd = 3 };
+
+/// Raised (and turned into KeyboardInterrupt by the bindings) when the cancel hook fires.
+struct Cancelled : std::runtime_error {
+  Cancelled() : std::runtime_error("ntkflow: run cancelled") {}
+};
+
+/// Cooperative cancellation. `poll` is called only from the thread that started the run,
+/// at most every `interval_s` seconds; any thread may read `stop`.
+struct CancelToken {
+  std::function<bool()> poll;
+  double interval_s = 0.1;
+  std::atomic<bool> stop{false};
+  std::int64_t last_poll_ns = 0;  ///< touched by the starting thread only
+};
+
+/// Linear two-layer network f(x) = kappa u^T W x trained on population moments.
+/// The loss is written as L = loss_min + 1/2 r^T Sigma r with r = kappa p - beta,
+/// p = W^T u, beta = Sigma^+ b: algebraically the dataset loss of THEORY §0 but free of
+/// the cancellation in 1/2 kappa^2 p^T Sigma p - kappa p^T b + const near the minimum.
+struct LinearModel {
+  Index width = 1;           ///< m >= 1
+  Index dim = 1;             ///< d >= 1
+  double kappa = 1.0;        ///< output scale > 0
+  double eta_u = 1.0;        ///< learning rate of u, >= 0
+  double eta_w = 1.0;        ///< learning rate of W, >= 0
+  const double* sigma = nullptr;  ///< (dim, dim) symmetric PSD second moment
+  const double* beta = nullptr;   ///< (dim,) minimum-norm solution of Sigma beta = b
+  double loss_min = 0.0;          ///< L* >= 0
+};
+
+/// How initial parameters are obtained.
+struct InitSpec {
+  bool given = false;           ///< true: copy u0 / w0; false: draw Gaussians
+  double s_u = 1.0;             ///< u_i ~ N(0, s_u^2)
+  double s_w = 1.0;             ///< W_ik ~ N(0, s_w^2 / d)
+  double correlation = 0.0;     ///< corr(u_i, W_ik) in [-1, 1]
+  bool copy = false;            ///< W_ik = s_w / (s_u sqrt(d)) u_i exactly
+  std::uint64_t seed = 0;
+  Index first_trajectory = 0;   ///< global index of the first trajectory of this call
+  const double* u0 = nullptr;   ///< (trajectories, width) when given
+  const double* w0 = nullptr;   ///< (trajectories, width, dim) when given
+};
+
+/// Time stepping and record schedule. For gd the clock counts steps: record_times are
+/// whole step numbers and each step moves the parameters by `lr` times the flow field.
+struct Schedule {
+  Solver solver = Solver::dopri5;
+  double dt = 0.01;             ///< euler / rk4: largest step; the step is shortened
+                                ///< uniformly so that each record time is hit exactly
+  double lr = 0.1;              ///< gd: learning rate
+  double rtol = 1e-9, atol = 1e-12;  ///< dopri5 tolerances
+  double h0 = 0.0;              ///< dopri5 first step, 0 = automatic (Hairer's rule)
+  std::int64_t max_steps = 0;   ///< attempted-step limit per trajectory, 0 = none
+  const double* times = nullptr;  ///< (n_times,) non-decreasing, >= 0
+  Index n_times = 0;
+  double loss_threshold = -1.0; ///< < 0: off; else record first time with loss <= it
+  int threads = 0;              ///< 0: OpenMP default
+};
+
+/// Where results go. Null pointers are not recorded. Shapes use T = n_times.
+struct Records {
+  double* loss = nullptr;       ///< (n, T)
+  double* p = nullptr;          ///< (n, T, d)
+  double* norm_u2 = nullptr;    ///< (n, T)
+  double* norm_w2 = nullptr;    ///< (n, T)
+  double* alignment = nullptr;  ///< (n, T) ||W^T u|| / (||u|| ||W||_F)
+  double* ntk = nullptr;        ///< (n, T, d, d) kappa^2 (eta_u W^T W + eta_w ||u||^2 I)
+  double* drift = nullptr;      ///< (n, T) relative drift of eta_w ||u||^2 - eta_u ||W||^2
+  double* u = nullptr;          ///< (n, Tp, m) parameters, Tp = T if params_all else 1
+  double* w = nullptr;          ///< (n, Tp, m, d)
+  bool params_all = false;      ///< true: u, w at every record time; false: at the end
+  std::int8_t* status = nullptr;    ///< (n,) Status
+  double* t_fail = nullptr;         ///< (n,) time of divergence / step limit, NaN if ok
+  std::int64_t* steps = nullptr;    ///< (n,) accepted steps
+  std::int64_t* rejected = nullptr; ///< (n,) rejected dopri5 steps
+  double* t_hit = nullptr;          ///< (n,) first time loss <= threshold, NaN if never
+};
+
+/// Integrate `trajectories` independent runs of the full m(1 + d)-parameter system.
+/// Trajectory k is a pure function of (model, init.seed, init.first_trajectory + k,
+/// schedule): OpenMP over trajectories never changes a bit. Throws Cancelled.
+void simulate_linear(const LinearModel& model, const InitSpec& init, const Schedule& sched,
+                     Index trajectories, const Records& out, CancelToken* cancel);
+
+/// Same records, integrating the width-independent reduced system of THEORY §B.1
+/// (p, M = W^T W, a = ||u||^2): exact for any width, O(d^2) per step. `out.u`/`out.w`
+/// must be null (the reduced state does not contain the parameters).
+void simulate_linear_reduced(const LinearModel& model, const InitSpec& init,
+                             const Schedule& sched, Index trajectories, const Records& out,
+                             CancelToken* cancel);
+
+/// Draw (or copy) initial parameters exactly as simulate_linear does.
+/// u: (trajectories, width), w: (trajectories, width, dim), written in place.
+void initial_params(const InitSpec& init, Index width, Index dim, Index trajectories,
+                    double* u, double* w, int threads);
+
+/// Compile-time facts about this build: instruction-set level, compiler, Eigen version.
+std::string build_isa();
+std::string build_compiler();
+std::string eigen_version();
+int max_threads();
+/// Highest instruction-set level this CPU runs: "x86-64-v4", "x86-64-v3" or "baseline".
+std::string cpu_best_isa();
+
+}  // namespace ntkflow

@@ -1,0 +1,101 @@
+// Initial parameters. Compiled with -ffp-contract=off so that every instruction-set build
+// of the core draws the same bits for the same (seed, trajectory).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "ntkflow/core.hpp"
+#include "ntkflow/philox.hpp"
+
+namespace ntkflow {
+namespace detail {
+
+/// Trajectory k (local to this call) of an ensemble: u (width), w (width x dim, row-major).
+/// Normals 0..m-1 of the stream give u; normals m..m(1+d)-1 give the independent part of W,
+/// so W_ik = s_w / sqrt(d) (rho g_i + sqrt(1 - rho^2) h_ik) has corr(u_i, W_ik) = rho.
+void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w) {
+  const Index m = width, d = dim;
+  if (init.given) {
+    std::copy(init.u0 + k * m, init.u0 + (k + 1) * m, u);
+    std::copy(init.w0 + k * m * d, init.w0 + (k + 1) * m * d, w);
+    return;
+  }
+  const Philox rng(init.seed, static_cast<std::uint64_t>(init.first_trajectory + k));
+  rng.normals(0, static_cast<std::uint64_t>(m), u);  // g
+  const double sw = init.s_w / std::sqrt(static_cast<double>(d));
+  if (init.copy) {
+    const double ratio = sw / init.s_u;
+    for (Index i = 0; i < m; ++i) u[i] *= init.s_u;
+    for (Index i = 0; i < m; ++i)
+      for (Index c = 0; c < d; ++c) w[i * d + c] = ratio * u[i];
+    return;
+  }
+  rng.normals(static_cast<std::uint64_t>(m), static_cast<std::uint64_t>(m * d), w);  // h
+  const double rho = init.correlation;
+  const double rho_c = std::sqrt(std::max(0.0, 1.0 - rho * rho));
+  for (Index i = 0; i < m; ++i) {
+    const double gi = u[i];
+    for (Index c = 0; c < d; ++c) w[i * d + c] = sw * (rho * gi + rho_c * w[i * d + c]);
+    u[i] = init.s_u * gi;
+  }
+}
+
+}  // namespace detail
+
+void initial_params(const InitSpec& init, Index width, Index dim, Index trajectories, double* u,
+                    double* w, int threads) {
+  const int nt = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (Index k = 0; k < trajectories; ++k)
+    detail::draw_initial(init, width, dim, k, u + k * width, w + k * width * dim);
+}
+
+std::string build_isa() {
+#if defined(NTKFLOW_ISA_NAME)
+  return NTKFLOW_ISA_NAME;
+#else
+  return "unknown";
+#endif
+}
+
+std::string build_compiler() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return "gcc " + std::to_string(__GNUC__) + "." + std::to_string(__GNUC_MINOR__) + "." +
+         std::to_string(__GNUC_PATCHLEVEL__);
+#else
+  return "unknown";
+#endif
+}
+
+std::string eigen_version() {
+  return std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
+         std::to_string(EIGEN_MINOR_VERSION);
+}
+
+int max_threads() { return omp_get_max_threads(); }
+
+}  // namespace ntkflow
+
+namespace ntkflow {
+
+std::string cpu_best_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  // libgcc's checks include the OS (XGETBV) support of the AVX / AVX-512 register state.
+  const bool v3 = __builtin_cpu_supports("avx") && __builtin_cpu_supports("avx2") &&
+                  __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+                  __builtin_cpu_supports("bmi2");
+  const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                  __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                  __builtin_cpu_supports("avx512cd");
+  return v4 ? "x86-64-v4" : v3 ? "x86-64-v3" : "baseline";
+#else
+  return "baseline";
+#endif
+}
+
+}  // namespace ntkflow

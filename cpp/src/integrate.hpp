@@ -1,0 +1,291 @@
+// Time integrators shared by every system of the core (private header).
+//
+// A System provides
+//   Index size() const;                        length of the flat state
+//   double field(const double* y, double* dy,  flow field dy = -eta * grad L at y; returns
+//                bool want_dloss, double* dl); L(y) and, on request, dL/dt along the flow
+//   void record(const double* y, Index j);     observables at record slot j
+//   void record_params(const double* y, Index j);
+//   void fail_from(Index j);                   NaN into record slots j, j+1, ...
+// Integrators never allocate: they work in a caller-provided buffer of
+// workspace_size(n) doubles, so one buffer per thread serves every trajectory.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "ntkflow/core.hpp"
+
+namespace ntkflow::detail {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+struct Outcome {
+  Status status = Status::ok;
+  double t_fail = kNaN;
+  std::int64_t steps = 0;
+  std::int64_t rejected = 0;
+  double t_hit = kNaN;
+};
+
+inline Index workspace_size(Index n) { return 9 * n; }
+
+/// True once the user asked to stop. Only the thread that started the run (OpenMP
+/// thread 0) calls the hook, and at most every interval_s, because the hook takes the GIL.
+inline bool cancel_requested(CancelToken* cancel) {
+  if (cancel == nullptr) return false;
+  if (cancel->stop.load(std::memory_order_relaxed)) return true;
+  if (cancel->poll && omp_get_thread_num() == 0) {
+    const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 std::chrono::steady_clock::now().time_since_epoch())
+                                 .count();
+    if (now - cancel->last_poll_ns >= static_cast<std::int64_t>(cancel->interval_s * 1e9)) {
+      cancel->last_poll_ns = now;
+      if (cancel->poll()) cancel->stop.store(true, std::memory_order_relaxed);
+    }
+  }
+  return cancel->stop.load(std::memory_order_relaxed);
+}
+
+/// First time in (t0, t1] where the cubic Hermite interpolant of the loss (values l0, l1,
+/// time derivatives d0, d1) reaches `level`, by bisection: fourth-order accurate like the
+/// steppers themselves, instead of rounding the crossing to a step or record time.
+inline double hermite_crossing(double t0, double t1, double l0, double l1, double d0, double d1,
+                               double level) {
+  const double h = t1 - t0;
+  auto value = [&](double s) {
+    const double s2 = s * s, s3 = s2 * s;
+    return (2 * s3 - 3 * s2 + 1) * l0 + (s3 - 2 * s2 + s) * h * d0 + (-2 * s3 + 3 * s2) * l1 +
+           (s3 - s2) * h * d1;
+  };
+  double lo = 0.0, hi = 1.0;
+  for (int it = 0; it < 60; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    (value(mid) > level ? lo : hi) = mid;
+  }
+  return t0 + hi * h;
+}
+
+/// Bookkeeping common to all steppers: loss threshold crossings and cancellation polls.
+struct StepWatch {
+  double level;
+  bool discrete;  // gd: the crossing is the step index itself
+  bool want_dloss() const { return level >= 0 && !discrete; }
+  void after_step(Outcome& o, double t0, double t1, double l0, double l1, double d0,
+                  double d1) const {
+    if (level < 0 || !std::isnan(o.t_hit) || !(l1 <= level)) return;
+    o.t_hit = discrete ? t1 : hermite_crossing(t0, t1, l0, l1, d0, d1, level);
+  }
+};
+
+/// Marks the run failed at time t; records from slot j on become NaN.
+template <class System>
+Outcome& fail(System& sys, Outcome& o, Status status, double t, Index j, const double* y,
+              bool params_all) {
+  o.status = status;
+  o.t_fail = t;
+  sys.fail_from(j);
+  // The state reached is kept (it is finite for a step limit): nothing computed is lost.
+  if (!params_all) sys.record_params(y, 0);
+  return o;
+}
+
+/// Euler, classical rk4 and gradient descent. The flow is advanced between consecutive
+/// record times in equal steps no longer than dt, so every record time is hit exactly.
+/// For gd the clock counts steps and each step moves the state by lr * field.
+template <class System>
+Outcome integrate_fixed(System& sys, double* y, const Schedule& s, double* ws,
+                        CancelToken* cancel, bool params_all) {
+  const Index n = sys.size();
+  double* k1 = ws;
+  double* k2 = ws + n;
+  double* k3 = ws + 2 * n;
+  double* k4 = ws + 3 * n;
+  double* tmp = ws + 4 * n;
+  const bool gd = s.solver == Solver::gd;
+  const bool rk4 = s.solver == Solver::rk4;
+  const double scale = gd ? s.lr : 1.0;
+  const StepWatch watch{s.loss_threshold, gd};
+  Outcome o;
+  double d0 = 0.0, d1 = 0.0;
+  double l0 = sys.field(y, k1, watch.want_dloss(), &d0);
+  if (!std::isfinite(l0)) return fail(sys, o, Status::diverged, 0.0, 0, y, params_all);
+  if (s.loss_threshold >= 0 && l0 <= s.loss_threshold) o.t_hit = 0.0;
+  double t = 0.0;
+  for (Index j = 0; j < s.n_times; ++j) {
+    const double tj = s.times[j];
+    if (tj > t) {
+      const double span = tj - t;
+      const std::int64_t nsteps =
+          gd ? std::llround(span)
+             : std::max<std::int64_t>(1, static_cast<std::int64_t>(
+                                             std::ceil(span / s.dt * (1.0 - 1e-12))));
+      const double h = span / static_cast<double>(nsteps);
+      const double hp = h * scale;
+      const double t_start = t;
+      for (std::int64_t i = 0; i < nsteps; ++i) {
+        if (rk4) {
+          for (Index q = 0; q < n; ++q) tmp[q] = y[q] + 0.5 * hp * k1[q];
+          sys.field(tmp, k2, false, nullptr);
+          for (Index q = 0; q < n; ++q) tmp[q] = y[q] + 0.5 * hp * k2[q];
+          sys.field(tmp, k3, false, nullptr);
+          for (Index q = 0; q < n; ++q) tmp[q] = y[q] + hp * k3[q];
+          sys.field(tmp, k4, false, nullptr);
+          const double w = hp / 6.0;
+          for (Index q = 0; q < n; ++q) y[q] += w * (k1[q] + 2.0 * (k2[q] + k3[q]) + k4[q]);
+        } else {
+          for (Index q = 0; q < n; ++q) y[q] += hp * k1[q];
+        }
+        const double t_new = (i + 1 == nsteps) ? tj : t_start + static_cast<double>(i + 1) * h;
+        const double l1 = sys.field(y, k1, watch.want_dloss(), &d1);
+        ++o.steps;
+        if (!std::isfinite(l1)) return fail(sys, o, Status::diverged, t_new, j, y, params_all);
+        watch.after_step(o, t, t_new, l0, l1, d0, d1);
+        t = t_new;
+        l0 = l1;
+        d0 = d1;
+        if ((o.steps & 63) == 0 && cancel_requested(cancel)) throw Cancelled();
+      }
+    }
+    sys.record(y, j);
+    if (params_all) sys.record_params(y, j);
+  }
+  if (!params_all) sys.record_params(y, 0);
+  return o;
+}
+
+/// Dormand-Prince 5(4) with FSAL, per-trajectory error control (RMS norm of
+/// err_i / (atol + rtol max(|y_i|, |y_new_i|))) and steps shortened to land on record times.
+template <class System>
+Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
+                         CancelToken* cancel, bool params_all) {
+  // Butcher tableau (Hairer, Norsett & Wanner, Solving ODEs I, Table 5.2).
+  constexpr double a21 = 1.0 / 5, a31 = 3.0 / 40, a32 = 9.0 / 40, a41 = 44.0 / 45,
+                   a42 = -56.0 / 15, a43 = 32.0 / 9, a51 = 19372.0 / 6561,
+                   a52 = -25360.0 / 2187, a53 = 64448.0 / 6561, a54 = -212.0 / 729,
+                   a61 = 9017.0 / 3168, a62 = -355.0 / 33, a63 = 46732.0 / 5247,
+                   a64 = 49.0 / 176, a65 = -5103.0 / 18656, b1 = 35.0 / 384, b3 = 500.0 / 1113,
+                   b4 = 125.0 / 192, b5 = -2187.0 / 6784, b6 = 11.0 / 84;
+  constexpr double e1 = 71.0 / 57600, e3 = -71.0 / 16695, e4 = 71.0 / 1920,
+                   e5 = -17253.0 / 339200, e6 = 22.0 / 525, e7 = -1.0 / 40;
+  const Index n = sys.size();
+  double* k1 = ws;
+  double* k2 = ws + n;
+  double* k3 = ws + 2 * n;
+  double* k4 = ws + 3 * n;
+  double* k5 = ws + 4 * n;
+  double* k6 = ws + 5 * n;
+  double* k7 = ws + 6 * n;
+  double* yt = ws + 7 * n;
+  double* yn = ws + 8 * n;
+  const StepWatch watch{s.loss_threshold, false};
+  const double inv_n = 1.0 / static_cast<double>(n);
+  Outcome o;
+  double d0 = 0.0, d1 = 0.0;
+  double l0 = sys.field(y, k1, watch.want_dloss(), &d0);
+  if (!std::isfinite(l0)) return fail(sys, o, Status::diverged, 0.0, 0, y, params_all);
+  if (s.loss_threshold >= 0 && l0 <= s.loss_threshold) o.t_hit = 0.0;
+
+  auto rms = [&](const double* v, const double* ref) {
+    double acc = 0.0;
+    for (Index q = 0; q < n; ++q) {
+      const double r = v[q] / (s.atol + s.rtol * std::abs(ref[q]));
+      acc += r * r;
+    }
+    return std::sqrt(acc * inv_n);
+  };
+  double h = s.h0;
+  if (!(h > 0)) {  // Hairer's starting step (Solving ODEs I, II.4)
+    const double dy0 = rms(y, y), df0 = rms(k1, y);
+    double h0 = (dy0 < 1e-5 || df0 < 1e-5) ? 1e-6 : 0.01 * dy0 / df0;
+    for (Index q = 0; q < n; ++q) yt[q] = y[q] + h0 * k1[q];
+    sys.field(yt, k2, false, nullptr);
+    for (Index q = 0; q < n; ++q) k3[q] = (k2[q] - k1[q]) / h0;
+    const double ddf = rms(k3, y);
+    const double big = std::max(df0, ddf);
+    const double h1 = big <= 1e-15 ? std::max(1e-6, h0 * 1e-3) : std::pow(0.01 / big, 0.2);
+    h = std::min(100 * h0, h1);
+  }
+  double t = 0.0;
+  bool last_rejected = false;
+  Index j = 0;
+  while (j < s.n_times) {
+    const double tj = s.times[j];
+    if (tj <= t) {
+      sys.record(y, j);
+      if (params_all) sys.record_params(y, j);
+      ++j;
+      continue;
+    }
+    if (s.max_steps > 0 && o.steps + o.rejected >= s.max_steps)
+      return fail(sys, o, Status::step_limit, t, j, y, params_all);
+    // Land exactly on the record time; a step within 1% of it is stretched, not split.
+    const bool landing = t + 1.01 * h >= tj;
+    const double hs = landing ? tj - t : h;
+    for (Index q = 0; q < n; ++q) yt[q] = y[q] + hs * a21 * k1[q];
+    sys.field(yt, k2, false, nullptr);
+    for (Index q = 0; q < n; ++q) yt[q] = y[q] + hs * (a31 * k1[q] + a32 * k2[q]);
+    sys.field(yt, k3, false, nullptr);
+    for (Index q = 0; q < n; ++q) yt[q] = y[q] + hs * (a41 * k1[q] + a42 * k2[q] + a43 * k3[q]);
+    sys.field(yt, k4, false, nullptr);
+    for (Index q = 0; q < n; ++q)
+      yt[q] = y[q] + hs * (a51 * k1[q] + a52 * k2[q] + a53 * k3[q] + a54 * k4[q]);
+    sys.field(yt, k5, false, nullptr);
+    for (Index q = 0; q < n; ++q)
+      yt[q] = y[q] + hs * (a61 * k1[q] + a62 * k2[q] + a63 * k3[q] + a64 * k4[q] + a65 * k5[q]);
+    sys.field(yt, k6, false, nullptr);
+    for (Index q = 0; q < n; ++q)
+      yn[q] = y[q] + hs * (b1 * k1[q] + b3 * k3[q] + b4 * k4[q] + b5 * k5[q] + b6 * k6[q]);
+    const double l1 = sys.field(yn, k7, watch.want_dloss(), &d1);
+    double acc = 0.0;
+    for (Index q = 0; q < n; ++q) {
+      const double err = hs * (e1 * k1[q] + e3 * k3[q] + e4 * k4[q] + e5 * k5[q] + e6 * k6[q] +
+                               e7 * k7[q]);
+      const double sc = s.atol + s.rtol * std::max(std::abs(y[q]), std::abs(yn[q]));
+      acc += (err / sc) * (err / sc);
+    }
+    const double err = std::sqrt(acc * inv_n);
+    if (err <= 1.0 && std::isfinite(l1)) {
+      const double t_new = landing ? tj : t + hs;
+      ++o.steps;
+      watch.after_step(o, t, t_new, l0, l1, d0, d1);
+      std::swap(y, yn);  // pointers only: the caller's buffer is scratch from here on
+      std::swap(k1, k7);
+      t = t_new;
+      l0 = l1;
+      d0 = d1;
+      // Step-size proposal, safety 0.9, growth capped at 10 (at 1 right after a rejection).
+      double fac = err == 0.0 ? 10.0 : std::min(10.0, std::max(0.2, 0.9 * std::pow(err, -0.2)));
+      if (last_rejected) fac = std::min(fac, 1.0);
+      const double h_next = hs * fac;
+      // A step cut short to land on a record time says nothing against the longer one.
+      h = landing ? std::max(h_next, h) : h_next;
+      last_rejected = false;
+      if ((o.steps & 63) == 0 && cancel_requested(cancel)) throw Cancelled();
+    } else {
+      ++o.rejected;
+      const double fac = std::isfinite(err) ? std::max(0.2, 0.9 * std::pow(err, -0.2)) : 0.1;
+      h = hs * fac;
+      last_rejected = true;
+      // A step this small no longer resolves anything: the flow is blowing up.
+      if (!(h > 1e-14 * std::max(1.0, std::abs(t))))
+        return fail(sys, o, Status::diverged, t, j, y, params_all);
+    }
+  }
+  if (!params_all) sys.record_params(y, 0);
+  return o;
+}
+
+/// Runs the stepper selected by the schedule from the state in `y` (overwritten).
+template <class System>
+Outcome integrate(System& sys, double* y, const Schedule& s, double* ws, CancelToken* cancel,
+                  bool params_all) {
+  if (s.solver == Solver::dopri5) return integrate_dopri5(sys, y, s, ws, cancel, params_all);
+  return integrate_fixed(sys, y, s, ws, cancel, params_all);
+}
+
+}  // namespace ntkflow::detail

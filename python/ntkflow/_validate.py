@@ -1,0 +1,82 @@
+"""Input checks shared by the spec objects: every message names the parameter, the
+allowed range and the value received."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class MemoryBudgetError(ValueError, MemoryError):
+    """A requested allocation is larger than the memory budget (see ``memory_budget``)."""
+
+
+def require(ok: bool, name: str, rule: str, value: object) -> None:
+    """Raise ``ValueError("<name> <rule>; got <value>")`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name} {rule}; got {_show(value)}")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    return repr(value)
+
+
+def integer(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """An exact integer (numpy integers accepted, bools and floats refused)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer; got {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer; got {value!r}") from None
+    if minimum is not None:
+        require(out >= minimum, name, f"must be an integer >= {minimum}", value)
+    return out
+
+
+def real(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number in the given range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a real number; got {value!r}")
+    out = float(value)
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    rng = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    ok = math.isfinite(out)
+    if low is not None:
+        ok = ok and (out > low if low_open else out >= low)
+    if high is not None:
+        ok = ok and (out < high if high_open else out <= high)
+    require(ok, name, f"must be a finite number in {rng}", value)
+    return out
+
+
+def array(
+    value: Any, name: str, *, ndim: int | tuple[int, ...], finite: bool = True
+) -> NDArray[np.float64]:
+    """A C-contiguous float64 copy of ``value``, checked for rank and finiteness."""
+    try:
+        out = np.array(value, dtype=np.float64, order="C", copy=True)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an array of real numbers; got {value!r}") from None
+    ranks = (ndim,) if isinstance(ndim, int) else ndim
+    require(out.ndim in ranks, name, f"must have {' or '.join(map(str, ranks))} dimensions", out)
+    if finite and not np.all(np.isfinite(out)):
+        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+        raise ValueError(f"{name} must be finite; got {bad} NaN or infinite entries")
+    out.setflags(write=False)
+    return out

@@ -1,0 +1,422 @@
+"""Spec objects: what to simulate. Each is frozen and checked when it is built, so a bad
+value fails before any work starts, with a message naming the parameter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Union
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ._validate import array, integer, real, require
+
+Activation = Literal["linear", "relu", "tanh", "erf"]
+ACTIVATIONS: tuple[str, ...] = ("linear", "relu", "tanh", "erf")
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TwoLayer:
+    """Two-layer network ``f(x) = kappa * sum_i u_i act(w_i . x)`` (THEORY §0).
+
+    Parameters
+    ----------
+    width : int
+        Number of hidden units m, >= 1.
+    act : {"linear", "relu", "tanh", "erf"}
+        Activation.
+    kappa : float
+        Output scale, > 0.
+    """
+
+    width: int
+    act: Activation = "linear"
+    kappa: float = 1.0
+
+    def __post_init__(self) -> None:
+        _set(self, "width", integer(self.width, "width", minimum=1))
+        require(self.act in ACTIVATIONS, "act", f"must be one of {ACTIVATIONS}", self.act)
+        _set(self, "kappa", real(self.kappa, "kappa", low=0.0, low_open=True))
+
+
+class MomentData(NamedTuple):
+    """The data as a linear network sees it: ``L(p) = loss_min + 1/2 r^T Sigma r`` with
+    ``r = kappa p - beta`` and ``beta = Sigma^+ b`` (the minimum-norm minimiser)."""
+
+    Sigma: NDArray[np.float64]  # (dim, dim)
+    b: NDArray[np.float64]  # (dim,)
+    beta: NDArray[np.float64]  # (dim,)
+    loss_min: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LatentLine:
+    """One-dimensional population data (THEORY §A): ``Sigma = sigma``, ``b = sigma * beta``.
+
+    Parameters
+    ----------
+    beta : float
+        Target slope beta*, any sign.
+    sigma : float
+        Input second moment, > 0.
+    loss_min : float
+        Irreducible loss L* >= 0 (label noise).
+    """
+
+    beta: float = 1.0
+    sigma: float = 1.0
+    loss_min: float = 0.0
+
+    def __post_init__(self) -> None:
+        _set(self, "beta", real(self.beta, "beta"))
+        _set(self, "sigma", real(self.sigma, "sigma", low=0.0, low_open=True))
+        _set(self, "loss_min", real(self.loss_min, "loss_min", low=0.0))
+
+    @property
+    def dim(self) -> int:
+        return 1
+
+    def moments(self) -> MomentData:
+        s = np.array([[self.sigma]])
+        return MomentData(s, np.array([self.sigma * self.beta]), np.array([self.beta]),
+                          self.loss_min)
+
+
+def _pinv_solve(Sigma: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+    vals, vecs = np.linalg.eigh(Sigma)
+    cut = max(vals.max(initial=0.0), 0.0) * Sigma.shape[0] * np.finfo(float).eps * 16
+    inv = np.where(vals > cut, 1.0 / np.where(vals > cut, vals, 1.0), 0.0)
+    beta: NDArray[np.float64] = vecs @ (inv * (vecs.T @ b))
+    return beta
+
+
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class Moments:
+    """Population moments ``Sigma = E[x x^T]``, ``b = E[x y]`` and optionally ``y2 = E[y^2]``.
+
+    Parameters
+    ----------
+    Sigma : array (dim, dim)
+        Symmetric positive semi-definite, not zero.
+    b : array (dim,)
+        Must lie in the range of Sigma (it does for any real distribution).
+    y2 : float, optional
+        ``E[y^2]``; fixes the loss constant. Without it the minimum loss is taken as 0.
+    """
+
+    Sigma: Any
+    b: Any
+    y2: float | None = None
+    _moments: MomentData = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        S = array(self.Sigma, "Sigma", ndim=(0, 2))
+        if S.ndim == 0:
+            S = array(S.reshape(1, 1), "Sigma", ndim=2)
+        d = S.shape[0]
+        require(S.shape == (d, d) and d >= 1, "Sigma", "must be a square (dim, dim) array", S)
+        b = array(self.b, "b", ndim=(0, 1)).reshape(-1)
+        require(b.shape == (d,), "b", f"must have shape ({d},) to match Sigma", b)
+        scale = float(np.max(np.abs(S)))
+        require(scale > 0, "Sigma", "must not be zero", S)
+        asym = float(np.max(np.abs(S - S.T)))
+        require(asym <= 1e-12 * scale, "Sigma",
+                f"must be symmetric (max |Sigma - Sigma^T| = {asym:.3g})", S)
+        lam_min = float(np.linalg.eigvalsh(S).min())
+        require(lam_min >= -1e-12 * scale * d, "Sigma",
+                f"must be positive semi-definite (smallest eigenvalue {lam_min:.3g})", S)
+        beta = _pinv_solve(S, b)
+        miss = float(np.linalg.norm(S @ beta - b))
+        require(miss <= 1e-9 * (float(np.linalg.norm(b)) + scale * float(np.linalg.norm(beta))),
+                "b", "must lie in the range of Sigma", b)
+        loss_min = 0.0
+        if self.y2 is not None:
+            y2 = real(self.y2, "y2", low=0.0)
+            floor = float(b @ beta)
+            require(y2 >= floor * (1 - 1e-12), "y2",
+                    f"must be >= b^T Sigma^+ b = {floor:.6g} (E[y^2] >= explained part)", y2)
+            loss_min = max(0.0, 0.5 * (y2 - floor))
+        S.setflags(write=False)
+        b.setflags(write=False)
+        beta.setflags(write=False)
+        _set(self, "Sigma", S)
+        _set(self, "b", b)
+        _set(self, "_moments", MomentData(S, b, beta, loss_min))
+
+    @property
+    def dim(self) -> int:
+        return int(self.Sigma.shape[0])
+
+    def moments(self) -> MomentData:
+        return self._moments
+
+
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class Dataset:
+    """A training set ``X`` (samples, dim) and targets ``y`` (samples,).
+
+    A linear network sees it only through its moments, which are computed once (the loss
+    reported is this dataset's own ``1/(2n) sum_j (f(x_j) - y_j)^2``).
+    """
+
+    X: Any
+    y: Any
+    _moments: MomentData | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        X = array(self.X, "X", ndim=(1, 2))
+        if X.ndim == 1:
+            X = array(X.reshape(-1, 1), "X", ndim=2)
+        n, d = X.shape
+        require(n >= 1 and d >= 1, "X", "must have at least one sample and one feature", X)
+        y = array(self.y, "y", ndim=(1, 2))
+        require(y.shape in ((n,), (n, 1)), "y", f"must have shape ({n},) to match X", y)
+        _set(self, "X", X)
+        _set(self, "y", np.ascontiguousarray(y.reshape(n)))
+        require(bool(np.any(X != 0)), "X", "must not be all zero", X)
+
+    @property
+    def dim(self) -> int:
+        return int(self.X.shape[1])
+
+    @property
+    def samples(self) -> int:
+        return int(self.X.shape[0])
+
+    def moments(self) -> MomentData:
+        if self._moments is None:
+            X, y = self.X, self.y
+            n = X.shape[0]
+            Sigma = (X.T @ X) / n
+            Sigma = 0.5 * (Sigma + Sigma.T)
+            b = (X.T @ y) / n
+            # Least squares on X itself: beta solves the normal equations and the residual
+            # gives L* without the cancellation of E[y^2] - b^T beta.
+            beta = np.linalg.lstsq(X, y, rcond=None)[0]
+            resid = X @ beta - y
+            loss_min = 0.5 * float(resid @ resid) / n
+            _set(self, "_moments", MomentData(Sigma, b, beta, loss_min))
+        assert self._moments is not None
+        return self._moments
+
+
+Data = Union[LatentLine, Moments, Dataset]
+
+Solver = Literal["euler", "rk4", "dopri5"]
+SOLVERS: tuple[str, ...] = ("euler", "rk4", "dopri5")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GradientFlow:
+    """Gradient flow ``du/dt = -eta_u dL/du``, ``dW/dt = -eta_w dL/dW`` on [0, t_max].
+
+    Parameters
+    ----------
+    eta_u, eta_w : float
+        Layer-wise learning rates, >= 0 (0 freezes the layer).
+    t_max : float
+        Horizon, > 0.
+    solver : {"dopri5", "rk4", "euler"}
+        dopri5: adaptive Dormand-Prince 5(4), error control per trajectory with rtol/atol.
+        rk4, euler: fixed steps no longer than dt, shortened to land on every record time.
+    dt : float
+        Largest step of the fixed-step solvers, > 0.
+    rtol, atol : float
+        dopri5 tolerances, > 0.
+    max_steps : int
+        Attempted-step limit per trajectory (dopri5); a trajectory reaching it is marked
+        ``step_limit``.
+    """
+
+    eta_u: float = 1.0
+    eta_w: float = 1.0
+    t_max: float = 10.0
+    solver: Solver = "dopri5"
+    dt: float = 0.01
+    rtol: float = 1e-9
+    atol: float = 1e-12
+    max_steps: int = 10_000_000
+
+    def __post_init__(self) -> None:
+        _set(self, "eta_u", real(self.eta_u, "eta_u", low=0.0))
+        _set(self, "eta_w", real(self.eta_w, "eta_w", low=0.0))
+        _set(self, "t_max", real(self.t_max, "t_max", low=0.0, low_open=True))
+        require(self.solver in SOLVERS, "solver", f"must be one of {SOLVERS}", self.solver)
+        _set(self, "dt", real(self.dt, "dt", low=0.0, low_open=True))
+        _set(self, "rtol", real(self.rtol, "rtol", low=0.0, low_open=True, high=1.0))
+        _set(self, "atol", real(self.atol, "atol", low=0.0, low_open=True))
+        _set(self, "max_steps", integer(self.max_steps, "max_steps", minimum=1))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GradientDescent:
+    """Full-batch gradient descent: ``u -= lr * eta_u * dL/du``, ``W -= lr * eta_w * dL/dW``.
+
+    Record times are step numbers in [0, steps].
+    """
+
+    lr: float = 0.1
+    steps: int = 1000
+    eta_u: float = 1.0
+    eta_w: float = 1.0
+
+    def __post_init__(self) -> None:
+        _set(self, "lr", real(self.lr, "lr", low=0.0, low_open=True))
+        _set(self, "steps", integer(self.steps, "steps", minimum=1))
+        _set(self, "eta_u", real(self.eta_u, "eta_u", low=0.0))
+        _set(self, "eta_w", real(self.eta_w, "eta_w", low=0.0))
+
+    @property
+    def t_max(self) -> float:
+        return float(self.steps)
+
+
+Training = Union[GradientFlow, GradientDescent]
+
+
+@dataclass(frozen=True, slots=True)
+class Gaussian:
+    """``u_i ~ N(0, s_u^2)``, ``W_ik ~ N(0, s_w^2/d)``, drawn in the core from a counter-based
+    generator keyed by (seed, trajectory index).
+
+    Parameters
+    ----------
+    s_u, s_w : float
+        Standard deviations, >= 0.
+    correlation : float in [-1, 1] or "copy"
+        ``corr(u_i, W_ik)`` (THEORY §E.4's rho0). "copy" sets ``W_ik = s_w/(s_u sqrt d) u_i``
+        exactly, an init with ``u`` parallel to every column of ``W``.
+    """
+
+    s_u: float = 1.0
+    s_w: float = 1.0
+    correlation: float | Literal["copy"] = 0.0
+
+    def __post_init__(self) -> None:
+        _set(self, "s_u", real(self.s_u, "s_u", low=0.0))
+        _set(self, "s_w", real(self.s_w, "s_w", low=0.0))
+        if self.correlation == "copy":
+            require(self.s_u > 0, "s_u", 'must be > 0 with correlation="copy"', self.s_u)
+        else:
+            _set(self, "correlation",
+                 real(self.correlation, "correlation", low=-1.0, high=1.0))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Params:
+    """Explicit parameters: ``u0`` (trajectories, width), ``W0`` (trajectories, width, dim).
+
+    ``W0`` of shape (trajectories, width) is read as dim = 1.
+    """
+
+    u0: Any
+    W0: Any
+
+    def __post_init__(self) -> None:
+        u = array(self.u0, "u0", ndim=(1, 2))
+        single = u.ndim == 1  # one trajectory: u0 (width,), W0 (width,) or (width, dim)
+        if single:
+            u = array(u.reshape(1, -1), "u0", ndim=2)
+        n, m = u.shape
+        require(n >= 1 and m >= 1, "u0", "must have shape (trajectories >= 1, width >= 1)", u)
+        W = array(self.W0, "W0", ndim=(1, 2, 3))
+        if single and W.ndim <= 2:
+            W = W.reshape(1, W.shape[0], -1)
+        elif W.ndim == 2:
+            W = W.reshape(W.shape[0], W.shape[1], 1)
+        require(W.ndim == 3 and W.shape[:2] == (n, m) and W.shape[2] >= 1, "W0",
+                f"must have shape ({n}, {m}, dim) to match u0", W)
+        W = np.ascontiguousarray(W)
+        W.setflags(write=False)
+        _set(self, "u0", u)
+        _set(self, "W0", W)
+
+    @property
+    def trajectories(self) -> int:
+        return int(self.u0.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.u0.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.W0.shape[2])
+
+
+Init = Union[Gaussian, Params]
+
+NtkRecord = Literal["auto", "scalar", "matrix", "none"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+class Record:
+    """What a run keeps, at which times.
+
+    Parameters
+    ----------
+    times : int or array
+        An int n: n times from 0 to t_max, evenly spaced (``spacing="linear"``) or 0 followed
+        by n - 1 log-spaced times from ``t_max * 1e-4`` (``spacing="log"``). An array: any
+        strictly increasing times in [0, t_max] (step numbers for gradient descent). The run
+        ends at the last record time.
+    ntk : {"auto", "scalar", "matrix", "none"}
+        The linear network's kernel ``kappa^2 (eta_u W^T W + eta_w ||u||^2 I)`` (dim, dim),
+        which gives ``K(x, x') = x^T K x'``. "auto": a scalar when dim = 1, else the matrix.
+    params : {None, "final", "all"}
+        Keep the parameters at the end, or at every record time (memory checked first).
+    loss_below : float, optional
+        Also record the first time each trajectory's loss falls to this level, located
+        inside the step by cubic Hermite interpolation (the step number for descent).
+    """
+
+    times: Any = 101
+    spacing: Literal["linear", "log"] = "linear"
+    ntk: NtkRecord = "auto"
+    params: Literal["final", "all"] | None = None
+    loss_below: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.times, (int, np.integer)) and not isinstance(self.times, bool):
+            _set(self, "times", integer(self.times, "times", minimum=1))
+        else:
+            t = array(self.times, "times", ndim=(0, 1)).reshape(-1)
+            require(t.size >= 1, "times", "must not be empty", t)
+            require(bool(np.all(t >= 0)), "times", "must be >= 0", t)
+            require(bool(np.all(np.diff(t) > 0)), "times", "must be strictly increasing", t)
+            t.setflags(write=False)
+            _set(self, "times", t)
+        require(self.spacing in ("linear", "log"), "spacing", 'must be "linear" or "log"',
+                self.spacing)
+        require(self.ntk in ("auto", "scalar", "matrix", "none"), "ntk",
+                'must be "auto", "scalar", "matrix" or "none"', self.ntk)
+        require(self.params in (None, "final", "all"), "params",
+                'must be None, "final" or "all"', self.params)
+        if self.loss_below is not None:
+            _set(self, "loss_below", real(self.loss_below, "loss_below", low=0.0))
+
+    def resolve_times(self, train: Training) -> NDArray[np.float64]:
+        """The record times for this training run (validated against its horizon)."""
+        discrete = isinstance(train, GradientDescent)
+        t_max = train.t_max
+        if isinstance(self.times, int):
+            n = self.times
+            if self.spacing == "log" and n > 1:
+                t = np.concatenate([[0.0], np.geomspace(t_max * 1e-4, t_max, n - 1)])
+            else:
+                t = np.linspace(0.0, t_max, n) if n > 1 else np.array([t_max])
+            if discrete:
+                t = np.unique(np.round(t))
+        else:
+            t = np.asarray(self.times, dtype=np.float64)
+            if discrete:
+                require(bool(np.all(t == np.round(t))), "times",
+                        "must be whole step numbers for GradientDescent", t)
+        require(float(t[-1]) <= t_max, "times",
+                f"must lie in [0, t_max = {t_max:g}] (last record {float(t[-1]):g})", t)
+        out = np.ascontiguousarray(t, dtype=np.float64)
+        return out
