@@ -51,12 +51,21 @@ inline bool cancel_requested(CancelToken* cancel) {
   return cancel->stop.load(std::memory_order_relaxed);
 }
 
-/// First time in (t0, t1] where the cubic Hermite interpolant of the loss (values l0, l1,
-/// time derivatives d0, d1) reaches `level`, by bisection: fourth-order accurate like the
-/// steppers themselves, instead of rounding the crossing to a step or record time.
+/// First time in (t0, t1] where the loss reaches `level`, from its values l0, l1 and time
+/// derivatives d0, d1 at the ends of one step. The cubic Hermite interpolant is built for
+/// log L when the loss is positive: gradient flow losses decay exponentially, which a cubic
+/// in log L follows closely even over the long steps of dopri5.
 inline double hermite_crossing(double t0, double t1, double l0, double l1, double d0, double d1,
                                double level) {
   const double h = t1 - t0;
+  const bool use_log = l0 > 0 && l1 > 0 && level > 0;
+  if (use_log) {
+    d0 /= l0;
+    d1 /= l1;
+    l0 = std::log(l0);
+    l1 = std::log(l1);
+    level = std::log(level);
+  }
   auto value = [&](double s) {
     const double s2 = s * s, s3 = s2 * s;
     return (2 * s3 - 3 * s2 + 1) * l0 + (s3 - 2 * s2 + s) * h * d0 + (-2 * s3 + 3 * s2) * l1 +
