@@ -1,0 +1,104 @@
+"""Bad input fails before any work starts, with a ValueError naming the parameter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ntkflow as nf
+
+NET = nf.TwoLayer(width=4)
+DATA = nf.LatentLine()
+FLOW = nf.GradientFlow(t_max=1.0)
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: nf.TwoLayer(width=0), "width"),
+        (lambda: nf.TwoLayer(width=-3), "width"),
+        (lambda: nf.TwoLayer(width=2.5), "width"),
+        (lambda: nf.TwoLayer(width=4, kappa=0.0), "kappa"),
+        (lambda: nf.TwoLayer(width=4, act="softplus"), "act"),
+        (lambda: nf.GradientFlow(eta_u=-0.1), "eta_u"),
+        (lambda: nf.GradientFlow(eta_w=float("nan")), "eta_w"),
+        (lambda: nf.GradientFlow(t_max=0.0), "t_max"),
+        (lambda: nf.GradientFlow(solver="rk45"), "solver"),
+        (lambda: nf.GradientFlow(dt=-1.0), "dt"),
+        (lambda: nf.GradientFlow(rtol=0.0), "rtol"),
+        (lambda: nf.GradientDescent(lr=-0.1), "lr"),
+        (lambda: nf.GradientDescent(steps=0), "steps"),
+        (lambda: nf.LatentLine(sigma=0.0), "sigma"),
+        (lambda: nf.LatentLine(beta=float("inf")), "beta"),
+        (lambda: nf.Moments(Sigma=[[1.0, np.nan], [np.nan, 1.0]], b=[1.0, 0.0]), "Sigma"),
+        (lambda: nf.Moments(Sigma=[[1.0, 0.5], [0.0, 1.0]], b=[1.0, 0.0]), "Sigma"),
+        (lambda: nf.Moments(Sigma=[[1.0, 0.0], [0.0, -1.0]], b=[1.0, 0.0]), "Sigma"),
+        (lambda: nf.Moments(Sigma=np.ones((2, 3)), b=[1.0, 0.0]), "Sigma"),
+        (lambda: nf.Moments(Sigma=np.eye(2), b=[1.0, 0.0, 2.0]), "b"),
+        (lambda: nf.Moments(Sigma=[[1.0, 0.0], [0.0, 0.0]], b=[1.0, 1.0]), "b"),
+        (lambda: nf.Moments(Sigma=np.eye(2), b=[1.0, 1.0], y2=0.5), "y2"),
+        (lambda: nf.Dataset(X=np.ones((5, 2)), y=np.ones(4)), "y"),
+        (lambda: nf.Dataset(X=[[1.0, np.inf]], y=[1.0]), "X"),
+        (lambda: nf.Gaussian(-1.0, 1.0), "s_u"),
+        (lambda: nf.Gaussian(1.0, 1.0, correlation=1.5), "correlation"),
+        (lambda: nf.Gaussian(0.0, 1.0, correlation="copy"), "s_u"),
+        (lambda: nf.Params(np.ones((2, 3)), np.ones((2, 4, 1))), "W0"),
+        (lambda: nf.Record(times=[0.0, 2.0, 1.0]), "times"),
+        (lambda: nf.Record(times=[0.0, 1.0, 1.0]), "times"),
+        (lambda: nf.Record(times=[-1.0, 1.0]), "times"),
+        (lambda: nf.Record(times=0), "times"),
+        (lambda: nf.Record(ntk="full"), "ntk"),
+        (lambda: nf.Record(params="some"), "params"),
+    ],
+)
+def test_specs_refuse_bad_values(make, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"trajectories": 0}, "trajectories"),
+        ({"seed": -1}, "seed"),
+        ({"threads": 0}, "threads"),
+        ({"record": nf.Record(times=[0.0, 2.0])}, "times"),  # beyond t_max = 1
+        ({"init": nf.Params(np.ones((2, 5)), np.ones((2, 5)))}, "width"),
+        ({"init": nf.Params(np.ones((2, 4)), np.ones((2, 4))), "trajectories": 3},
+         "trajectories"),
+        ({"method": "fast"}, "method"),
+        ({"record": nf.Record(params="final"), "method": "reduced"}, "record.params"),
+    ],
+)
+def test_simulate_refuses_inconsistent_arguments(kwargs, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        nf.simulate(NET, DATA, FLOW, **kwargs)
+
+
+def test_gradient_descent_record_times_are_step_numbers() -> None:
+    with pytest.raises(ValueError, match="times"):
+        nf.simulate(NET, DATA, nf.GradientDescent(steps=10), record=nf.Record(times=[0, 2.5]))
+
+
+def test_memory_budget_is_checked_before_allocating() -> None:
+    nf.set_memory_budget(1e6)
+    try:
+        with pytest.raises(nf.MemoryBudgetError, match="GiB") as info:
+            nf.simulate(NET, DATA, FLOW, trajectories=10_000, record=nf.Record(times=1000))
+        assert isinstance(info.value, ValueError) and isinstance(info.value, MemoryError)
+    finally:
+        nf.set_memory_budget(None)
+
+
+def test_dataset_loss_is_the_datasets_own() -> None:
+    # A linear network on (X, y) is reduced to moments; the loss reported must still be
+    # 1/(2n) sum (f(x_j) - y_j)^2 evaluated directly on the data.
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(50, 3)), rng.normal(size=50)
+    res = nf.simulate(nf.TwoLayer(width=6, kappa=0.5), nf.Dataset(X=X, y=y),
+                      nf.GradientFlow(t_max=2.0), trajectories=2,
+                      record=nf.Record(times=[0.0, 1.0, 2.0]))
+    f = 0.5 * np.einsum("jd,ktd->ktj", X, res.p)  # f(x_j) = kappa p . x_j
+    direct = 0.5 * np.mean((f - y) ** 2, axis=-1)
+    # Round-off only: the moments form avoids cancellation near the minimum.
+    np.testing.assert_allclose(res.loss, direct, rtol=1e-12)
