@@ -37,15 +37,16 @@ def setup(seed: int, width: int, dim: int, n: int = 3):
     eta_u=st.floats(0.0, 3.0),
     eta_w=st.floats(0.1, 3.0),
     seed=st.integers(0, 2**32 - 1),
+    method=st.sampled_from(["full", "stagewise"]),
 )
-def test_dopri5_matches_scipy_dop853(width, dim, kappa, eta_u, eta_w, seed) -> None:
+def test_dopri5_matches_scipy_dop853(width, dim, kappa, eta_u, eta_w, seed, method) -> None:
     Sigma, b, params = setup(seed, width, dim, n=2)
     kappa = kappa / np.sqrt(width)
     times = np.array([0.0, 0.1, 0.5, 1.0, 3.0])
     net = nf.TwoLayer(width=width, kappa=kappa)
     train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=3.0, rtol=1e-11, atol=1e-14)
     res = nf.simulate(net, nf.Moments(Sigma=Sigma, b=b), train, init=params,
-                      record=nf.Record(times=times, params="all"))
+                      record=nf.Record(times=times, params="all"), method=method)
     assert np.all(res.status == 0)
     for k in range(2):
         u, W = ref.solve_full(params.u0[k], params.W0[k], Sigma, b, kappa, eta_u, eta_w, times)
@@ -59,20 +60,22 @@ def test_dopri5_matches_scipy_dop853(width, dim, kappa, eta_u, eta_w, seed) -> N
                                    atol=1e-8 * scale**2)
 
 
+@pytest.mark.parametrize("method", ["full", "stagewise"])
 @pytest.mark.parametrize("dim", [1, 3])
-def test_rk4_and_gd_match_numpy_step_for_step(dim: int) -> None:
+def test_rk4_and_gd_match_numpy_step_for_step(dim: int, method: str) -> None:
     Sigma, b, params = setup(7, 12, dim, n=4)
     net = nf.TwoLayer(width=12, kappa=0.3)
     data = nf.Moments(Sigma=Sigma, b=b)
     res = nf.simulate(net, data, nf.GradientFlow(eta_u=0.7, eta_w=1.3, t_max=2.0,
                                                  solver="rk4", dt=0.05),
-                      init=params, record=nf.Record(times=[2.0], params="final"))
+                      init=params, record=nf.Record(times=[2.0], params="final"), method=method)
     u, W = ref.rk4(params.u0, params.W0, Sigma, b, 0.3, 0.7, 1.3, 0.05, 40)
     # Same steps, same formulas up to the order of floating-point operations: round-off only.
     np.testing.assert_allclose(res.u, u, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(res.W, W, rtol=1e-12, atol=1e-13)
     gd = nf.simulate(net, data, nf.GradientDescent(lr=0.05, steps=200, eta_u=0.7, eta_w=1.3),
-                     init=params, record=nf.Record(times=[0, 100, 200], params="final"))
+                     init=params, record=nf.Record(times=[0, 100, 200], params="final"),
+                     method=method)
     u, W = ref.gradient_descent(params.u0, params.W0, Sigma, b, 0.3, 0.7, 1.3, 0.05, 200)
     np.testing.assert_allclose(gd.u, u, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(gd.W, W, rtol=1e-12, atol=1e-13)
@@ -240,3 +243,29 @@ def test_gaussian_init_statistics_and_correlation() -> None:
                         first_trajectory=5)
     np.testing.assert_array_equal(part.u0, u[5:10])
     np.testing.assert_array_equal(part.W0, W[5:10])
+
+
+@settings(max_examples=30)
+@given(
+    width=st.integers(1, 100),
+    dim=st.integers(1, 4),
+    solver=st.sampled_from(["euler", "rk4", "dopri5"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_fused_steps_equal_stagewise_steps(width, dim, solver, seed) -> None:
+    # The same Runge-Kutta method on the same parameters, evaluated as one pass per step
+    # or one field evaluation per stage: identical step sequences, round-off differences.
+    Sigma, b, params = setup(seed, width, dim, n=2)
+    net = nf.TwoLayer(width=width, kappa=0.7 / np.sqrt(width))
+    train = nf.GradientFlow(t_max=5.0, solver=solver, dt=0.02, rtol=1e-10)
+    kw = dict(init=params, record=nf.Record(times=6, params="final"))
+    a = nf.simulate(net, nf.Moments(Sigma=Sigma, b=b), train, method="full", **kw)
+    s = nf.simulate(net, nf.Moments(Sigma=Sigma, b=b), train, method="stagewise", **kw)
+    np.testing.assert_array_equal(a.steps, s.steps)
+    scale = np.max(np.abs(s.u)) + np.max(np.abs(s.W))
+    np.testing.assert_allclose(a.u, s.u, rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(a.W, s.W, rtol=0, atol=1e-12 * scale)
+    for name in ("norm_u2", "norm_w2", "alignment"):
+        ref.assert_close_to_scale(getattr(a, name), getattr(s, name), 1e-11, name)
+    # The drift is already relative and at round-off level in both: compare absolutely.
+    np.testing.assert_allclose(a.balance_drift, s.balance_drift, rtol=0, atol=1e-12)

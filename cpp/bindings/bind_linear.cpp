@@ -12,7 +12,7 @@ void simulate_linear_py(LinearModel model, const CArray& sigma, const CArray& be
                         InitSpec init, const std::optional<CArray>& u0,
                         const std::optional<CArray>& w0, Schedule sched, const CArray& times,
                         Index trajectories, const py::dict& records, bool params_all,
-                        bool reduced) {
+                        LinearMethod method) {
   const Index n = trajectories, m = model.width, d = model.dim, T = times.size();
   if (n < 1 || m < 1 || d < 1) throw py::value_error("trajectories, width and dim must be >= 1");
   model.sigma = in_buffer(sigma, d * d, "Sigma");
@@ -42,10 +42,7 @@ void simulate_linear_py(LinearModel model, const CArray& sigma, const CArray& be
   out.rejected = out_buffer<std::int64_t>(records, "rejected", {n});
   out.t_hit = out_buffer<double>(records, "t_hit", {n});
   run_cancellable([&](CancelToken* token) {
-    if (reduced)
-      simulate_linear_reduced(model, init, sched, n, out, token);
-    else
-      simulate_linear(model, init, sched, n, out, token);
+    simulate_linear(model, init, sched, method, n, out, token);
   });
 }
 
@@ -79,6 +76,11 @@ void bind_linear(py::module_& m) {
       .value("rk4", Solver::rk4)
       .value("dopri5", Solver::dopri5)
       .value("gd", Solver::gd);
+
+  py::enum_<LinearMethod>(m, "LinearMethod", py::module_local())
+      .value("fused", LinearMethod::fused)
+      .value("stagewise", LinearMethod::stagewise)
+      .value("reduced", LinearMethod::reduced);
 
   py::class_<LinearModel>(m, "LinearModel", py::module_local())
       .def(py::init<>())
@@ -115,7 +117,7 @@ void bind_linear(py::module_& m) {
         py::arg("beta").noconvert(), py::arg("init"), py::arg("u0").noconvert() = py::none(),
         py::arg("w0").noconvert() = py::none(), py::arg("schedule"),
         py::arg("times").noconvert(), py::arg("trajectories"), py::arg("records"),
-        py::arg("params_all") = false, py::arg("reduced") = false,
+        py::arg("params_all") = false, py::arg("method") = LinearMethod::fused,
         "Integrate an ensemble of linear two-layer networks into caller-owned record buffers.");
   m.def("initial_params", &initial_params_py, py::arg("init"),
         py::arg("u0").noconvert() = py::none(), py::arg("w0").noconvert() = py::none(),

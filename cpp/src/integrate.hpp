@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "ntkflow/core.hpp"
 
@@ -33,6 +34,38 @@ struct Outcome {
 };
 
 inline Index workspace_size(Index n) { return 9 * n; }
+
+/// Butcher tableau of an explicit method with at most 7 stages.
+struct Tableau {
+  int stages;
+  double a[7][7];
+  double b[7];
+  double e[7];  // error weights (5th - 4th order) for embedded pairs, else 0
+};
+
+// clang-format off
+inline constexpr Tableau kEuler{1, {{0}}, {1}, {0}};
+inline constexpr Tableau kRk4{4, {{0}, {0.5}, {0, 0.5}, {0, 0, 1}},
+                              {1.0 / 6, 1.0 / 3, 1.0 / 3, 1.0 / 6}, {0}};
+inline constexpr Tableau kDopri5{7,
+    {{0},
+     {1.0 / 5},
+     {3.0 / 40, 9.0 / 40},
+     {44.0 / 45, -56.0 / 15, 32.0 / 9},
+     {19372.0 / 6561, -25360.0 / 2187, 64448.0 / 6561, -212.0 / 729},
+     {9017.0 / 3168, -355.0 / 33, 46732.0 / 5247, 49.0 / 176, -5103.0 / 18656},
+     {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84}},
+    {35.0 / 384, 0, 500.0 / 1113, 125.0 / 192, -2187.0 / 6784, 11.0 / 84, 0},
+    {71.0 / 57600, 0, -71.0 / 16695, 71.0 / 1920, -17253.0 / 339200, 22.0 / 525, -1.0 / 40}};
+// clang-format on
+
+
+/// Systems with kFused = true advance whole Runge-Kutta steps themselves (start / step /
+/// attempt / commit) instead of exposing one field evaluation per stage.
+template <class S, class = void>
+struct is_fused : std::false_type {};
+template <class S>
+struct is_fused<S, std::void_t<decltype(S::kFused)>> : std::bool_constant<S::kFused> {};
 
 /// True once the user asked to stop. Only the thread that started the run (OpenMP
 /// thread 0) calls the hook, and at most every interval_s, because the hook takes the GIL.
@@ -119,9 +152,14 @@ Outcome integrate_fixed(System& sys, double* y, const Schedule& s, double* ws,
   const bool rk4 = s.solver == Solver::rk4;
   const double scale = gd ? s.lr : 1.0;
   const StepWatch watch{s.loss_threshold, gd};
+  constexpr bool fused = is_fused<System>::value;
   Outcome o;
   double d0 = 0.0, d1 = 0.0;
-  double l0 = sys.field(y, k1, watch.want_dloss(), &d0);
+  double l0;
+  if constexpr (fused)
+    l0 = sys.start(y, watch.want_dloss(), &d0);
+  else
+    l0 = sys.field(y, k1, watch.want_dloss(), &d0);
   if (!std::isfinite(l0)) return fail(sys, o, Status::diverged, 0.0, 0, y, params_all);
   if (s.loss_threshold >= 0 && l0 <= s.loss_threshold) o.t_hit = 0.0;
   double t = 0.0;
@@ -137,6 +175,10 @@ Outcome integrate_fixed(System& sys, double* y, const Schedule& s, double* ws,
       const double hp = h * scale;
       const double t_start = t;
       for (std::int64_t i = 0; i < nsteps; ++i) {
+        double l1;
+        if constexpr (fused) {
+          l1 = sys.step(y, hp, rk4 ? kRk4 : kEuler, watch.want_dloss(), &d1);
+        } else {
         if (rk4) {
           for (Index q = 0; q < n; ++q) tmp[q] = y[q] + 0.5 * hp * k1[q];
           sys.field(tmp, k2, false, nullptr);
@@ -149,8 +191,9 @@ Outcome integrate_fixed(System& sys, double* y, const Schedule& s, double* ws,
         } else {
           for (Index q = 0; q < n; ++q) y[q] += hp * k1[q];
         }
+        l1 = sys.field(y, k1, watch.want_dloss(), &d1);
+        }
         const double t_new = (i + 1 == nsteps) ? tj : t_start + static_cast<double>(i + 1) * h;
-        const double l1 = sys.field(y, k1, watch.want_dloss(), &d1);
         ++o.steps;
         if (!std::isfinite(l1)) return fail(sys, o, Status::diverged, t_new, j, y, params_all);
         watch.after_step(o, t, t_new, l0, l1, d0, d1);
@@ -193,9 +236,16 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
   double* yn = ws + 8 * n;
   const StepWatch watch{s.loss_threshold, false};
   const double inv_n = 1.0 / static_cast<double>(n);
+  constexpr bool fused = is_fused<System>::value;
   Outcome o;
   double d0 = 0.0, d1 = 0.0;
-  double l0 = sys.field(y, k1, watch.want_dloss(), &d0);
+  double l0;
+  if constexpr (fused) {
+    l0 = sys.start(y, watch.want_dloss(), &d0);
+    sys.field(y, k1, false, nullptr);  // for the starting-step heuristic only
+  } else {
+    l0 = sys.field(y, k1, watch.want_dloss(), &d0);
+  }
   if (!std::isfinite(l0)) return fail(sys, o, Status::diverged, 0.0, 0, y, params_all);
   if (s.loss_threshold >= 0 && l0 <= s.loss_threshold) o.t_hit = 0.0;
 
@@ -235,6 +285,10 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
     // Land exactly on the record time; a step within 1% of it is stretched, not split.
     const bool landing = t + 1.01 * h >= tj;
     const double hs = landing ? tj - t : h;
+    double l1, err;
+    if constexpr (fused) {
+      err = sys.attempt(y, yn, hs, s.rtol, s.atol, watch.want_dloss(), &l1, &d1);
+    } else {
     for (Index q = 0; q < n; ++q) yt[q] = y[q] + hs * a21 * k1[q];
     sys.field(yt, k2, false, nullptr);
     for (Index q = 0; q < n; ++q) yt[q] = y[q] + hs * (a31 * k1[q] + a32 * k2[q]);
@@ -249,19 +303,21 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
     sys.field(yt, k6, false, nullptr);
     for (Index q = 0; q < n; ++q)
       yn[q] = y[q] + hs * (b1 * k1[q] + b3 * k3[q] + b4 * k4[q] + b5 * k5[q] + b6 * k6[q]);
-    const double l1 = sys.field(yn, k7, watch.want_dloss(), &d1);
+    l1 = sys.field(yn, k7, watch.want_dloss(), &d1);
     double acc = 0.0;
     for (Index q = 0; q < n; ++q) {
-      const double err = hs * (e1 * k1[q] + e3 * k3[q] + e4 * k4[q] + e5 * k5[q] + e6 * k6[q] +
-                               e7 * k7[q]);
+      const double ei = hs * (e1 * k1[q] + e3 * k3[q] + e4 * k4[q] + e5 * k5[q] + e6 * k6[q] +
+                              e7 * k7[q]);
       const double sc = s.atol + s.rtol * std::max(std::abs(y[q]), std::abs(yn[q]));
-      acc += (err / sc) * (err / sc);
+      acc += (ei / sc) * (ei / sc);
     }
-    const double err = std::sqrt(acc * inv_n);
+    err = std::sqrt(acc * inv_n);
+    }
     if (err <= 1.0 && std::isfinite(l1)) {
       const double t_new = landing ? tj : t + hs;
       ++o.steps;
       watch.after_step(o, t, t_new, l0, l1, d0, d1);
+      if constexpr (fused) sys.commit();
       std::swap(y, yn);  // pointers only: the caller's buffer is scratch from here on
       std::swap(k1, k7);
       t = t_new;

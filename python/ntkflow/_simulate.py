@@ -23,7 +23,8 @@ from .specs import (
 )
 
 _SOLVERS = {"euler": "euler", "rk4": "rk4", "dopri5": "dopri5"}
-Method = Literal["full", "reduced"]
+Method = Literal["full", "stagewise", "reduced"]
+_METHODS = {"full": "fused", "stagewise": "stagewise", "reduced": "reduced"}
 
 
 def _init_spec(init: Init, seed: int, first_trajectory: int) -> Any:
@@ -91,10 +92,15 @@ def simulate(
         ``first_trajectory=0, n, 2n, ...`` are chunks of one larger ensemble.
     threads : int, optional
         OpenMP threads (default: ``OMP_NUM_THREADS`` or all cores).
-    method : {"full", "reduced"}
-        "full" integrates all width * (1 + dim) parameters. "reduced" integrates the
-        width-independent closed system of THEORY §B.1 for ``(W^T u, W^T W, ||u||^2)``:
-        the same records (no parameters), exact for any width, O(dim^2) per step.
+    method : {"full", "stagewise", "reduced"}
+        "full" integrates all width * (1 + dim) parameters. Every Runge-Kutta stage state
+        of a linear network is the parameter matrix times a small (1+dim)^2 matrix, so a
+        whole step is one pass over the parameters. "stagewise" integrates the same
+        parameters with the same method the textbook way (one field evaluation per stage,
+        several passes per step): slower, kept as a cross-check and a benchmark reference.
+        "reduced" integrates the width-independent closed system of THEORY §B.1 for
+        ``(W^T u, W^T W, ||u||^2)``: the same records (no parameters), exact for any width,
+        O(dim^2) per step.
 
     Returns
     -------
@@ -116,7 +122,7 @@ def simulate(
             "must be a GradientFlow or GradientDescent", train)
     require(isinstance(init, (Gaussian, Params)), "init", "must be a Gaussian or Params", init)
     require(isinstance(record, Record), "record", "must be a Record", record)
-    require(method in ("full", "reduced"), "method", 'must be "full" or "reduced"', method)
+    require(method in _METHODS, "method", 'must be "full", "stagewise" or "reduced"', method)
     require(net.act == "linear", "net.act",
             'must be "linear": simulate integrates linear networks', net.act)
     seed = integer(seed, "seed", minimum=0)
@@ -213,7 +219,7 @@ def simulate(
         n,
         rec,
         params_all=record.params == "all",
-        reduced=method == "reduced",
+        method=getattr(_core.LinearMethod, _METHODS[method]),
     )
 
     p = rec["p"][..., 0] if dim == 1 else rec["p"]

@@ -101,18 +101,20 @@ struct Records {
   double* t_hit = nullptr;          ///< (n,) first time loss <= threshold, NaN if never
 };
 
-/// Integrate `trajectories` independent runs of the full m(1 + d)-parameter system.
-/// Trajectory k is a pure function of (model, init.seed, init.first_trajectory + k,
-/// schedule): OpenMP over trajectories never changes a bit. Throws Cancelled.
-void simulate_linear(const LinearModel& model, const InitSpec& init, const Schedule& sched,
-                     Index trajectories, const Records& out, CancelToken* cancel);
+/// How a linear network is integrated.
+///  fused:     all m(1 + d) parameters, whole Runge-Kutta steps as one pass over them
+///             (every stage state is the parameter matrix times a small matrix).
+///  stagewise: all m(1 + d) parameters, one field evaluation per stage (textbook form).
+///  reduced:   the width-independent system of THEORY §B.1 for (W^T u, W^T W, ||u||^2);
+///             out.u / out.w must be null (the reduced state holds no parameters).
+enum class LinearMethod : std::int32_t { fused = 0, stagewise = 1, reduced = 2 };
 
-/// Same records, integrating the width-independent reduced system of THEORY §B.1
-/// (p, M = W^T W, a = ||u||^2): exact for any width, O(d^2) per step. `out.u`/`out.w`
-/// must be null (the reduced state does not contain the parameters).
-void simulate_linear_reduced(const LinearModel& model, const InitSpec& init,
-                             const Schedule& sched, Index trajectories, const Records& out,
-                             CancelToken* cancel);
+/// Integrate `trajectories` independent runs of a linear network into `out`.
+/// Trajectory k is a pure function of (model, init.seed, init.first_trajectory + k,
+/// schedule, method): OpenMP over trajectories never changes a bit. Throws Cancelled.
+void simulate_linear(const LinearModel& model, const InitSpec& init, const Schedule& sched,
+                     LinearMethod method, Index trajectories, const Records& out,
+                     CancelToken* cancel);
 
 /// Draw (or copy) initial parameters exactly as simulate_linear does.
 /// u: (trajectories, width), w: (trajectories, width, dim), written in place.
