@@ -268,6 +268,10 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
     const double big = std::max(df0, ddf);
     const double h1 = big <= 1e-15 ? std::max(1e-6, h0 * 1e-3) : std::pow(0.01 / big, 0.2);
     h = std::min(100 * h0, h1);
+    // With atol far below the scale of some component (e.g. atol = 1e-300 and u0 = 0) the
+    // heuristic can propose steps near the subnormal range, where the error estimate is
+    // noise and the run never leaves t = 0; rejections shrink a too-long step quickly.
+    if (s.n_times > 0) h = std::max(h, 1e-12 * std::max(1.0, s.times[s.n_times - 1]));
   }
   double t = 0.0;
   bool last_rejected = false;

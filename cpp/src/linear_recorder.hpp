@@ -49,11 +49,11 @@ class Recorder {
     if (out_.norm_w2) out_.norm_w2[at] = trM;
     if (out_.p) std::copy(p, p + d_, out_.p + at * d_);
     if (out_.alignment) {
-      // 0/0 (u = 0 or W = 0) is defined as aligned for one neuron (THEORY §E.1) and as
-      // unaligned otherwise; rounding can push the ratio a hair above 1.
+      // u = 0 or W = 0 makes the Gram determinant zero: the layers count as parallel, so
+      // a = 1 (THEORY §E.1, and what exact.line reports). Rounding can push the ratio a hair
+      // above 1.
       const double den = a * trM;
-      out_.alignment[at] =
-          den > 0 ? std::min(1.0, std::sqrt(p2 / den)) : (md_.width == 1 ? 1.0 : 0.0);
+      out_.alignment[at] = den > 0 ? std::min(1.0, std::sqrt(p2 / den)) : 1.0;
     }
     if (out_.ntk) {
       double* K = out_.ntk + at * d_ * d_;

@@ -48,7 +48,8 @@ class Result:
     norm_u2, norm_w2 : (trajectories, times)
         ``||u||^2`` and ``||W||_F^2``.
     alignment : (trajectories, times)
-        ``||W^T u|| / (||u|| ||W||_F)`` in [0, 1]; 0/0 is 1 for width 1, else 0.
+        ``||W^T u|| / (||u|| ||W||_F)`` in [0, 1]; 1 when u = 0 or W = 0 (no angle:
+        the layers count as parallel, THEORY §E.1).
     ntk : (trajectories, times[, dim, dim]) or None
         ``kappa^2 (eta_u W^T W + eta_w ||u||^2 I)``: the learning-rate-weighted NTK is
         ``K(x, x') = x^T ntk x'``; for dim = 1 the scalar kernel per unit ``x x'``.

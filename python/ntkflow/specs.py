@@ -4,7 +4,7 @@ value fails before any work starts, with a message naming the parameter."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Union
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -204,7 +204,7 @@ class Dataset:
         return self._moments
 
 
-Data = Union[LatentLine, Moments, Dataset]
+Data = LatentLine | Moments | Dataset
 
 Solver = Literal["euler", "rk4", "dopri5"]
 SOLVERS: tuple[str, ...] = ("euler", "rk4", "dopri5")
@@ -275,7 +275,7 @@ class GradientDescent:
         return float(self.steps)
 
 
-Training = Union[GradientFlow, GradientDescent]
+Training = GradientFlow | GradientDescent
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +348,7 @@ class Params:
         return int(self.W0.shape[2])
 
 
-Init = Union[Gaussian, Params]
+Init = Gaussian | Params
 
 NtkRecord = Literal["auto", "scalar", "matrix", "none"]
 
