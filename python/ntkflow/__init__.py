@@ -6,10 +6,11 @@ solutions, and follow the neural tangent kernel. See ``simulate`` to start.
 
 from __future__ import annotations
 
-from . import exact
+from . import exact, mechanisms
 from ._memory import memory_budget, set_memory_budget
 from ._simulate import simulate
 from ._validate import MemoryBudgetError
+from .mechanisms import Classification, classify, classify_exact
 from .result import STATUS_NAMES, Result
 from .specs import (
     Dataset,
@@ -42,6 +43,7 @@ def build_info() -> dict[str, object]:
 
 __all__ = [
     "STATUS_NAMES",
+    "Classification",
     "Dataset",
     "Gaussian",
     "GradientDescent",
@@ -54,7 +56,10 @@ __all__ = [
     "Result",
     "TwoLayer",
     "build_info",
+    "classify",
+    "classify_exact",
     "exact",
+    "mechanisms",
     "memory_budget",
     "set_memory_budget",
     "simulate",
