@@ -11,6 +11,9 @@ from ._memory import memory_budget, set_memory_budget
 from ._simulate import simulate
 from ._validate import MemoryBudgetError
 from .mechanisms import Classification, classify, classify_exact
+from .parametrization import Parametrization
+from .studies import PhaseDiagram, WidthStudy, phase_diagram, width_study
+from ._table import Table
 from .result import STATUS_NAMES, Result
 from .specs import (
     Dataset,
@@ -52,15 +55,21 @@ __all__ = [
     "MemoryBudgetError",
     "Moments",
     "Params",
+    "Parametrization",
+    "PhaseDiagram",
     "Record",
     "Result",
+    "Table",
     "TwoLayer",
+    "WidthStudy",
     "build_info",
     "classify",
     "classify_exact",
     "exact",
     "mechanisms",
     "memory_budget",
+    "phase_diagram",
     "set_memory_budget",
     "simulate",
+    "width_study",
 ]
