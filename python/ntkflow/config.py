@@ -33,9 +33,9 @@ _COMMON: dict[str, dict[str, tuple[type, ...]]] = {
     "classify": {"eps": _NUM, "tau": _NUM},
     "output": {"figures": (bool,), "per_trajectory": (bool,)},
 }
-_PARAM = {"name": (str,), "alpha": _NUM, "beta_u": _NUM, "beta_w": _NUM, "c_u": _NUM,
+_PARAM: dict[str, tuple[type, ...]] = {"name": (str,), "alpha": _NUM, "beta_u": _NUM, "beta_w": _NUM, "c_u": _NUM,
           "c_w": _NUM, "kappa0": _NUM, "eta0": _NUM, "correlation": (int, float, str)}
-_SOLVE = {"t_max": _T_MAX, "solver": (str,), "rtol": _NUM, "atol": _NUM, "dt": _NUM,
+_SOLVE: dict[str, tuple[type, ...]] = {"t_max": _T_MAX, "solver": (str,), "rtol": _NUM, "atol": _NUM, "dt": _NUM,
           "times": (int,), "loss_below": _NUM, "threads": (int,)}
 SCHEMA: dict[str, dict[str, dict[str, tuple[type, ...]]]] = {
     "simulate": {
@@ -139,7 +139,7 @@ def _parametrization(cfg: dict[str, Any]) -> Any:
 
 
 def _solve_kwargs(sec: dict[str, Any], key: str) -> dict[str, Any]:
-    out = {k: sec[k] for k in ("solver", "rtol", "atol", "dt", "times", "loss_below",
+    out: dict[str, Any] = {k: sec[k] for k in ("solver", "rtol", "atol", "dt", "times", "loss_below",
                                "threads") if k in sec}
     out["t_max"] = _t_max(sec.get("t_max", "auto"), key)
     return out
@@ -260,8 +260,8 @@ def _run_width_study(cfg: dict[str, Any], out: Path, figures: bool, eps: float,
              res.fits_table().to_csv(out / "width_study_fits.csv")]
     if res.trajectories is not None:
         files.append(res.trajectories.to_csv(out / "width_study_trajectories.csv"))
-    np.savez(out / "width_study.npz", **{k: np.asarray(v) for k, v in
-                                         res.table.columns.items()})
+    columns: dict[str, Any] = {k: np.asarray(v) for k, v in res.table.columns.items()}
+    np.savez(out / "width_study.npz", **columns)
     files.append(out / "width_study.npz")
     if figures:
         from . import plots

@@ -7,16 +7,26 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import exact
 from ._progress import progress as _progress
 from ._simulate import draw_initial, simulate
-from .mechanisms import REFERENCE_SETTINGS, Classification, ReferenceSetting, agreement
-from .mechanisms import classify, classify_exact
+from .mechanisms import (
+    REFERENCE_SETTINGS,
+    Classification,
+    ReferenceSetting,
+    agreement,
+    classify,
+    classify_exact,
+)
 from .result import Result
 from .specs import GradientFlow, Record
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._exact_line import LineSolution
 
 DEMO_SETTINGS: tuple[str, ...] = ("K1", "A1", "D1", "R2")
 """One setting per mechanism (THEORY §E.4)."""
@@ -26,7 +36,7 @@ DEMO_SETTINGS: tuple[str, ...] = ("K1", "A1", "D1", "R2")
 class Row:
     setting: ReferenceSetting
     result: Result
-    solution: exact.LineSolution
+    solution: LineSolution
     seconds: float
     max_error: float  # worst scaled deviation from the exact solution, all records
     labels: Classification  # from the simulated records
@@ -37,7 +47,7 @@ class Row:
         return self.labels.fractions[self.setting.expected]
 
 
-def horizon(sol: exact.LineSolution) -> float:
+def horizon(sol: LineSolution) -> float:
     """Long enough for every trajectory to converge (THEORY §A.5: t_esc + 40 / Gamma)."""
     t = np.asarray(sol.escape_time) + 40.0 / np.asarray(sol.rate)
     return float(np.max(t[np.isfinite(t)]))
@@ -158,7 +168,7 @@ def run_demo(out: str = ".", trajectories: int = 1000, quiet: bool = False,
             print(f"figure: {path}")
     worst = max(r.max_error for r in rows)
     print(f"largest relative deviation from the exact solution: {worst:.2e}")
-    print(f"fraction classified correctly: "
+    print("fraction classified correctly: "
           + ", ".join(f"{r.setting.name} {r.correct:.3f}" for r in rows))
     if not quiet:
         print(f"total {time.perf_counter() - t0:.1f} s", file=sys.stderr)

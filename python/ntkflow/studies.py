@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,14 +22,21 @@ from ._progress import progress as _progress
 from ._simulate import draw_initial, simulate
 from ._table import Table
 from ._validate import integer, real, require
-from .mechanisms import FAILED, LABELS, SCORE_NAMES, Classification, classify, classify_exact
+from .mechanisms import (
+    FAILED,
+    LABELS,
+    SCORE_NAMES,
+    Classification,
+    classify,
+    classify_exact,
+)
 from .parametrization import EXPONENTS, Hyper, Parametrization
 from .specs import Data, Gaussian, GradientFlow, LatentLine, Record, TwoLayer
 
 TMax = float | Literal["auto"] | None
 
 
-def derive_seed(seed: int, *keys: float | int | str) -> int:
+def derive_seed(seed: int, *keys: float | str) -> int:
     """A 64-bit seed from the study seed and the keys that identify an ensemble.
 
     Floats enter by their bit pattern, strings by CRC-32: the same keys always give the
@@ -510,7 +518,7 @@ def _cell_setting(
     h = p.at(width)
     direct = {k: float(v) for k, v in values.items() if k in Hyper._fields and k != "width"}
     if direct:
-        h = h._replace(**direct)
+        h = h._replace(**direct)  # type: ignore[arg-type]
     if "beta" in values or "sigma" in values:
         require(isinstance(data, LatentLine), "data", "must be a LatentLine to vary beta or "
                 "sigma", data)
@@ -591,8 +599,8 @@ def phase_diagram(
     with _progress(ny * nx, "phase diagram", progress) as bar:
         for i in range(ny):
             for j in range(nx):
-                vals = {names[0]: float(xv[j]), names[1]: float(yv[i])}
-                h, corr, d = _cell_setting(p, width, data, vals)
+                cell = {names[0]: float(xv[j]), names[1]: float(yv[i])}
+                h, corr, d = _cell_setting(p, width, data, cell)
                 e = run_ensemble(h, correlation=corr, data=d, trajectories=trajectories,
                                  seed=derive_seed(seed, names[0], xv[j], names[1], yv[i]),
                                  exact=exact, t_max=t_max, solver=solver, rtol=rtol,
