@@ -6,10 +6,14 @@ solutions, and follow the neural tangent kernel. See ``simulate`` to start.
 
 from __future__ import annotations
 
-from . import exact
+from . import exact, mechanisms
 from ._memory import memory_budget, set_memory_budget
 from ._simulate import simulate
 from ._validate import MemoryBudgetError
+from .mechanisms import Classification, classify, classify_exact
+from .parametrization import Parametrization
+from .studies import PhaseDiagram, WidthStudy, phase_diagram, width_study
+from ._table import Table
 from .result import STATUS_NAMES, Result
 from .specs import (
     Dataset,
@@ -42,6 +46,7 @@ def build_info() -> dict[str, object]:
 
 __all__ = [
     "STATUS_NAMES",
+    "Classification",
     "Dataset",
     "Gaussian",
     "GradientDescent",
@@ -50,12 +55,21 @@ __all__ = [
     "MemoryBudgetError",
     "Moments",
     "Params",
+    "Parametrization",
+    "PhaseDiagram",
     "Record",
     "Result",
+    "Table",
     "TwoLayer",
+    "WidthStudy",
     "build_info",
+    "classify",
+    "classify_exact",
     "exact",
+    "mechanisms",
     "memory_budget",
+    "phase_diagram",
     "set_memory_budget",
     "simulate",
+    "width_study",
 ]

@@ -1,0 +1,147 @@
+"""The command line end to end, in subprocesses: demo, run (each kind), bad configs."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def ntkflow(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ntkflow.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _png(path: Path) -> None:
+    assert path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_small(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    r = ntkflow("demo", "--trajectories", "50", "--out", str(tmp_path / "fig"), "--quiet",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    _png(tmp_path / "fig" / "ntkflow_demo.png")
+    assert "largest relative deviation from the exact solution" in r.stdout
+    # every setting 100% correct with 50 seeds (THEORY §E.4 reports 1.00 for all rows)
+    assert "K1 1.000, A1 1.000, D1 1.000, R2 1.000" in r.stdout
+    assert r.stderr == ""
+
+
+def _small_config(tmp_path: Path, name: str, replace: dict[str, str]) -> Path:
+    text = (EXAMPLES / name).read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_run_simulate(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    cfg = _small_config(tmp_path, "simulate.toml", {"trajectories = 500": "trajectories = 40"})
+    r = ntkflow("run", str(cfg), "--out", "out", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    with np.load(out / "simulation.npz") as z:  # plain NumPy, no ntkflow needed
+        assert z["loss"].shape == (40, 200)
+        assert set(z["labels"]) == {"alignment"}
+    with (out / "classification.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 40 and rows[0]["label"] == "alignment"
+    _png(out / "trajectories.png")
+
+
+def test_run_width_study(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    cfg = _small_config(tmp_path, "width_study.toml", {
+        "widths = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096]": "widths = [16, 64, 256]",
+        "trajectories = 256": "trajectories = 30", "n_boot = 1000": "n_boot = 50"})
+    r = ntkflow("run", str(cfg), "--out", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    for f in ("width_study.csv", "width_study_fits.csv", "width_study_trajectories.csv"):
+        assert (out / f).stat().st_size > 50
+    with np.load(out / "width_study.npz") as z:
+        assert list(z["width"]) == [16, 64, 256]
+    _png(out / "width_scaling.png")
+    assert "rho_star" in r.stdout
+
+
+def test_run_phase_diagram(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    cfg = _small_config(tmp_path, "phase_diagram.toml", {
+        "x_values = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]": "x_values = [0.5, 1.25]",
+        "y_values = [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]": "y_values = [0.0, 2.0]",
+        "trajectories = 200": "trajectories = 20", "exact = true": "exact = false"})
+    r = ntkflow("run", str(cfg), "--out", "out", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "out" / "phase_diagram.npz") as z:
+        assert z["dominant"].shape == (2, 2)
+        assert z["dominant"][0, 1] == "alignment" and z["dominant"][0, 0] == "kernel"
+    _png(tmp_path / "out" / "phase_diagram.png")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('kind = "simulate"\n[network\nwidth = 4\n', "is not valid TOML"),
+    ('kind = "simulate"\n[network]\nwidht = 4\n', "unknown key network.widht"),
+    ('kind = "simulate"\n[netwrk]\nwidth = 4\n', "unknown key 'netwrk'"),
+    ('kind = "simulate"\n[network]\nwidth = 0\n', "width must be an integer >= 1"),
+    ('kind = "simulate"\n[network]\nwidth = "big"\n', "network.width must be of type integer"),
+    ('kind = "simulate"\n[train]\nt_max = "later"\n', "train.t_max"),
+    ('kind = "phase_diagram"\n[grid]\nx = "alpah"\nx_values = [1]\ny = "c_w"\n'
+     'y_values = [0]\n', "x name must be one of"),
+    ('kind = "sweep"\n', "kind must be one of"),
+])
+def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, message: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    r = ntkflow("run", str(cfg), "--out", "out", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ntkflow run: error:"), r.stderr
+    assert message in lines[0], lines[0]
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    r = ntkflow("run", "nope.toml", cwd=tmp_path)
+    assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("cmd", [[], ["demo"], ["run"], ["info"]])
+def test_help_everywhere(tmp_path: Path, cmd: list[str]) -> None:
+    r = ntkflow(*cmd, "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "usage: ntkflow" in r.stdout
+
+
+def test_plot_functions_return_and_save_figures(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import ntkflow as nf
+    from matplotlib.figure import Figure
+    from ntkflow import plots
+
+    res = nf.simulate(nf.TwoLayer(width=16, kappa=0.25), nf.LatentLine(),
+                      nf.GradientFlow(t_max=20.0), init=nf.Gaussian(0.1, 0.1),
+                      trajectories=30, record=nf.Record(times=50, spacing="log"))
+    fig = plots.trajectories(res, nf.exact.line(res, res.net, res.data, res.train),
+                             path=tmp_path / "a.png")
+    assert isinstance(fig, Figure)
+    _png(tmp_path / "a.png")
+    st = nf.width_study([16, 64], "ntk", trajectories=20, exact=True, n_boot=20)
+    assert isinstance(plots.width_scaling(st, path=tmp_path / "b.png"), Figure)
+    _png(tmp_path / "b.png")
+    pd = nf.phase_diagram(("alpha", [0.5, 1.0]), ("c_w", [0.0]), width=64,
+                          trajectories=20, exact=True)
+    assert isinstance(plots.phase_diagram(pd, path=tmp_path / "c.png"), Figure)
+    _png(tmp_path / "c.png")
+    with pytest.raises(ValueError, match="quantities"):
+        plots.trajectories(res, quantities=("speed",))

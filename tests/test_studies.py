@@ -1,0 +1,173 @@
+"""Parametrizations, width studies and phase diagrams (THEORY §D)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import ntkflow as nf
+import numpy as np
+import pytest
+from ntkflow.studies import derive_seed, fit_scaling
+
+WIDTHS = [2**k for k in range(4, 13)]
+
+# THEORY §D table: (alpha, beta_u, beta_w, c_u, c_w) and predicted (rho, delta_cos) exponents
+TABLE_D = {
+    "ntk": ((0.5, 0, 0, 0, 0), (-1.0, -0.5)),
+    "mean_field": ((1, 0, 0, 1, 1), (0.0, 0.0)),
+    "standard": ((0, 0.5, 0, -1, -1), (-2.0, -0.5)),
+    "small_init": ((0.5, 0.5, 0.5, 0, 0), (0.5, 0.0)),
+    "ntk_fast_w": ((0.5, 0, 0, 0, 1), (-2.0, -0.5)),
+    "mean_field_imbalanced": ((1, 0, 0, 0, 2), (-2.0, 0.0)),
+}
+
+
+@pytest.mark.parametrize("name", list(TABLE_D))
+def test_presets_match_theory_table(name: str) -> None:
+    (a, bu, bw, cu, cw), (rho, dcos) = TABLE_D[name]
+    p = nf.Parametrization.named(name)
+    assert (p.alpha, p.beta_u, p.beta_w, p.c_u, p.c_w) == (a, bu, bw, cu, cw)
+    assert p.predicted_exponents() == {"rho": rho, "delta_cos": dcos}
+    m = 1000
+    h = p.at(m)
+    # exact formulas of §D, to rounding (1e-15 relative)
+    assert math.isclose(h.kappa, m**-a, rel_tol=1e-15)
+    assert math.isclose(h.s_u, m**-bu, rel_tol=1e-15)
+    assert math.isclose(h.s_w, m**-bw, rel_tol=1e-15)
+    assert math.isclose(h.eta_u, m**cu, rel_tol=1e-15)
+    assert math.isclose(h.eta_w, m**cw, rel_tol=1e-15)
+
+
+def test_general_exponents_and_prefactors() -> None:
+    p = nf.Parametrization(alpha=0.25, beta_u=0.1, beta_w=-0.2, c_u=0.5, c_w=-0.5,
+                           kappa0=2.0, eta0=3.0)
+    h = p.at(64)
+    assert h == (64, 2.0 * 64**-0.25, 64**-0.1, 64**0.2, 3.0 * 64**0.5, 3.0 * 64**-0.5)
+    assert p.replace(alpha=1.0).name == "custom"
+    assert nf.Parametrization.named("ntk", kappa0=2.0).at(4).kappa == 1.0
+
+
+@pytest.mark.parametrize(("make", "name"), [
+    (lambda: nf.Parametrization.named("muP"), "parametrization"),
+    (lambda: nf.Parametrization(kappa0=0.0), "kappa0"),
+    (lambda: nf.Parametrization(alpha=float("nan")), "alpha"),
+    (lambda: nf.Parametrization().at(0), "width"),
+    (lambda: nf.Parametrization().replace(gamma=1.0), "gamma"),
+    (lambda: nf.width_study([16, 16], "ntk"), "widths"),
+    (lambda: nf.width_study([16], "ntk", fit=("nope",)), "fit"),
+    (lambda: nf.phase_diagram(("alpah", [1]), ("c_w", [0])), "x name"),
+    (lambda: nf.phase_diagram(("alpha", [1]), ("alpha", [0])), "y name"),
+])
+def test_bad_input(make, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        make()
+
+
+def test_ntk_exponents_within_bootstrap_intervals() -> None:
+    # THEORY §D, NTK parametrization: rho ~ m^-1, |Delta |cos|| ~ m^-1/2 (t = inf, exact).
+    # Observed (256 seeds/width, seeds 0-2): rho* -1.003..-1.007, |da| -0.488..-0.505,
+    # each interval containing the prediction.
+    st = nf.width_study(WIDTHS, "ntk", trajectories=256, seed=0, exact=True, n_boot=500)
+    for score, pred in (("rho_star", -1.0), ("rho_T", -1.0), ("abs_delta_a", -0.5)):
+        f = st.fits[score]
+        assert f.low <= pred <= f.high, f
+        assert f.predicted == pred
+    assert np.all(st.table["frac_kernel"][-3:] == 1.0)
+
+
+def test_mean_field_exponent_within_bootstrap_interval() -> None:
+    # THEORY §D, mean field: rho ~ m^0 (feature learning); observed -0.002..+0.003.
+    st = nf.width_study(WIDTHS, "mean_field", trajectories=256, seed=0, exact=True,
+                        n_boot=500, fit=("rho_star",))
+    f = st.fits["rho_star"]
+    assert f.low <= 0.0 <= f.high, f
+    assert np.all(st.table["frac_alignment"] >= 0.95)
+
+
+def test_simulated_width_study_agrees_with_exact() -> None:
+    # Same derived seeds, so the same trajectories: labels equal, rho* medians within 2%
+    # (grid extreme vs exact, §E.2), threshold times within 1% (exact side: log-grid
+    # interpolation, ~1e-3).
+    kw = dict(widths=[16, 64, 256], parametrization="ntk", trajectories=100, seed=5,
+              per_trajectory=True, n_boot=100)
+    sim = nf.width_study(**kw)
+    ex = nf.width_study(**kw, exact=True)
+    assert np.mean(sim.trajectories["label"] == ex.trajectories["label"]) >= 0.99
+    np.testing.assert_allclose(sim.table["median_rho_star"], ex.table["median_rho_star"],
+                               rtol=2e-2)
+    np.testing.assert_allclose(sim.table["median_t_hit"], ex.table["median_t_hit"],
+                               rtol=1e-2)
+    assert np.all(sim.table["median_final_loss"] < 1e-12)
+
+
+def test_seeds_depend_on_width_not_order() -> None:
+    a = nf.width_study([16, 64], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
+    b = nf.width_study([64, 16], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
+    c = nf.width_study([64], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
+    assert a.table["median_rho_star"][1] == b.table["median_rho_star"][0]
+    assert c.table["median_rho_star"][0] == b.table["median_rho_star"][0]
+    assert list(a.table["seed"]) == [derive_seed(3, 16), derive_seed(3, 64)]
+    assert derive_seed(3, 16) != derive_seed(4, 16)
+
+
+def test_fit_scaling_recovers_known_power_law() -> None:
+    # Synthetic medians c w^k with log-normal scatter: the point estimate equals
+    # np.polyfit on the log medians (1e-12) and the interval covers k.
+    rng = np.random.default_rng(0)
+    widths = [8, 32, 128, 512, 2048]
+    k = -0.7
+    samples = [3.0 * w**k * np.exp(rng.normal(0, 0.3, 400)) for w in widths]
+    f = fit_scaling(widths, samples, n_boot=800, boot_seed=1)
+    ref = np.polyfit(np.log(widths), np.log([np.median(s) for s in samples]), 1)
+    assert math.isclose(f.exponent, ref[0], rel_tol=1e-12)
+    assert f.low <= k <= f.high
+    assert f.high - f.low < 0.1
+    f2 = fit_scaling(widths, samples, n_boot=800, boot_seed=1)
+    assert f2 == f  # fixed bootstrap seed
+
+
+def test_table_csv_round_trip(tmp_path) -> None:
+    st = nf.width_study([16, 32], "ntk", trajectories=10, seed=0, exact=True, n_boot=10)
+    path = st.table.to_csv(tmp_path / "t.csv")
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2
+    assert float(rows[1]["median_rho_star"]) == st.table["median_rho_star"][1]
+    assert int(rows[0]["width"]) == 16
+
+
+def test_phase_diagram_exact_cells() -> None:
+    # alpha vs c_w at width 256 (NTK base): alpha = 0.5 is lazy, alpha = 1.25 aligns
+    # (observed fractions 1.00; at c_w = -1 §D's e_D is 1.5 > alpha, so that cell is
+    # feature learning only at this finite width, rho ~ m^-1/2). Each cell equals a direct
+    # classify_exact of the same derived seed (bit-identical).
+    xs, ys = [0.5, 1.25], [-1.0, 0.0, 0.5]
+    pd = nf.phase_diagram(("alpha", xs), ("c_w", ys), base="ntk", width=256,
+                          trajectories=100, seed=1, exact=True)
+    assert pd.shape == (3, 2)
+    assert np.all(pd.dominant[:, 0] == "kernel")
+    assert np.all(pd.dominant[:, 1] == "alignment")
+    total = sum(pd.fractions.values())
+    np.testing.assert_allclose(total, 1.0, rtol=1e-12)
+    p = nf.Parametrization.named("ntk").replace(alpha=1.25, c_w=0.0)
+    seed = derive_seed(1, "alpha", 1.25, "c_w", 0.0)
+    sol = nf.exact.line(nf._simulate.draw_initial(p.init(256), 256, 1, 100, seed=seed),
+                        p.net(256), nf.LatentLine(), p.train(256))
+    c = nf.classify_exact(sol)
+    assert pd.fractions["alignment"][1, 1] == c.fractions["alignment"]
+    assert pd.median["rho_star"][1, 1] == c.median("rho_star")
+    assert len(pd.table()) == 6
+
+
+def test_phase_diagram_simulated_matches_exact() -> None:
+    # correlation vs target: kernel/alignment/disalignment/rescaling regions (§E.3b);
+    # simulated cells (100 seeds, 200 log times) have the exact cells' fractions +- 0.02.
+    kw = dict(x=("correlation", [0.0, 0.9]), y=("beta", [0.05, 1.0]),
+              base=nf.Parametrization(alpha=1.0), width=256, trajectories=100, seed=2)
+    ex = nf.phase_diagram(**kw, exact=True)
+    sim = nf.phase_diagram(**kw)
+    assert ex.dominant[0, 1] == "disalignment" and ex.dominant[1, 0] == "alignment"
+    assert np.array_equal(sim.dominant, ex.dominant)
+    for lab in nf.mechanisms.LABELS:
+        np.testing.assert_allclose(sim.fractions[lab], ex.fractions[lab], atol=0.02)
