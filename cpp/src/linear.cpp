@@ -3,8 +3,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <exception>
+#include <thread>
 #include <vector>
 
 #include "integrate.hpp"
@@ -161,6 +164,7 @@ void run_ensemble(const LinearModel& model, const InitSpec& init, const Schedule
   const int threads = sched.threads > 0 ? sched.threads : omp_get_max_threads();
   std::exception_ptr first_error;
   bool cancelled = false;
+  std::atomic<int> finished{0};
 #pragma omp parallel num_threads(threads)
   {
     // One set of buffers per thread, reused by all its trajectories: no allocation in the
@@ -178,7 +182,7 @@ void run_ensemble(const LinearModel& model, const InitSpec& init, const Schedule
     }
     // Dynamic scheduling keeps cores busy when adaptive runs take different step counts;
     // results do not depend on it because trajectory k only ever touches row k.
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
     for (Index k = 0; k < trajectories; ++k) {
       if (first_error || (cancel && cancel->stop.load(std::memory_order_relaxed))) continue;
       try {
@@ -198,6 +202,16 @@ void run_ensemble(const LinearModel& model, const InitSpec& init, const Schedule
       } catch (...) {
 #pragma omp critical(ntkflow_error)
         if (!first_error) first_error = std::current_exception();
+      }
+    }
+    // The starting thread keeps listening for Ctrl-C while the last trajectories finish
+    // on other threads (it would otherwise sit in the barrier, deaf, for a whole run).
+    finished.fetch_add(1);
+    if (cancel && omp_get_thread_num() == 0) {
+      const int team = omp_get_num_threads();
+      while (finished.load() < team) {
+        cancel_requested(cancel);
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
     }
   }
