@@ -52,8 +52,11 @@ class Recorder {
       // u = 0 or W = 0 makes the Gram determinant zero: the layers count as parallel, so
       // a = 1 (THEORY §E.1, and what exact.line reports). Rounding can push the ratio a hair
       // above 1.
+      // One neuron is aligned by definition; computing it would only show the integration
+      // error of the reduced system, whose (p, M, a) do not know they come from one row.
       const double den = a * trM;
-      out_.alignment[at] = den > 0 ? std::min(1.0, std::sqrt(p2 / den)) : 1.0;
+      out_.alignment[at] =
+          (den > 0 && md_.width > 1) ? std::min(1.0, std::sqrt(p2 / den)) : 1.0;
     }
     if (out_.ntk) {
       double* K = out_.ntk + at * d_ * d_;

@@ -32,21 +32,32 @@ _EPS = float(np.finfo(np.float64).eps)
 # §A.6 step 1: a Gram determinant below 64 eps^2 A0 B0 (|sin theta| < 8 eps) is rounding
 # noise of nearly parallel vectors; it is set to exactly 0 (u0 || w0).
 _G_FLOOR = 64.0 * _EPS**2
+# Smallest number with full 53-bit precision (2^52 times the smallest normal).
+_FULL = 2.0**52 * float(np.finfo(np.float64).tiny)
 # Below this |lambda s| the vectors are rebuilt with cosh/sinh (accurate sinh for small
 # angles); above it with the v+/v- form, whose coefficients then differ by a factor
 # > e^2, so their difference loses at most ~1.3 eps.
 _SMALL_ANGLE = 1.0
+# Elements per block of (trajectories, times) evaluated at once by LineSolution.at.
+_BLOCK = 1 << 16
+
+
+def _real(value: float, name: str, rule: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {rule}; got {value!r}") from None
 
 
 def _positive(value: float, name: str) -> float:
-    out = float(value)
+    out = _real(value, name, "a finite number > 0")
     if not (math.isfinite(out) and out > 0.0):
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
     return out
 
 
 def _finite(value: float, name: str) -> float:
-    out = float(value)
+    out = _real(value, name, "a finite number")
     if not math.isfinite(out):
         raise ValueError(f"{name} must be a finite number; got {value!r}")
     return out
@@ -85,8 +96,12 @@ def _times(times: ArrayLike) -> FloatArray:
         t = t.reshape(1)
     if t.ndim != 1:
         raise ValueError(f"times must be one-dimensional; got shape {t.shape}")
-    if np.any(np.isnan(t)) or np.any(t < 0.0):
-        raise ValueError("times must be >= 0 (np.inf allowed) and not NaN")
+    bad = np.isnan(t) | (t < 0.0)
+    if np.any(bad):
+        raise ValueError(
+            f"times must be >= 0 (np.inf allowed); got {t[bad][0]!r} among "
+            f"{int(np.count_nonzero(bad))} bad entries"
+        )
     t.setflags(write=False)
     return t
 
@@ -94,6 +109,43 @@ def _times(times: ArrayLike) -> FloatArray:
 def _frozen(a: FloatArray) -> FloatArray:
     a.setflags(write=False)
     return a
+
+
+def _split(a: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Dekker's split a = hi + lo, each half with <= 26 significant bits."""
+    c = 134217729.0 * a  # 2^27 + 1
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def _gram_det(
+    u0: FloatArray, w0: FloatArray, A0: FloatArray, C0: FloatArray
+) -> FloatArray:
+    """``G = A0 |w0 - (C0/A0) u0|^2`` (§A.6 step 1), shape (trajectories,).
+
+    The projection residual avoids the cancellation of ``A0 B0 - C0^2`` (relative error
+    eps/sin^2 theta). Computed plainly it still loses eps/sin theta, because
+    ``w0 - alpha u0`` cancels; here the products ``alpha u0`` are exact (Dekker's
+    two-product), and a second projection removes the component along ``u0`` left by
+    the rounding of ``alpha``, so G keeps a few ulps for any angle above the
+    ``8 eps`` floor. Width 1 gives exactly 0.
+    """
+    if u0.shape[1] == 1:
+        return np.zeros(u0.shape[0])
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        alpha = np.where(A0 > 0.0, C0 / A0, 0.0)[:, None]
+        prod = alpha * u0
+        a_hi, a_lo = _split(np.broadcast_to(alpha, u0.shape))
+        u_hi, u_lo = _split(u0)
+        err = ((a_hi * u_hi - prod) + a_hi * u_lo + a_lo * u_hi) + a_lo * u_lo
+        resid = (w0 - prod) - err
+        beta = np.where(A0 > 0.0, np.einsum("ij,ij->i", resid, u0) / A0, 0.0)
+        resid = resid - beta[:, None] * u0
+        G: FloatArray = A0 * np.einsum("ij,ij->i", resid, resid)
+        # Dekker's split overflows above ~1e300: plain projection there.
+        plain = w0 - prod
+        G_plain: FloatArray = A0 * np.einsum("ij,ij->i", plain, plain)
+    return np.where(np.isfinite(G), G, G_plain)
 
 
 def _log_ratio(
@@ -118,7 +170,7 @@ def _log_ratio(
     return np.where(ratio > tiny, np.log(ratio), by_terms - np.log(den))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LinePath:
     """Observables of model A along a time grid (THEORY.md §A).
 
@@ -194,8 +246,12 @@ class _Core(NamedTuple):
 class LineSolution:
     """Exact gradient flow of an ensemble of model-A networks (THEORY.md §A.4-A.6).
 
-    Build it with :func:`line_solution`; the constructor assumes validated input. All
-    per-trajectory attributes have shape (trajectories,).
+    Build it with :func:`line_solution`; the constructor assumes validated input.
+    Read-only: the parameters (``kappa``, ``eta_u``, ``eta_w``, ``sigma``, ``beta``,
+    ``loss_min``), the ensemble size (``trajectories``, ``width``) and, with shape
+    (trajectories,), ``initial_C``, the invariants ``delta``, ``gram_det``,
+    ``kernel_scale``, the rate ``rate``, ``escape_time`` and the mask ``reachable``.
+    Evaluate with :meth:`at`, :meth:`limit` and :meth:`params_at`.
     """
 
     __slots__ = (
@@ -210,18 +266,17 @@ class LineSolution:
         "_Q0",
         "_Q_inf",
         "_X",
+        "_beta",
         "_c",
         "_e0",
+        "_eta_u",
+        "_eta_w",
+        "_kappa",
         "_lam",
-        "_omega",
+        "_loss_min",
+        "_sigma",
         "_u0",
         "_w0",
-        "beta",
-        "eta_u",
-        "eta_w",
-        "kappa",
-        "loss_min",
-        "sigma",
     )
 
     def __init__(
@@ -236,12 +291,12 @@ class LineSolution:
         beta: float,
         loss_min: float,
     ) -> None:
-        self.kappa = kappa
-        self.eta_u = eta_u
-        self.eta_w = eta_w
-        self.sigma = sigma
-        self.beta = beta
-        self.loss_min = loss_min
+        self._kappa = kappa
+        self._eta_u = eta_u
+        self._eta_w = eta_w
+        self._sigma = sigma
+        self._beta = beta
+        self._loss_min = loss_min
         self._u0 = u0
         self._w0 = w0
         lam = math.sqrt(eta_u * eta_w)
@@ -255,14 +310,7 @@ class LineSolution:
         wt = w0 / math.sqrt(eta_w)
         P0 = np.einsum("ij,ij->i", ut + wt, ut + wt)
         Q0 = np.einsum("ij,ij->i", ut - wt, ut - wt)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            # G = A0 |w0 - (C0/A0) u0|^2: projection residual, relative error ~ eps/sin
-            # (theta) instead of eps/sin^2(theta) for A0 B0 - C0^2.
-            alpha = np.where(A0 > 0.0, C0 / A0, 0.0)
-            resid = w0 - alpha[:, None] * u0
-            G = A0 * np.einsum("ij,ij->i", resid, resid)
-        if u0.shape[1] == 1:
-            G = np.zeros_like(G)
+        G = _gram_det(u0, w0, A0, C0)
         G = np.where(G <= _G_FLOOR * A0 * B0, 0.0, G)
         X = A0 / eta_u - B0 / eta_w
         Pi = P0 * Q0
@@ -294,11 +342,41 @@ class LineSolution:
         self._X = _frozen(X)
         self._Pi = _frozen(Pi)
         self._c = c
-        self._omega = omega
         self._Gamma = _frozen(Gamma)
         self._P_inf = _frozen(P_inf)
         self._Q_inf = _frozen(Q_inf)
         self._e0 = _frozen(kappa * C0 - beta)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def kappa(self) -> float:
+        """Output scale kappa > 0."""
+        return self._kappa
+
+    @property
+    def eta_u(self) -> float:
+        """Learning rate of u, > 0."""
+        return self._eta_u
+
+    @property
+    def eta_w(self) -> float:
+        """Learning rate of w, > 0."""
+        return self._eta_w
+
+    @property
+    def sigma(self) -> float:
+        """Second moment Sigma of the data, > 0."""
+        return self._sigma
+
+    @property
+    def beta(self) -> float:
+        """Target slope beta*."""
+        return self._beta
+
+    @property
+    def loss_min(self) -> float:
+        """Minimum loss L*."""
+        return self._loss_min
 
     # ------------------------------------------------------------------ invariants
     @property
@@ -449,6 +527,28 @@ class LineSolution:
             s = np.where(pos_P, s_P, np.where(pos_Q, s_Q, s_0))
         return _Core(P=P, Q=Q, C=C, e=e, s=s)
 
+    def _norms(self, core: _Core) -> tuple[FloatArray, FloatArray]:
+        """Step 8 of §A.6: A = |u|^2 and B = |w|^2 as sums of non-negative terms."""
+        lam = self._lam
+        G = self._G[:, None]
+        X = self._X[:, None]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            # sigma+ sigma- = 4G/lambda^2; the larger is sqrt(Pi) + |X|, the smaller
+            # follows from the product (no cancellation in sqrt(Pi) - |X|).
+            sqrt_pi = (np.sqrt(self._P0) * np.sqrt(self._Q0))[:, None]
+            s_big = sqrt_pi + np.abs(X)
+            s_small = np.where(s_big > 0.0, (4.0 * G / lam**2) / s_big, 0.0)
+            s_plus = np.where(X >= 0.0, s_big, s_small)
+            s_minus = np.where(X >= 0.0, s_small, s_big)
+            # d = sqrt(P) - sqrt(Q) = 4C / (lambda (sqrt(P) + sqrt(Q))), so that
+            # P + Q = d^2 + 2 sqrt(Pi).
+            root_sum = np.sqrt(core.P) + np.sqrt(core.Q)
+            d = np.where(root_sum > 0.0, 4.0 * core.C / (lam * root_sum), 0.0)
+            d2 = d * d
+            A = self.eta_u * (d2 + 2.0 * s_plus) / 4.0
+            B = self.eta_w * (d2 + 2.0 * s_minus) / 4.0
+        return A, B
+
     def at(self, times: ArrayLike) -> LinePath:
         """Evaluate every observable at the given times.
 
@@ -464,44 +564,41 @@ class LineSolution:
             Arrays of shape (trajectories, times).
         """
         t = _times(times)
+        names = [f for f in LinePath.__dataclass_fields__ if f != "times"]
+        out = {name: np.empty((self.trajectories, t.size)) for name in names}
+        # Blocks of times keep the ~30 temporaries of the recipe cache-sized instead of
+        # (trajectories, times) each.
+        step = max(1, _BLOCK // max(1, self.trajectories))
+        for j in range(0, t.size, step):
+            block = self._observables(t[j : j + step])
+            for name in names:
+                out[name][:, j : j + step] = block[name]
+        return LinePath(times=t, **{name: _frozen(a) for name, a in out.items()})
+
+    def _observables(self, t: FloatArray) -> dict[str, FloatArray]:
+        """Steps 4-10 of §A.6 at times ``t``: the fields of LinePath but ``times``."""
         core = self._core(t)
         P, Q, C, e = core.P, core.Q, core.C, core.e
         kappa, lam = self.kappa, self._lam
         G = self._G[:, None]
-        X = self._X[:, None]
+        A, B = self._norms(core)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            # Step 8: A, B as sums of non-negative terms. sigma+ sigma- = 4G/lambda^2;
-            # the larger is sqrt(Pi) + |X|, the smaller follows from the product.
-            sqrt_pi = (np.sqrt(self._P0) * np.sqrt(self._Q0))[:, None]
-            s_big = sqrt_pi + np.abs(X)
-            s_small = np.where(s_big > 0.0, (4.0 * G / lam**2) / s_big, 0.0)
-            s_plus = np.where(X >= 0.0, s_big, s_small)
-            s_minus = np.where(X >= 0.0, s_small, s_big)
-            root_sum = np.sqrt(P) + np.sqrt(Q)
-            d = np.where(root_sum > 0.0, 4.0 * C / (lam * root_sum), 0.0)
-            d2 = d * d
-            A = self.eta_u * (d2 + 2.0 * s_plus) / 4.0
-            B = self.eta_w * (d2 + 2.0 * s_minus) / 4.0
             # Step 9.
             K = kappa**2 * lam**2 * (P + Q) / 2.0
-            K_plain = kappa**2 * (A + B)
             parallel = G == 0.0
             cos = np.where(parallel, np.sign(C), C / np.hypot(C, np.sqrt(G)))
-            alignment = np.where(parallel, 1.0, np.abs(cos))
-            loss = self.loss_min + self.sigma * e * e / 2.0
-        return LinePath(
-            times=t,
-            C=_frozen(C),
-            norm_u2=_frozen(A),
-            norm_w2=_frozen(B),
-            ntk=_frozen(K),
-            ntk_plain=_frozen(K_plain),
-            cos=_frozen(cos),
-            alignment=_frozen(alignment),
-            residual=_frozen(e),
-            loss=_frozen(loss),
-            angle=_frozen(core.s),
-        )
+            return {
+                "C": C,
+                "norm_u2": A,
+                "norm_w2": B,
+                "ntk": K,
+                "ntk_plain": kappa**2 * (A + B),
+                "cos": cos,
+                "alignment": np.where(parallel, 1.0, np.abs(cos)),
+                "residual": e,
+                "loss": self.loss_min + self.sigma * e * e / 2.0,
+                "angle": core.s,
+            }
 
     def limit(self) -> LinePath:
         """Observables at ``t = inf``: ``.at(np.array([np.inf]))``."""
@@ -541,15 +638,40 @@ class LineSolution:
         ti, ni = np.nonzero(~small)
         P0 = self._P0[ti]
         Q0 = self._Q0[ti]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            a_p = np.where(P0 > 0.0, np.sqrt(core.P[ti, ni]) / np.sqrt(P0), 0.0)
-            a_m = np.where(Q0 > 0.0, np.sqrt(core.Q[ti, ni]) / np.sqrt(Q0), 0.0)
+        ls_big = ls[ti, ni]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            # sqrt(P/P0) = e^{lambda s} to an ulp while P is a full-precision normal
+            # number; below that (the unreachable case's tail) from the angle, which
+            # stays accurate when P underflows.
+            P = core.P[ti, ni]
+            Q = core.Q[ti, ni]
+            a_p = np.where(P >= _FULL, np.sqrt(P) / np.sqrt(P0), np.exp(ls_big))
+            a_m = np.where(Q >= _FULL, np.sqrt(Q) / np.sqrt(Q0), np.exp(-ls_big))
+            a_p = np.where(P0 > 0.0, a_p, 0.0)
+            a_m = np.where(Q0 > 0.0, a_m, 0.0)
         ut0 = u0[ti] / math.sqrt(eta_u)
         wt0 = w0[ti] / math.sqrt(eta_w)
         vp = a_p[:, None] * (ut0 + wt0)
         vm = a_m[:, None] * (ut0 - wt0)
         u[ti, ni] = (math.sqrt(eta_u) / 2.0) * (vp + vm)
         w[ti, ni] = (math.sqrt(eta_w) / 2.0) * (vp - vm)
+        # Parallel layers (G = 0: width 1, u0 || w0): a layer that shrinks towards 0
+        # (beta* = 0) is a cancelling difference of O(1) terms above. It is rebuilt from
+        # the dominant one (in the rescaled norms, which bound the rounding above) and
+        # the accurate scalars: w = (C/A) u or u = (C/B) w.
+        # (Only where the dominant norm is a full-precision normal number: in an
+        # underflowing tail the ratio C/A would be noise; the rotation is kept there.)
+        parallel = self._G == 0.0
+        if np.any(parallel):
+            A, B = self._norms(core)
+            u_major = A / eta_u >= B / eta_w
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio_w = core.C / A
+                ratio_u = core.C / B
+            ti, ni = np.nonzero(parallel[:, None] & u_major & (A >= _FULL))
+            w[ti, ni] = ratio_w[ti, ni, None] * u[ti, ni]
+            ti, ni = np.nonzero(parallel[:, None] & ~u_major & (B >= _FULL))
+            u[ti, ni] = ratio_u[ti, ni, None] * w[ti, ni]
         return LineParams(u=_frozen(u), w=_frozen(w))
 
 
