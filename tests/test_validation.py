@@ -39,6 +39,12 @@ FLOW = nf.GradientFlow(t_max=1.0)
         (lambda: nf.Moments(Sigma=np.eye(2), b=[1.0, 1.0], y2=0.5), "y2"),
         (lambda: nf.Dataset(X=np.ones((5, 2)), y=np.ones(4)), "y"),
         (lambda: nf.Dataset(X=[[1.0, np.inf]], y=[1.0]), "X"),
+        (lambda: nf.Dataset(X=np.empty((0, 2)), y=np.empty(0)), "X"),
+        (lambda: nf.Dataset(X=np.ones((3, 2)) * 1j, y=np.ones(3)), "X"),
+        (lambda: nf.Dataset(X=[["a", "b"]], y=[1.0]), "X"),
+        (lambda: nf.Dataset(X=np.zeros((3, 2)), y=np.ones(3)), "X"),
+        (lambda: nf.Params(np.ones((2, 3)), np.full((2, 3), np.nan)), "W0"),
+        (lambda: nf.Params(np.ones((0, 3)), np.ones((0, 3))), "u0"),
         (lambda: nf.Gaussian(-1.0, 1.0), "s_u"),
         (lambda: nf.Gaussian(1.0, 1.0, correlation=1.5), "correlation"),
         (lambda: nf.Gaussian(0.0, 1.0, correlation="copy"), "s_u"),
@@ -102,3 +108,19 @@ def test_dataset_loss_is_the_datasets_own() -> None:
     direct = 0.5 * np.mean((f - y) ** 2, axis=-1)
     # Round-off only: the moments form avoids cancellation near the minimum.
     np.testing.assert_allclose(res.loss, direct, rtol=1e-12)
+
+
+def test_non_contiguous_and_read_only_inputs_are_copied_not_refused() -> None:
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(4, 10))
+    W = rng.normal(size=(4, 10, 2))
+    X = rng.normal(size=(20, 4))
+    y = rng.normal(size=20)
+    ro = W.copy()
+    ro.setflags(write=False)
+    net = nf.TwoLayer(width=10, kappa=0.3)
+    train = nf.GradientFlow(t_max=1.0)
+    a = nf.simulate(net, nf.Dataset(X=X[:, ::2], y=y), train, init=nf.Params(u, ro))
+    b = nf.simulate(net, nf.Dataset(X=np.asfortranarray(X[:, ::2]), y=y[::-1][::-1]),
+                    train, init=nf.Params(np.asfortranarray(u), W[:, :, :]))
+    np.testing.assert_array_equal(a.loss, b.loss)

@@ -69,6 +69,8 @@ def array(
     value: Any, name: str, *, ndim: int | tuple[int, ...], finite: bool = True
 ) -> NDArray[np.float64]:
     """A C-contiguous float64 copy of ``value``, checked for rank and finiteness."""
+    if np.iscomplexobj(value):
+        raise ValueError(f"{name} must be real; got a complex array")
     try:
         out = np.array(value, dtype=np.float64, order="C", copy=True)
     except (TypeError, ValueError):
