@@ -149,7 +149,7 @@ class Store:
         """The arrays of a finished task (by key, or by index in the manifest)."""
         if isinstance(key, int):
             key = self.keys()[key]
-        with np.load(self.file(key), allow_pickle=False) as z:
+        with open(self.file(key), "rb") as fh, np.load(fh, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
     def summary(self) -> Table:
@@ -181,8 +181,8 @@ class Store:
         path = self.file(key)
         if not path.exists():
             return False
-        try:
-            with np.load(path, allow_pickle=False) as z:
+        try:  # our own handle: np.load leaks its own when the zip is truncated
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 for name in z.files:  # reading every member checks its CRC
                     z[name]
                 return str(z["key"]) == key

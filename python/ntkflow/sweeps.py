@@ -425,7 +425,8 @@ def rows_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             cols[name] = np.array(vals if None not in vals else [str(v) for v in vals])
         elif all(isinstance(v, int) and not isinstance(v, bool) for v in present) and \
                 None not in vals:
-            cols[name] = np.array(vals, dtype=np.int64)
+            big = any(v >= 2**63 for v in vals)  # derived seeds are 64-bit unsigned
+            cols[name] = np.array(vals, dtype=np.uint64 if big else np.int64)
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
             cols[name] = np.array([math.nan if v is None else v for v in vals],
                                   dtype=np.float64)
