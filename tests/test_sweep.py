@@ -279,3 +279,26 @@ def test_dask_survives_a_killed_worker(client: Any, tmp_path: Path) -> None:
     assert_same(nf.sweep(tasks, threads=2), on_dask)
     assert not leftovers(store)
     client.wait_for_workers(2)  # the nanny restarts the killed worker
+
+
+def test_cli_run_with_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ntkflow.cli import main
+
+    cfg = tmp_path / "ws.toml"
+    cfg.write_text('kind = "width_study"\n[parametrization]\nname = "ntk"\n'
+                   '[study]\nwidths = [8, 16, 32]\ntrajectories = 8\nexact = true\n'
+                   'n_boot = 20\nstore = "from_config"\n[output]\nfigures = false\n')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert len(task_files(tmp_path / "from_config")) == 3  # relative to the config file
+    store = tmp_path / "from_cli"
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                 "--store", str(store)]) == 0
+    stamps = [p.stat().st_mtime_ns for p in task_files(store)]
+    assert len(stamps) == 3 and (store / "summary.csv").exists()
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                 "--store", str(store)]) == 0  # resumed: nothing recomputed
+    assert [p.stat().st_mtime_ns for p in task_files(store)] == stamps
+    cfg.write_text(cfg.read_text().replace("trajectories = 8", "trajectories = 9"))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                 "--store", str(store)]) == 2
+    assert "trajectories is 8 in the store, 9 now" in capsys.readouterr().err
