@@ -58,7 +58,7 @@ def slow_tasks(n: int = 8) -> list[nf.Task]:
 def assert_same(a: nf.Sweep, b: nf.Sweep) -> None:
     """Bit for bit: every array of every task (only the wall time may differ)."""
     assert [t.key for t in a.tasks] == [t.key for t in b.tasks]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert set(x.arrays) == set(y.arrays)
         for k, v in x.arrays.items():
             if k == "seconds":

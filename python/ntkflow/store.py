@@ -30,7 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _core, __version__
+from . import __version__, _core
 from ._table import Table, _cell
 from .sweeps import flatten, rows_table, summary_row
 
@@ -190,7 +190,7 @@ class Store:
             return False
 
     def _write(self, key: str, arrays: dict[str, NDArray[Any]]) -> None:
-        atomic_write(self.file(key), lambda fh: np.savez(fh, **arrays))
+        atomic_write(self.file(key), lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
 
     def _finished_keys(self, keys: Iterable[str]) -> set[str]:
         done = set()
@@ -218,7 +218,8 @@ class Store:
                 manifest = {"format": FORMAT, "version": VERSION, "ntkflow": __version__,
                             "isa": str(_core.ISA), "tasks": entries}
                 text = json.dumps(manifest, indent=1, allow_nan=False) + "\n"
-                atomic_write(self.manifest_path, lambda fh: fh.write(text.encode()))
+                atomic_write(self.manifest_path, lambda fh: None if fh.write(text.encode())
+                             else None)
         except BaseException:
             lock.close()
             raise
@@ -252,7 +253,7 @@ def _differences(old: list[dict[str, Any]], new: list[dict[str, Any]],
         lines.append(f"the store has {len(old)} tasks, this sweep {len(new)}")
     old_keys = {t["key"] for t in old}
     new_keys = {t["key"] for t in new}
-    for i, (a, b) in enumerate(zip(old, new)):
+    for i, (a, b) in enumerate(zip(old, new, strict=False)):
         if a["key"] == b["key"] or (a["key"] in new_keys and b["key"] in old_keys):
             continue
         fa, fb = flatten(a["spec"]), flatten(b["spec"])

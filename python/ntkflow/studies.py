@@ -349,10 +349,10 @@ def width_study(
                            trajectories=trajectories, seed=derive_seed(seed, w), exact=exact,
                            t_max=t_max, solver=solver, rtol=rtol, atol=atol, dt=dt,
                            times=times, loss_below=loss_below, eps=eps, tau=tau)
-             for h, w in zip(hypers, ws)]
+             for h, w in zip(hypers, ws, strict=True)]
     done = sweep(tasks, store=store, client=client, resume=resume, threads=threads,
                  progress=progress, desc=f"width study ({p.name})")
-    ensembles = [_ensemble(h, out) for h, out in zip(hypers, done)]
+    ensembles = [_ensemble(h, out) for h, out in zip(hypers, done, strict=True)]
     cols: dict[str, list[Any]] = {k: [] for k in (
         "width", "kappa", "s_u", "s_w", "eta_u", "eta_w", "seed", "trajectories", "ok",
         "failed", "t_max")}
@@ -596,7 +596,7 @@ def phase_diagram(
             loss_below=loss_below, eps=eps, tau=tau))
     done = sweep(tasks, store=store, client=client, resume=resume, threads=threads,
                  progress=progress, desc="phase diagram")
-    for (i, j), h, out in zip(cells, hypers, done):
+    for (i, j), h, out in zip(cells, hypers, done, strict=True):
         e = _ensemble(h, out)
         c = e.classification
         okc[i, j] = int(np.sum(c.ok))

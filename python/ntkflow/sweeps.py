@@ -30,7 +30,14 @@ from ._progress import progress as _progress
 from ._simulate import Method, draw_initial, simulate
 from ._table import Table
 from ._validate import integer, real, require
-from .mechanisms import FAILED, LABELS, SCORE_NAMES, Classification, classify, classify_exact
+from .mechanisms import (
+    FAILED,
+    LABELS,
+    SCORE_NAMES,
+    Classification,
+    classify,
+    classify_exact,
+)
 from .result import Result
 from .specs import (
     Data,
@@ -193,7 +200,9 @@ class Task:
     key: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        def s(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
         require(isinstance(self.net, TwoLayer), "net", "must be a TwoLayer", self.net)
         require(isinstance(self.data, (LatentLine, Moments, Dataset)), "data",
                 "must be a LatentLine, Moments or Dataset", self.data)
@@ -263,7 +272,7 @@ class Task:
         return TaskOutput(self, execute(self, None, threads))
 
 
-def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, NDArray[Any]]:
+def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
     """Compute a task; the plain arrays its store file holds. ``isa``: the level the
     caller runs; a worker on another level refuses (different rounding, other bits)."""
     if isa is not None and str(_core.ISA) != isa:
@@ -275,7 +284,7 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, NDArr
     net, data, train, init, n = task.net, task.data, task.train, task.init, task.trajectories
     auto = task.horizon == "auto"
     loss_below = task.record.loss_below
-    out: dict[str, NDArray[Any]] = {}
+    out: dict[str, Any] = {}  # NumPy arrays and 0-d NumPy scalars
     sol = None
     if task.compute == "exact" or auto:
         assert isinstance(init, Gaussian) and isinstance(train, GradientFlow)
@@ -295,6 +304,7 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, NDArr
                    source=np.str_("exact"))
     else:
         if auto:
+            assert isinstance(train, GradientFlow)
             train = dataclasses.replace(train, t_max=_horizon(sol))
         res = simulate(net, data, train, init=init, trajectories=n, seed=task.seed,
                        record=task.record, threads=threads, method=task.method,
@@ -363,10 +373,11 @@ class TaskOutput:
         """The simulated ``Result`` (``compute="records"`` only)."""
         require(self.task.compute == "records", "compute",
                 'must be "records" to rebuild the Result', self.task.compute)
-        a = {k: self.arrays.get(f"record_{k}") for k in _RECORDS}
+        a: dict[str, Any] = {k: self.arrays.get(f"record_{k}") for k in _RECORDS}
         t = self.task
         train = t.train
         if t.horizon == "auto":
+            assert isinstance(train, GradientFlow)
             train = dataclasses.replace(train, t_max=float(self.arrays["t_max"]))
         return Result(times=a["times"], loss=a["loss"], p=a["p"], norm_u2=a["norm_u2"],
                       norm_w2=a["norm_w2"], alignment=a["alignment"], ntk=a["ntk"],
@@ -425,7 +436,7 @@ def rows_table(rows: Sequence[Mapping[str, Any]]) -> Table:
             cols[name] = np.array(vals if None not in vals else [str(v) for v in vals])
         elif all(isinstance(v, int) and not isinstance(v, bool) for v in present) and \
                 None not in vals:
-            big = any(v >= 2**63 for v in vals)  # derived seeds are 64-bit unsigned
+            big = any(v is not None and v >= 2**63 for v in vals)  # derived seeds are 64-bit unsigned
             cols[name] = np.array(vals, dtype=np.uint64 if big else np.int64)
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
             cols[name] = np.array([math.nan if v is None else v for v in vals],
@@ -489,7 +500,7 @@ def _client(client: Any) -> tuple[Any, bool]:
     except ImportError:
         raise ImportError(DASK_MISSING) from None
     if isinstance(client, str):
-        return distributed.Client(client), True
+        return distributed.Client(client), True  # type: ignore[no-untyped-call]
     require(isinstance(client, distributed.Client), "client",
             "must be a dask.distributed.Client or a scheduler address such as "
             "'tcp://host:8786'", client)
@@ -555,7 +566,7 @@ def sweep(
     if client is not None:
         dask_client, owned = _client(client)
     st = None if store is None else (store if isinstance(store, Store) else Store(store))
-    memory: dict[str, dict[str, NDArray[Any]]] = {}
+    memory: dict[str, dict[str, Any]] = {}
     computed: list[str] = []
     lock = None
     try:
@@ -566,7 +577,7 @@ def sweep(
                 done = st._finished_keys(t.key for t in unique)
         todo = [t for t in unique if t.key not in done]
 
-        def finish(key: str, arrays: dict[str, NDArray[Any]]) -> None:
+        def finish(key: str, arrays: dict[str, Any]) -> None:
             if st is not None:
                 st._write(key, arrays)
             else:
@@ -585,7 +596,7 @@ def sweep(
     finally:
         if lock is not None:
             lock.close()
-        if owned:
+        if owned and dask_client is not None:
             dask_client.close()
     return Sweep(tasks, st, tuple(computed), tuple(t.key for t in unique if t.key in done),
                  time.perf_counter() - t0, memory)
@@ -598,9 +609,9 @@ def _run_dask(client: Any, todo: Sequence[Task], threads: int | None, finish: An
     isa = str(_core.ISA)
     futures = [client.submit(execute, t, isa, threads, key=f"ntkflow-{t.key}", pure=False)
                for t in todo]
-    by_key = {f.key: t for f, t in zip(futures, todo)}
+    by_key = {f.key: t for f, t in zip(futures, todo, strict=True)}
     try:
-        for fut in as_completed(futures):
+        for fut in as_completed(futures):  # type: ignore[no-untyped-call]
             arrays = fut.result()  # raises the task's exception, if any
             finish(by_key[fut.key].key, arrays)
             fut.release()
