@@ -6,13 +6,17 @@ solutions, and follow the neural tangent kernel. See ``simulate`` to start.
 
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
 from . import exact, mechanisms
 from ._memory import memory_budget, set_memory_budget
 from ._simulate import simulate
 from ._validate import MemoryBudgetError
 from .mechanisms import Classification, classify, classify_exact
 from .parametrization import Parametrization
+from .store import Store
 from .studies import PhaseDiagram, WidthStudy, phase_diagram, width_study
+from .sweeps import Sweep, Task, TaskOutput, sweep
 from ._table import Table
 from .result import STATUS_NAMES, Result
 from .specs import (
@@ -26,8 +30,6 @@ from .specs import (
     Record,
     TwoLayer,
 )
-
-__version__ = "0.1.0"
 
 
 def build_info() -> dict[str, object]:
@@ -59,6 +61,10 @@ __all__ = [
     "PhaseDiagram",
     "Record",
     "Result",
+    "Store",
+    "Sweep",
+    "Task",
+    "TaskOutput",
     "Table",
     "TwoLayer",
     "WidthStudy",
@@ -71,5 +77,6 @@ __all__ = [
     "phase_diagram",
     "set_memory_budget",
     "simulate",
+    "sweep",
     "width_study",
 ]

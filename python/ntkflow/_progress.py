@@ -25,13 +25,15 @@ class _Silent:
         pass
 
 
-def progress(total: int, desc: str, enabled: bool) -> Any:
+def progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
     """A context manager with ``update(n)``; silent unless ``enabled`` and stderr is a
-    terminal and tqdm can be imported."""
+    terminal and tqdm can be imported. ``initial``: steps already done (a resumed sweep),
+    counted in the bar but not in its rate and time estimate."""
     if not enabled or not sys.stderr.isatty():
         return _Silent()
     try:
         from tqdm import tqdm
     except ImportError:
         return _Silent()
-    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, leave=False,
+                dynamic_ncols=True)

@@ -19,7 +19,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .config import run
 
-    files = run(args.config, args.out, quiet=args.quiet)
+    files = run(args.config, args.out, quiet=args.quiet, store=args.store,
+                scheduler=args.scheduler)
     for f in files:
         print(f"wrote {f}")
     return 0
@@ -83,6 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--out", default=".", metavar="DIR",
                      help="output folder, created if missing (default: .)")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summaries")
+    run.add_argument("--store", default=None, metavar="DIR",
+                     help="width study / phase diagram: keep every finished ensemble in "
+                     "DIR (one .npz each, written at once) and resume from it when run "
+                     "again; overrides the config's store key")
+    run.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                     help="width study / phase diagram: run each ensemble as a task on "
+                     "this Dask scheduler (e.g. tcp://host:8786; needs "
+                     "pip install 'ntkflow[dask]')")
     run.set_defaults(func=_run)
     info = sub.add_parser("info", help="build and machine information",
                           description="Print how the compiled core was built and which "

@@ -37,6 +37,9 @@ _PARAM: dict[str, tuple[type, ...]] = {"name": (str,), "alpha": _NUM, "beta_u": 
           "c_w": _NUM, "kappa0": _NUM, "eta0": _NUM, "correlation": (int, float, str)}
 _SOLVE: dict[str, tuple[type, ...]] = {"t_max": _T_MAX, "solver": (str,), "rtol": _NUM, "atol": _NUM, "dt": _NUM,
           "times": (int,), "loss_below": _NUM, "threads": (int,)}
+# studies are sweeps: a store folder (relative paths from the config file's folder),
+# resume, and a Dask scheduler address
+_SWEEP: dict[str, tuple[type, ...]] = {"store": (str,), "resume": (bool,), "scheduler": (str,)}
 SCHEMA: dict[str, dict[str, dict[str, tuple[type, ...]]]] = {
     "simulate": {
         "network": {"width": (int,), "kappa": _NUM},
@@ -49,14 +52,15 @@ SCHEMA: dict[str, dict[str, dict[str, tuple[type, ...]]]] = {
     "width_study": {
         "parametrization": _PARAM,
         "study": {"widths": (list,), "trajectories": (int,), "seed": (int,),
-                  "exact": (bool,), "n_boot": (int,), "fit": (list,), **_SOLVE},
+                  "exact": (bool,), "n_boot": (int,), "fit": (list,), **_SOLVE,
+                  **_SWEEP},
         **_COMMON,
     },
     "phase_diagram": {
         "parametrization": _PARAM,
         "grid": {"x": (str,), "x_values": (list,), "y": (str,), "y_values": (list,),
                  "width": (int,), "trajectories": (int,), "seed": (int,),
-                 "exact": (bool,), **_SOLVE},
+                 "exact": (bool,), **_SOLVE, **_SWEEP},
         **_COMMON,
     },
 }
@@ -145,9 +149,33 @@ def _solve_kwargs(sec: dict[str, Any], key: str) -> dict[str, Any]:
     return out
 
 
-def run(path: str | Path, out: str | Path, *, quiet: bool = False) -> list[Path]:
-    """Run a config file; returns the files written."""
+def _sweep_kwargs(sec: dict[str, Any], config: Path, store: str | Path | None,
+                  scheduler: str | None) -> dict[str, Any]:
+    """store/resume/client of a study: the command line's --store/--scheduler win over
+    the file's keys; a relative store in the file is relative to the file's folder."""
+    kw: dict[str, Any] = {"resume": sec.get("resume", True)}
+    if store is not None:
+        kw["store"] = Path(store)
+    elif "store" in sec:
+        kw["store"] = config.parent / sec["store"]
+    address = scheduler if scheduler is not None else sec.get("scheduler")
+    if address is not None:
+        kw["client"] = address
+    return kw
+
+
+def run(path: str | Path, out: str | Path, *, quiet: bool = False,
+        store: str | Path | None = None, scheduler: str | None = None) -> list[Path]:
+    """Run a config file; returns the files written.
+
+    ``store`` (a folder) and ``scheduler`` (a Dask address) apply to width studies and
+    phase diagrams, over the config's ``store``/``scheduler`` keys.
+    """
     cfg = load(path)
+    cfg["_sweep"] = (Path(path), store, scheduler)
+    if cfg["kind"] == "simulate" and (store is not None or scheduler is not None):
+        raise ConfigError("--store and --scheduler apply to width_study and "
+                          "phase_diagram configs, not simulate")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +277,7 @@ def _run_width_study(cfg: dict[str, Any], out: Path, figures: bool, eps: float,
     for k in ("trajectories", "seed", "exact", "n_boot"):
         if k in st:
             kw[k] = st[k]
+    kw.update(_sweep_kwargs(st, *cfg["_sweep"]))
     if "fit" in st:
         kw["fit"] = tuple(st["fit"])
     per = cfg.get("output", {}).get("per_trajectory", False)
@@ -283,6 +312,7 @@ def _run_phase_diagram(cfg: dict[str, Any], out: Path, figures: bool, eps: float
     for k in ("width", "trajectories", "seed", "exact"):
         if k in g:
             kw[k] = g[k]
+    kw.update(_sweep_kwargs(g, *cfg["_sweep"]))
     res = _call("grid", phase_diagram, (g["x"], g["x_values"]), (g["y"], g["y_values"]),
                 _parametrization(cfg), data=_data(cfg), eps=eps, tau=tau,
                 progress=not quiet, **kw)

@@ -12,26 +12,23 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import exact as _exact
-from ._progress import progress as _progress
-from ._simulate import draw_initial, simulate
 from ._table import Table
 from ._validate import integer, real, require
-from .mechanisms import (
-    FAILED,
-    LABELS,
-    SCORE_NAMES,
-    Classification,
-    classify,
-    classify_exact,
-)
+from .mechanisms import FAILED, LABELS, SCORE_NAMES, Classification
 from .parametrization import EXPONENTS, Hyper, Parametrization
 from .specs import Data, Gaussian, GradientFlow, LatentLine, Record, TwoLayer
+from .sweeps import Task, TaskOutput, sweep
+from .sweeps import _exact_t_hit as _exact_t_hit  # noqa: F401 - kept importable
+from .sweeps import _horizon as _horizon  # noqa: F401
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Store
 
 TMax = float | Literal["auto"] | None
 
@@ -72,37 +69,40 @@ def _is_line(data: Data) -> bool:
     return int(data.dim) == 1
 
 
-def _horizon(sol: Any) -> float:
-    """THEORY §A.5: t_esc + 40 / Gamma, the largest over the ensemble (finite ones)."""
-    t = np.asarray(sol.escape_time) + 40.0 / np.asarray(sol.rate)
-    t = t[np.isfinite(t)]
-    require(t.size > 0, "t_max", '"auto" found no finite horizon (Gamma = 0); give a number',
-            "auto")
-    return float(np.max(t))
+def ensemble_task(
+    hyper: Hyper,
+    *,
+    correlation: float | Literal["copy"],
+    data: Data,
+    trajectories: int,
+    seed: int,
+    exact: bool,
+    t_max: TMax,
+    solver: str = "dopri5",
+    rtol: float = 1e-10,
+    atol: float = 1e-14,
+    dt: float = 0.01,
+    times: int = 200,
+    loss_below: float = 1e-6,
+    eps: float = 0.05,
+    tau: float = 0.1,
+) -> Task:
+    """The sweep task of one ensemble of a study (see ``run_ensemble``)."""
+    auto = t_max is None or t_max == "auto"
+    horizon = 1.0 if auto else real(t_max, "t_max", low=0.0, low_open=True)
+    train = GradientFlow(eta_u=hyper.eta_u, eta_w=hyper.eta_w, t_max=horizon,
+                         solver=solver, rtol=rtol, atol=atol, dt=dt)  # type: ignore[arg-type]
+    return Task(net=TwoLayer(width=hyper.width, kappa=hyper.kappa), data=data, train=train,
+                init=Gaussian(hyper.s_u, hyper.s_w, correlation=correlation),
+                trajectories=trajectories, seed=seed,
+                record=Record(times=times, spacing="log", loss_below=loss_below),
+                compute="exact" if exact else "classify",
+                horizon="auto" if auto else "train", eps=eps, tau=tau)
 
 
-def _exact_t_hit(sol: Any, t_end: float, level: float) -> NDArray[np.float64]:
-    """First time the exact loss reaches ``level``: the loss decreases monotonically, so
-    bracket it on 600 log-spaced times and interpolate log(loss) linearly in t (relative
-    error of the time ~1e-3 on this grid; NaN if not reached by t_end)."""
-    grid = np.concatenate([[0.0], np.geomspace(t_end * 1e-7, t_end, 600)])
-    L = sol.at(grid).loss
-    below = L <= level
-    first = np.where(below.any(axis=1), below.argmax(axis=1), -1)
-    out = np.full(L.shape[0], np.nan)
-    for k in np.flatnonzero(first >= 0):
-        j = first[k]
-        if j == 0:
-            out[k] = 0.0
-            continue
-        l0, l1 = L[k, j - 1], L[k, j]
-        t0, t1 = grid[j - 1], grid[j]
-        if l1 > 0 and l0 > l1 and level > 0:
-            f = (math.log(l0) - math.log(level)) / (math.log(l0) - math.log(l1))
-        else:
-            f = 1.0
-        out[k] = t0 + f * (t1 - t0)
-    return out
+def _ensemble(hyper: Hyper, out: TaskOutput) -> Ensemble:
+    return Ensemble(hyper, out.task.seed, out.classification(), out["final_loss"],
+                    out["t_hit"], float(out["t_max"]), out.seconds, str(out["source"]))
 
 
 def run_ensemble(
@@ -130,39 +130,14 @@ def run_ensemble(
     t = inf, the final loss at ``t_max`` (at t = inf if ``t_max`` is "auto"/None) and the
     threshold time from the closed form. ``exact=False``: ``simulate`` on ``times``
     log-spaced record times up to ``t_max`` ("auto": t_esc + 40/Gamma from the closed form,
-    dim 1 only), then ``classify`` on the records.
+    dim 1 only), then ``classify`` on the records. The work is ``ensemble_task(...)``,
+    the task a sweep runs.
     """
-    net = TwoLayer(width=hyper.width, kappa=hyper.kappa)
-    init = Gaussian(hyper.s_u, hyper.s_w, correlation=correlation)
-    flow = GradientFlow(eta_u=hyper.eta_u, eta_w=hyper.eta_w, t_max=1.0)
-    auto = t_max is None or t_max == "auto"
-    t0 = time.perf_counter()
-    sol = None
-    if exact or auto:
-        require(_is_line(data), "data",
-                "must be one-dimensional for exact=True or t_max='auto'", data)
-        require(hyper.eta_u > 0 and hyper.eta_w > 0, "eta_u, eta_w",
-                "must be > 0 for exact=True or t_max='auto'", (hyper.eta_u, hyper.eta_w))
-        params = draw_initial(init, hyper.width, 1, trajectories, seed=seed)
-        sol = _exact.line(params, net, data, flow)
-    if exact:
-        assert sol is not None
-        c = classify_exact(sol, eps, tau)
-        horizon = _horizon(sol) if auto else real(t_max, "t_max", low=0.0, low_open=True)
-        final = sol.limit().loss[:, 0] if auto else sol.at(np.array([horizon])).loss[:, 0]
-        hit = _exact_t_hit(sol, horizon, loss_below)
-        return Ensemble(hyper, seed, c, final, hit, math.inf if auto else horizon,
-                        time.perf_counter() - t0, "exact")
-    horizon = _horizon(sol) if auto else real(t_max, "t_max", low=0.0, low_open=True)
-    train = GradientFlow(eta_u=hyper.eta_u, eta_w=hyper.eta_w, t_max=horizon,
-                         solver=solver, rtol=rtol, atol=atol, dt=dt)  # type: ignore[arg-type]
-    res = simulate(net, data, train, init=init, trajectories=trajectories, seed=seed,
-                   record=Record(times=times, spacing="log", loss_below=loss_below),
-                   threads=threads)
-    c = classify(res, eps, tau)
-    assert res.t_hit is not None
-    return Ensemble(hyper, seed, c, res.loss[:, -1].copy(), res.t_hit.copy(), horizon,
-                    time.perf_counter() - t0, "simulate")
+    task = ensemble_task(hyper, correlation=correlation, data=data,
+                         trajectories=trajectories, seed=seed, exact=exact, t_max=t_max,
+                         solver=solver, rtol=rtol, atol=atol, dt=dt, times=times,
+                         loss_below=loss_below, eps=eps, tau=tau)
+    return _ensemble(hyper, task.run(threads))
 
 
 # --------------------------------------------------------------------------- width study
@@ -315,6 +290,9 @@ def width_study(
     boot_seed: int = 0,
     threads: int | None = None,
     progress: bool = False,
+    store: str | Path | Store | None = None,
+    client: Any = None,
+    resume: bool = True,
 ) -> WidthStudy:
     """An ensemble per width, classified, with scaling exponents of the score medians.
 
@@ -350,6 +328,10 @@ def width_study(
         Bootstrap refits and the seed of their generator.
     progress : bool
         A progress bar on stderr (tqdm, when installed and stderr is a terminal).
+    store, client, resume
+        As in ``sweep``: each width is one task, written to ``store`` as it finishes
+        and run on the Dask cluster ``client`` when given; without them the widths run
+        one after the other in this process. The numbers are the same either way.
     """
     p = _parametrization(parametrization)
     ws = [integer(w, "widths", minimum=1) for w in widths]
@@ -362,16 +344,15 @@ def width_study(
     known = set(SCORE_NAMES) | {"abs_delta_a", "final_loss", "t_hit"}
     for f in fit:
         require(f in known, "fit", f"entries must be among {tuple(sorted(known))}", f)
-    ensembles: list[Ensemble] = []
-    with _progress(len(ws), f"width study ({p.name})", progress) as bar:
-        for w in ws:
-            e = run_ensemble(p.at(w), correlation=p.correlation, data=data,
-                             trajectories=trajectories, seed=derive_seed(seed, w),
-                             exact=exact, t_max=t_max, solver=solver, rtol=rtol, atol=atol,
-                             dt=dt, times=times, loss_below=loss_below, eps=eps, tau=tau,
-                             threads=threads)
-            ensembles.append(e)
-            bar.update(1)
+    hypers = [p.at(w) for w in ws]
+    tasks = [ensemble_task(h, correlation=p.correlation, data=data,
+                           trajectories=trajectories, seed=derive_seed(seed, w), exact=exact,
+                           t_max=t_max, solver=solver, rtol=rtol, atol=atol, dt=dt,
+                           times=times, loss_below=loss_below, eps=eps, tau=tau)
+             for h, w in zip(hypers, ws, strict=True)]
+    done = sweep(tasks, store=store, client=client, resume=resume, threads=threads,
+                 progress=progress, desc=f"width study ({p.name})")
+    ensembles = [_ensemble(h, out) for h, out in zip(hypers, done, strict=True)]
     cols: dict[str, list[Any]] = {k: [] for k in (
         "width", "kappa", "s_u", "s_w", "eta_u", "eta_w", "seed", "trajectories", "ok",
         "failed", "t_max")}
@@ -550,6 +531,9 @@ def phase_diagram(
     tau: float = 0.1,
     threads: int | None = None,
     progress: bool = False,
+    store: str | Path | Store | None = None,
+    client: Any = None,
+    resume: bool = True,
 ) -> PhaseDiagram:
     """Label fractions and mean scores over a grid of two hyperparameters.
 
@@ -567,6 +551,8 @@ def phase_diagram(
     exact : bool
         Linear, dim 1: each cell from the closed form at t = inf (``classify_exact``),
         no integration: the infinite-precision phase diagram.
+    store, client, resume
+        As in ``sweep``: each cell is one task (see ``width_study``).
     Other parameters as in ``width_study``.
     """
     p = _parametrization(base)
@@ -596,30 +582,35 @@ def phase_diagram(
     domf = np.full((ny, nx), np.nan)
     okc = np.zeros((ny, nx), dtype=np.int64)
     t0 = time.perf_counter()
-    with _progress(ny * nx, "phase diagram", progress) as bar:
-        for i in range(ny):
-            for j in range(nx):
-                cell = {names[0]: float(xv[j]), names[1]: float(yv[i])}
-                h, corr, d = _cell_setting(p, width, data, cell)
-                e = run_ensemble(h, correlation=corr, data=d, trajectories=trajectories,
-                                 seed=derive_seed(seed, names[0], xv[j], names[1], yv[i]),
-                                 exact=exact, t_max=t_max, solver=solver, rtol=rtol,
-                                 atol=atol, dt=dt, times=times, loss_below=loss_below,
-                                 eps=eps, tau=tau, threads=threads)
-                c = e.classification
-                okc[i, j] = int(np.sum(c.ok))
-                for lab, f in c.fractions.items():
-                    frac[lab][i, j] = f
-                dom[i, j] = c.dominant
-                if dom[i, j] != FAILED:
-                    domf[i, j] = c.fractions[dom[i, j]]
-                sc = _score_columns(e)
-                for s in score_names:
-                    v = sc[s][c.ok]
-                    v = v[np.isfinite(v)]
-                    if v.size:
-                        mean[s][i, j] = float(np.mean(v))
-                        med[s][i, j] = float(np.median(v))
-                bar.update(1)
+    cells = [(i, j) for i in range(ny) for j in range(nx)]
+    hypers = []
+    tasks = []
+    for i, j in cells:
+        cell = {names[0]: float(xv[j]), names[1]: float(yv[i])}
+        h, corr, d = _cell_setting(p, width, data, cell)
+        hypers.append(h)
+        tasks.append(ensemble_task(
+            h, correlation=corr, data=d, trajectories=trajectories,
+            seed=derive_seed(seed, names[0], xv[j], names[1], yv[i]), exact=exact,
+            t_max=t_max, solver=solver, rtol=rtol, atol=atol, dt=dt, times=times,
+            loss_below=loss_below, eps=eps, tau=tau))
+    done = sweep(tasks, store=store, client=client, resume=resume, threads=threads,
+                 progress=progress, desc="phase diagram")
+    for (i, j), h, out in zip(cells, hypers, done, strict=True):
+        e = _ensemble(h, out)
+        c = e.classification
+        okc[i, j] = int(np.sum(c.ok))
+        for lab, f in c.fractions.items():
+            frac[lab][i, j] = f
+        dom[i, j] = c.dominant
+        if dom[i, j] != FAILED:
+            domf[i, j] = c.fractions[dom[i, j]]
+        sc = _score_columns(e)
+        for s in score_names:
+            v = sc[s][c.ok]
+            v = v[np.isfinite(v)]
+            if v.size:
+                mean[s][i, j] = float(np.mean(v))
+                med[s][i, j] = float(np.median(v))
     return PhaseDiagram(names[0], xv, names[1], yv, frac, mean, med, dom, domf, okc,
                         trajectories, exact, time.perf_counter() - t0)

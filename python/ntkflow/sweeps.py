@@ -1,0 +1,621 @@
+"""Sweeps: many ensembles, each one task, run in-process or on a Dask cluster.
+
+A ``Task`` is a small frozen description of one ensemble (network, data, training, init,
+trajectories, seed, records, method, and what to compute). Its ``key`` is a hash of that
+description: the task's name on a Dask cluster and its file name in a ``Store``. A task's
+numbers depend only on its description (the seed is part of it, never the task's position
+in the sweep), and the core is bit-reproducible for a given seed whatever the thread
+count, so a task gives the same bits wherever and whenever it runs -- on the same
+compiled instruction-set level (``NTKFLOW_ISA``), which the sweep checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _core
+from . import exact as _exact
+from ._progress import progress as _progress
+from ._simulate import Method, draw_initial, simulate
+from ._table import Table
+from ._validate import integer, real, require
+from .mechanisms import (
+    FAILED,
+    LABELS,
+    SCORE_NAMES,
+    Classification,
+    classify,
+    classify_exact,
+)
+from .result import Result
+from .specs import (
+    Data,
+    Dataset,
+    Gaussian,
+    GradientDescent,
+    GradientFlow,
+    Init,
+    LatentLine,
+    Moments,
+    Params,
+    Record,
+    Training,
+    TwoLayer,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Store
+
+Compute = Literal["classify", "records", "exact"]
+Horizon = Literal["train", "auto"]
+TASK_FORMAT = 1
+"""Version of the task description; part of every key."""
+
+DASK_MISSING = ("running a sweep on a Dask cluster needs dask.distributed, which is not "
+                "installed: pip install 'ntkflow[dask]'")
+
+_RECORDS = ("times", "loss", "p", "norm_u2", "norm_w2", "alignment", "ntk",
+            "balance_drift", "t_fail", "steps", "rejected", "u", "W")
+
+
+# --------------------------------------------------------------------------- exact helpers
+
+
+def _horizon(sol: Any) -> float:
+    """THEORY §A.5: t_esc + 40 / Gamma, the largest over the ensemble (finite ones)."""
+    t = np.asarray(sol.escape_time) + 40.0 / np.asarray(sol.rate)
+    t = t[np.isfinite(t)]
+    require(t.size > 0, "t_max", '"auto" found no finite horizon (Gamma = 0); give a number',
+            "auto")
+    return float(np.max(t))
+
+
+def _exact_t_hit(sol: Any, t_end: float, level: float) -> NDArray[np.float64]:
+    """First time the exact loss reaches ``level``: the loss decreases monotonically, so
+    bracket it on 600 log-spaced times and interpolate log(loss) linearly in t (relative
+    error of the time ~1e-3 on this grid; NaN if not reached by t_end)."""
+    grid = np.concatenate([[0.0], np.geomspace(t_end * 1e-7, t_end, 600)])
+    L = sol.at(grid).loss
+    below = L <= level
+    first = np.where(below.any(axis=1), below.argmax(axis=1), -1)
+    out = np.full(L.shape[0], np.nan)
+    for k in np.flatnonzero(first >= 0):
+        j = first[k]
+        if j == 0:
+            out[k] = 0.0
+            continue
+        l0, l1 = L[k, j - 1], L[k, j]
+        t0, t1 = grid[j - 1], grid[j]
+        if l1 > 0 and l0 > l1 and level > 0:
+            f = (math.log(l0) - math.log(level)) / (math.log(l0) - math.log(l1))
+        else:
+            f = 1.0
+        out[k] = t0 + f * (t1 - t0)
+    return out
+
+
+# --------------------------------------------------------------------------- description
+
+
+def _value(v: Any) -> Any:
+    """A JSON value for a spec field: arrays by content hash, floats exactly (repr)."""
+    if isinstance(v, np.ndarray):
+        a = np.ascontiguousarray(v)
+        return {"array_sha256": hashlib.sha256(a.tobytes()).hexdigest(),
+                "shape": list(a.shape), "dtype": str(a.dtype)}
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)
+    if v is None or isinstance(v, str):
+        return v
+    raise TypeError(f"cannot describe a spec field of type {type(v).__name__}")
+
+
+def _describe(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": type(obj).__name__}
+    for f in dataclasses.fields(obj):
+        if f.name.startswith("_") or f.name in skip:
+            continue
+        out[f.name] = _value(getattr(obj, f.name))
+    return out
+
+
+def flatten(desc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"net": {"width": 8}}`` -> ``{"net.width": 8}``; array descriptions become
+    ``"sha256:<first 16 hex>"`` strings."""
+    out: dict[str, Any] = {}
+    for k, v in desc.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and "array_sha256" in v:
+            out[name] = f"sha256:{v['array_sha256'][:16]}"
+        elif isinstance(v, dict):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def _canonical(desc: Mapping[str, Any]) -> str:
+    return json.dumps(desc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+# --------------------------------------------------------------------------- Task
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Task:
+    """One grid point of a sweep: an ensemble and what to compute from it.
+
+    Parameters
+    ----------
+    net, data, train, init, trajectories, seed, record, method, first_trajectory
+        As in ``simulate``. The seed is part of the task: a task's numbers never depend
+        on its position in a sweep.
+    compute : {"classify", "records", "exact"}
+        "classify": simulate, then ``classify``; keep per trajectory the labels, scores,
+        final loss, status and ``t_hit`` (O(trajectories) numbers). "records": the same
+        plus every record of the ``Result`` (``TaskOutput.result()`` rebuilds it).
+        "exact": no integration; ``classify_exact`` from the closed form at t = inf
+        (linear, dim 1, Gaussian init, both learning rates > 0), the final loss at
+        ``train.t_max`` (at t = inf with ``horizon="auto"``).
+    horizon : {"train", "auto"}
+        "auto" replaces ``train.t_max`` by THEORY §A.5's t_esc + 40/Gamma from the closed
+        form of this ensemble (linear, dim 1); ``train.t_max`` is then ignored.
+    eps, tau : float
+        Classification thresholds.
+
+    Attributes
+    ----------
+    key : str
+        16 hex digits of the SHA-256 of ``describe()``: equal descriptions, equal keys.
+    """
+
+    net: TwoLayer
+    data: Data
+    train: Training
+    init: Init = field(default_factory=Gaussian)
+    trajectories: int = 1
+    seed: int = 0
+    record: Record = field(default_factory=Record)
+    method: Method = "full"
+    compute: Compute = "classify"
+    horizon: Horizon = "train"
+    first_trajectory: int = 0
+    eps: float = 0.05
+    tau: float = 0.1
+    key: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        def s(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        require(isinstance(self.net, TwoLayer), "net", "must be a TwoLayer", self.net)
+        require(isinstance(self.data, (LatentLine, Moments, Dataset)), "data",
+                "must be a LatentLine, Moments or Dataset", self.data)
+        require(isinstance(self.train, (GradientFlow, GradientDescent)), "train",
+                "must be a GradientFlow or GradientDescent", self.train)
+        require(isinstance(self.init, (Gaussian, Params)), "init",
+                "must be a Gaussian or Params", self.init)
+        require(isinstance(self.record, Record), "record", "must be a Record", self.record)
+        s("trajectories", integer(self.trajectories, "trajectories", minimum=1))
+        s("seed", integer(self.seed, "seed", minimum=0))
+        require(self.seed < 2**64, "seed", "must be < 2**64", self.seed)
+        s("first_trajectory", integer(self.first_trajectory, "first_trajectory", minimum=0))
+        require(self.method in ("full", "stagewise", "reduced"), "method",
+                'must be "full", "stagewise" or "reduced"', self.method)
+        require(self.compute in ("classify", "records", "exact"), "compute",
+                'must be "classify", "records" or "exact"', self.compute)
+        require(self.horizon in ("train", "auto"), "horizon", 'must be "train" or "auto"',
+                self.horizon)
+        s("eps", real(self.eps, "eps", low=0.0, low_open=True))
+        s("tau", real(self.tau, "tau", low=0.0, high=1.0))
+        if isinstance(self.init, Params):
+            require(self.init.trajectories == self.trajectories, "trajectories",
+                    f"must equal the number of given Params ({self.init.trajectories})",
+                    self.trajectories)
+        if self.compute == "exact" or self.horizon == "auto":
+            what = 'compute="exact"' if self.compute == "exact" else 'horizon="auto"'
+            require(int(self.data.dim) == 1, "data", f"must be one-dimensional for {what}",
+                    self.data)
+            require(isinstance(self.train, GradientFlow) and self.train.eta_u > 0
+                    and self.train.eta_w > 0, "train",
+                    f"must be a GradientFlow with eta_u, eta_w > 0 for {what}", self.train)
+            require(isinstance(self.init, Gaussian), "init", f"must be a Gaussian for {what}",
+                    self.init)
+        if self.horizon == "train" and self.compute != "exact":
+            self.record.resolve_times(self.train)  # record times within t_max, now
+        s("key", hashlib.sha256(_canonical(self.describe()).encode()).hexdigest()[:16])
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines the task's numbers, as plain JSON values (arrays by
+        content hash). Threads are not part of it: they never change a bit."""
+        skip = ("t_max",) if self.horizon == "auto" else ()
+        return {
+            "format": TASK_FORMAT,
+            "net": _describe(self.net),
+            "data": _describe(self.data),
+            "train": _describe(self.train, skip),
+            "init": _describe(self.init),
+            "trajectories": self.trajectories,
+            "first_trajectory": self.first_trajectory,
+            "seed": self.seed,
+            "record": _describe(self.record),
+            "method": self.method,
+            "compute": self.compute,
+            "horizon": self.horizon,
+            "eps": self.eps,
+            "tau": self.tau,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Task) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def run(self, threads: int | None = None) -> TaskOutput:
+        """Compute this task here, now (``threads`` OpenMP threads)."""
+        return TaskOutput(self, execute(self, None, threads))
+
+
+def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
+    """Compute a task; the plain arrays its store file holds. ``isa``: the level the
+    caller runs; a worker on another level refuses (different rounding, other bits)."""
+    if isa is not None and str(_core.ISA) != isa:
+        raise RuntimeError(
+            f"this worker runs ntkflow's {_core.ISA} core but the client runs {isa}: "
+            f"results would differ in the last bits; set NTKFLOW_ISA={isa} on every "
+            "worker (and the client) of a mixed cluster")
+    t0 = time.perf_counter()
+    net, data, train, init, n = task.net, task.data, task.train, task.init, task.trajectories
+    auto = task.horizon == "auto"
+    loss_below = task.record.loss_below
+    out: dict[str, Any] = {}  # NumPy arrays and 0-d NumPy scalars
+    sol = None
+    if task.compute == "exact" or auto:
+        assert isinstance(init, Gaussian) and isinstance(train, GradientFlow)
+        params = draw_initial(init, net.width, 1, n, seed=task.seed,
+                              first_trajectory=task.first_trajectory)
+        flow = GradientFlow(eta_u=train.eta_u, eta_w=train.eta_w, t_max=1.0)
+        sol = _exact.line(params, net, data, flow)
+    if task.compute == "exact":
+        assert sol is not None
+        c = classify_exact(sol, task.eps, task.tau)
+        horizon = _horizon(sol) if auto else train.t_max
+        final = sol.limit().loss[:, 0] if auto else sol.at(np.array([horizon])).loss[:, 0]
+        hit = (_exact_t_hit(sol, horizon, loss_below) if loss_below is not None
+               else np.full(n, np.nan))
+        out.update(status=np.zeros(n, dtype=np.int8), final_loss=np.asarray(final),
+                   t_hit=hit, t_max=np.float64(math.inf if auto else horizon),
+                   source=np.str_("exact"))
+    else:
+        if auto:
+            assert isinstance(train, GradientFlow)
+            train = dataclasses.replace(train, t_max=_horizon(sol))
+        res = simulate(net, data, train, init=init, trajectories=n, seed=task.seed,
+                       record=task.record, threads=threads, method=task.method,
+                       first_trajectory=task.first_trajectory)
+        c = classify(res, task.eps, task.tau)
+        out.update(status=res.status, final_loss=res.loss[:, -1].copy(),
+                   t_hit=(res.t_hit.copy() if res.t_hit is not None else np.full(n, np.nan)),
+                   t_max=np.float64(train.t_max), source=np.str_("simulate"))
+        if task.compute == "records":
+            for k in _RECORDS:
+                v = getattr(res, k)
+                if v is not None:
+                    out[f"record_{k}"] = v
+    out["labels"] = np.asarray(c.labels)
+    out["ok"] = np.asarray(c.ok)
+    out["score_names"] = np.array(list(c.scores), dtype=str)
+    for k, v in c.scores.items():
+        out[f"score_{k}"] = np.asarray(v)
+    out["classification_source"] = np.str_(c.source)
+    out["rule"] = np.str_(c.rule)
+    out["notes"] = np.array(list(c.notes), dtype=str)
+    out["eps"] = np.float64(c.eps)
+    out["tau"] = np.float64(c.tau)
+    out["key"] = np.str_(task.key)
+    out["spec"] = np.str_(json.dumps(task.describe(), allow_nan=False))
+    out["isa"] = np.str_(_core.ISA)
+    out["seconds"] = np.float64(time.perf_counter() - t0)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class TaskOutput:
+    """A finished task: its description and the plain arrays it computed.
+
+    ``output["final_loss"]`` etc. are the arrays of the store file (see the README's
+    store layout); ``classification()`` and ``result()`` rebuild the library's objects.
+    """
+
+    task: Task
+    arrays: Mapping[str, NDArray[Any]] = field(repr=False)
+
+    def __getitem__(self, name: str) -> NDArray[Any]:
+        require(name in self.arrays, "name", f"must be one of {tuple(self.arrays)}", name)
+        return self.arrays[name]
+
+    @property
+    def seconds(self) -> float:
+        return float(self.arrays["seconds"])
+
+    def classification(self) -> Classification:
+        a = self.arrays
+        scores = {}
+        for k in a["score_names"].tolist():
+            v = np.array(a[f"score_{k}"], dtype=np.float64)
+            v.setflags(write=False)
+            scores[str(k)] = v
+        labels = np.array(a["labels"], dtype="<U12")
+        ok = np.array(a["ok"], dtype=bool)
+        labels.setflags(write=False)
+        ok.setflags(write=False)
+        return Classification(labels, scores, ok, float(a["eps"]), float(a["tau"]),
+                              str(a["classification_source"]), str(a["rule"]),
+                              tuple(str(s) for s in a["notes"].tolist()))
+
+    def result(self) -> Result:
+        """The simulated ``Result`` (``compute="records"`` only)."""
+        require(self.task.compute == "records", "compute",
+                'must be "records" to rebuild the Result', self.task.compute)
+        a: dict[str, Any] = {k: self.arrays.get(f"record_{k}") for k in _RECORDS}
+        t = self.task
+        train = t.train
+        if t.horizon == "auto":
+            assert isinstance(train, GradientFlow)
+            train = dataclasses.replace(train, t_max=float(self.arrays["t_max"]))
+        return Result(times=a["times"], loss=a["loss"], p=a["p"], norm_u2=a["norm_u2"],
+                      norm_w2=a["norm_w2"], alignment=a["alignment"], ntk=a["ntk"],
+                      balance_drift=a["balance_drift"], status=self.arrays["status"],
+                      t_fail=a["t_fail"], steps=a["steps"], rejected=a["rejected"],
+                      t_hit=(self.arrays["t_hit"] if t.record.loss_below is not None
+                             else None),
+                      u=a["u"], W=a["W"], net=t.net, data=t.data, train=train, init=t.init,
+                      seed=t.seed, first_trajectory=t.first_trajectory, method=t.method,
+                      isa=str(self.arrays["isa"]))
+
+
+# --------------------------------------------------------------------------- summary rows
+
+
+def summary_row(arrays: Mapping[str, NDArray[Any]]) -> dict[str, Any]:
+    """One row of a sweep summary: the task's spec (flattened) and its label fractions
+    and score medians over ok trajectories."""
+    row: dict[str, Any] = {"key": str(arrays["key"])}
+    spec = flatten(json.loads(str(arrays["spec"])))
+    spec.pop("format", None)
+    row.update(spec)
+    labels, ok = arrays["labels"], np.asarray(arrays["ok"], dtype=bool)
+    total = int(ok.sum())
+    row["ok"] = total
+    row["failed"] = int(ok.size - total)
+    counts = {lab: int(np.sum(labels[ok] == lab)) for lab in LABELS}
+    for lab in LABELS:
+        row[f"frac_{lab}"] = counts[lab] / total if total else math.nan
+    row["dominant"] = max(LABELS, key=lambda k: counts[k]) if total else FAILED
+    meds: dict[str, NDArray[Any]] = {k: arrays[f"score_{k}"] for k in SCORE_NAMES}
+    meds["final_loss"] = arrays["final_loss"]
+    meds["t_hit"] = arrays["t_hit"]
+    for k, v in meds.items():
+        v = np.asarray(v, dtype=np.float64)[ok]
+        v = v[np.isfinite(v)]
+        row[f"median_{k}"] = float(np.median(v)) if v.size else math.nan
+    row["t_max"] = float(arrays["t_max"])
+    row["source"] = str(arrays["source"])
+    row["isa"] = str(arrays["isa"])
+    row["seconds"] = float(arrays["seconds"])
+    return row
+
+
+def rows_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """A Table from dict rows with possibly different keys: numbers missing -> NaN,
+    strings missing -> ""."""
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(r))
+    cols: dict[str, NDArray[Any]] = {}
+    for name in names:
+        vals = [r.get(name) for r in rows]
+        present = [v for v in vals if v is not None]
+        if all(isinstance(v, bool) for v in present):
+            cols[name] = np.array(vals if None not in vals else [str(v) for v in vals])
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in present) and \
+                None not in vals:
+            big = any(v is not None and v >= 2**63 for v in vals)  # derived seeds are 64-bit unsigned
+            cols[name] = np.array(vals, dtype=np.uint64 if big else np.int64)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            cols[name] = np.array([math.nan if v is None else v for v in vals],
+                                  dtype=np.float64)
+        else:
+            cols[name] = np.array(["" if v is None else str(v) for v in vals], dtype=str)
+    return Table(cols)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+@dataclass(frozen=True, eq=False)
+class Sweep:
+    """Result of ``sweep``: one ``TaskOutput`` per task, in the order given.
+
+    Attributes
+    ----------
+    tasks : tuple of Task
+    store : Store or None
+        Where the outputs live (read on access) when the sweep had a store.
+    computed : tuple of str
+        Keys of the tasks computed by this call.
+    skipped : tuple of str
+        Keys of the tasks already finished in the store (resumed, not recomputed).
+    seconds : float
+        Wall time of the call.
+    """
+
+    tasks: tuple[Task, ...]
+    store: Store | None
+    computed: tuple[str, ...]
+    skipped: tuple[str, ...]
+    seconds: float
+    _memory: dict[str, dict[str, NDArray[Any]]] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i: int) -> TaskOutput:
+        t = self.tasks[i]
+        arrays = self._memory.get(t.key)
+        if arrays is None:
+            assert self.store is not None
+            arrays = self.store.load(t.key)
+        return TaskOutput(t, arrays)
+
+    def __iter__(self) -> Iterator[TaskOutput]:
+        return (self[i] for i in range(len(self)))
+
+    def summary(self) -> Table:
+        """One row per task: spec, label fractions, score medians, seconds."""
+        return rows_table([summary_row(o.arrays) for o in self])
+
+
+def _client(client: Any) -> tuple[Any, bool]:
+    """A dask.distributed.Client from a Client or a scheduler address; and whether we
+    own it (and close it)."""
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError(DASK_MISSING) from None
+    if isinstance(client, str):
+        return distributed.Client(client), True  # type: ignore[no-untyped-call]
+    require(isinstance(client, distributed.Client), "client",
+            "must be a dask.distributed.Client or a scheduler address such as "
+            "'tcp://host:8786'", client)
+    return client, False
+
+
+def sweep(
+    specs: Sequence[Task],
+    *,
+    store: str | Path | Store | None = None,
+    client: Any = None,
+    resume: bool = True,
+    threads: int | None = None,
+    progress: bool = False,
+    desc: str = "sweep",
+) -> Sweep:
+    """Run every task of a grid: in this process (OpenMP inside each task), or one Dask
+    task per grid point on a cluster.
+
+    Parameters
+    ----------
+    specs : sequence of Task
+        The grid. Equal tasks (same key) are computed once and share their output.
+    store : path or Store, optional
+        A folder (created if missing) holding one ``.npz`` per finished task, written
+        atomically the moment the task finishes, and ``manifest.json`` (the sweep's
+        specs) -- see ``Store``. A store of other specs is refused, naming what differs.
+    client : dask.distributed.Client or str, optional
+        Run on this cluster (a Client, or a scheduler address like ``"tcp://host:8786"``,
+        connected to and closed here). Needs ``pip install 'ntkflow[dask]'``. Every
+        worker must run the same ntkflow build at the same instruction-set level
+        (``NTKFLOW_ISA``) as this process; a worker that does not is refused.
+    resume : bool
+        Skip tasks whose file is already in the store and loads; False recomputes them.
+    threads : int, optional
+        OpenMP threads per task (default: ``OMP_NUM_THREADS`` or all cores of wherever
+        the task runs; Dask's nanny sets ``OMP_NUM_THREADS=1`` unless the environment
+        gives it). Never changes a number.
+    progress : bool
+        A bar over tasks with elapsed time and an estimate (tqdm, on a terminal).
+
+    Returns
+    -------
+    Sweep
+        Outputs in the order of ``specs``; ``computed`` and ``skipped`` keys.
+
+    Raises
+    ------
+    ValueError
+        Bad specs, or a store holding a sweep of other specs or another ISA level.
+    ImportError
+        ``client`` given without dask.distributed installed.
+    """
+    from .store import Store
+
+    t0 = time.perf_counter()
+    tasks = tuple(specs)
+    for i, t in enumerate(tasks):
+        require(isinstance(t, Task), f"specs[{i}]", "must be a Task", t)
+    unique = tuple(dict.fromkeys(tasks))  # equal tasks (same key) are computed once
+    threads = None if threads is None else integer(threads, "threads", minimum=1)
+    dask_client = owned = None
+    if client is not None:
+        dask_client, owned = _client(client)
+    st = None if store is None else (store if isinstance(store, Store) else Store(store))
+    memory: dict[str, dict[str, Any]] = {}
+    computed: list[str] = []
+    lock = None
+    try:
+        done: set[str] = set()
+        if st is not None:
+            lock = st._begin(unique)
+            if resume:
+                done = st._finished_keys(t.key for t in unique)
+        todo = [t for t in unique if t.key not in done]
+
+        def finish(key: str, arrays: dict[str, Any]) -> None:
+            if st is not None:
+                st._write(key, arrays)
+            else:
+                memory[key] = arrays
+            computed.append(key)
+
+        with _progress(len(unique), desc, progress, initial=len(unique) - len(todo)) as bar:
+            if dask_client is None:
+                for t in todo:
+                    finish(t.key, execute(t, None, threads))
+                    bar.update(1)
+            else:
+                _run_dask(dask_client, todo, threads, finish, bar)
+        if st is not None:
+            st.write_summary()
+    finally:
+        if lock is not None:
+            lock.close()
+        if owned and dask_client is not None:
+            dask_client.close()
+    return Sweep(tasks, st, tuple(computed), tuple(t.key for t in unique if t.key in done),
+                 time.perf_counter() - t0, memory)
+
+
+def _run_dask(client: Any, todo: Sequence[Task], threads: int | None, finish: Any,
+              bar: Any) -> None:
+    from distributed import as_completed
+
+    isa = str(_core.ISA)
+    futures = [client.submit(execute, t, isa, threads, key=f"ntkflow-{t.key}", pure=False)
+               for t in todo]
+    by_key = {f.key: t for f, t in zip(futures, todo, strict=True)}
+    try:
+        for fut in as_completed(futures):  # type: ignore[no-untyped-call]
+            arrays = fut.result()  # raises the task's exception, if any
+            finish(by_key[fut.key].key, arrays)
+            fut.release()
+            bar.update(1)
+    except BaseException:
+        client.cancel(futures)
+        raise

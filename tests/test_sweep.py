@@ -1,0 +1,304 @@
+"""Sweeps: in-process against Dask (a LocalCluster on loopback, started here), the store's
+atomic writes and resume after a killed worker or a killed sweep."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ntkflow as nf
+from ntkflow.sweeps import execute
+
+# Dask's own warnings, raised in this process by the cluster it starts (scratch folders,
+# ports, deprecations inside dask/distributed/tornado); nothing of ntkflow's.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*[Ss]cratch.*:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*[Pp]ort.*:UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:distributed.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:dask.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:tornado.*"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning:distributed.*"),
+]
+
+HERE = Path(__file__).resolve().parent
+
+
+def line_tasks(n: int, *, width: int = 32, trajectories: int = 20,
+               rtol: float = 1e-10) -> list[nf.Task]:
+    """n small simulated ensembles of the latent line, t_max from the closed form."""
+    return [nf.Task(net=nf.TwoLayer(width=width, kappa=width**-0.5),
+                    data=nf.LatentLine(beta=1.0 + 0.125 * i),
+                    train=nf.GradientFlow(t_max=1.0, rtol=rtol),
+                    init=nf.Gaussian(1.0, 1.0, correlation=0.5 if i % 2 else 0.0),
+                    trajectories=trajectories, seed=1000 + i,
+                    record=nf.Record(times=40, spacing="log", loss_below=1e-6),
+                    horizon="auto")
+            for i in range(n)]
+
+
+def slow_tasks(n: int = 8) -> list[nf.Task]:
+    """Tasks of ~0.3-0.5 s each on one thread, so that a kill lands mid-task."""
+    return line_tasks(n, width=2048, trajectories=300)
+
+
+def assert_same(a: nf.Sweep, b: nf.Sweep) -> None:
+    """Bit for bit: every array of every task (only the wall time may differ)."""
+    assert [t.key for t in a.tasks] == [t.key for t in b.tasks]
+    for x, y in zip(a, b, strict=True):
+        assert set(x.arrays) == set(y.arrays)
+        for k, v in x.arrays.items():
+            if k == "seconds":
+                continue
+            w = y.arrays[k]
+            assert v.dtype == w.dtype and v.shape == w.shape, k
+            assert v.tobytes() == w.tobytes(), k
+
+
+def task_files(store: Path) -> list[Path]:
+    return sorted((store / "tasks").glob("*.npz"))
+
+
+def leftovers(store: Path) -> list[Path]:
+    return [p for p in store.rglob("*") if ".tmp-" in p.name]
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def test_task_key_is_the_description() -> None:
+    a, b = line_tasks(2)
+    assert a.key != b.key and len(a.key) == 16
+    again = line_tasks(1)[0]
+    assert again == a and again.key == a.key  # a new object, the same description
+    with pytest.raises(ValueError, match="train"):
+        nf.Task(net=a.net, data=a.data, train=nf.GradientDescent(), compute="exact")
+    with pytest.raises(ValueError, match="data"):
+        nf.Task(net=a.net, data=nf.Moments(Sigma=np.eye(2), b=[1.0, 0.0]),
+                train=a.train, horizon="auto")
+
+
+def test_store_layout_is_readable_without_ntkflow(tmp_path: Path) -> None:
+    tasks = line_tasks(3)
+    done = nf.sweep(tasks, store=tmp_path / "s")
+    assert done.computed == tuple(t.key for t in tasks) and done.skipped == ()
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert [t["key"] for t in manifest["tasks"]] == [t.key for t in tasks]
+    assert manifest["tasks"][1]["spec"]["data"]["beta"] == 1.125
+    for t in tasks:  # plain arrays, no pickles
+        with np.load(tmp_path / "s" / "tasks" / f"{t.key}.npz", allow_pickle=False) as z:
+            assert z["labels"].shape == (20,) and z["final_loss"].dtype == np.float64
+            assert str(z["key"]) == t.key and json.loads(str(z["spec"])) == t.describe()
+    with open(tmp_path / "s" / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["key"] for r in rows] == [t.key for t in tasks]
+    table = nf.Store(tmp_path / "s").summary()
+    assert isinstance(table, nf.Table) and len(table) == 3
+    np.testing.assert_array_equal(table["seed"], [1000, 1001, 1002])
+    assert table["median_final_loss"][0] == float(rows[0]["median_final_loss"])
+    assert not leftovers(tmp_path / "s")
+
+
+def test_in_memory_and_store_give_the_same_numbers(tmp_path: Path) -> None:
+    tasks = line_tasks(4)
+    mem = nf.sweep(tasks, threads=1)
+    assert mem.store is None
+    assert_same(mem, nf.sweep(tasks, store=tmp_path / "s", threads=2))
+    again = nf.sweep(tasks, store=tmp_path / "s")  # all finished: nothing recomputed
+    assert again.computed == () and len(again.skipped) == 4
+    assert_same(mem, again)
+    res = nf.sweep([nf.Task(**{**_fields(tasks[0]), "compute": "records"})])[0].result()
+    assert res.loss.shape == (20, 40) and res.train.t_max == float(mem[0]["t_max"])
+
+
+def _fields(t: nf.Task) -> dict[str, Any]:
+    return {k: getattr(t, k) for k in ("net", "data", "train", "init", "trajectories",
+                                       "seed", "record", "horizon")}
+
+
+def test_resume_with_other_specs_is_refused(tmp_path: Path) -> None:
+    nf.sweep(line_tasks(3), store=tmp_path)
+    with pytest.raises(ValueError, match=r"other specs(.|\n)*task 0: train\.rtol is "
+                       r"1e-10 in the store, 1e-09 now"):
+        nf.sweep(line_tasks(3, rtol=1e-9), store=tmp_path)
+    with pytest.raises(ValueError, match="the store has 3 tasks, this sweep 4"):
+        nf.sweep(line_tasks(4), store=tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["isa"] = "some-other-level"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="NTKFLOW_ISA=some-other-level"):
+        nf.sweep(line_tasks(3), store=tmp_path)
+
+
+def test_a_worker_on_another_isa_level_refuses() -> None:
+    with pytest.raises(RuntimeError, match="set NTKFLOW_ISA="):
+        execute(line_tasks(1)[0], "not-this-level", None)
+
+
+def test_file_that_does_not_load_is_recomputed(tmp_path: Path) -> None:
+    tasks = line_tasks(3)
+    first = nf.sweep(tasks, store=tmp_path)
+    broken = tmp_path / "tasks" / f"{tasks[1].key}.npz"
+    broken.write_bytes(broken.read_bytes()[:100])
+    again = nf.sweep(tasks, store=tmp_path)
+    assert again.computed == (tasks[1].key,)
+    assert_same(first, again)
+
+
+def test_width_study_and_phase_diagram_with_a_store(tmp_path: Path) -> None:
+    kw: dict[str, Any] = dict(trajectories=10, seed=3, times=30)
+    plain = nf.width_study([8, 16], "ntk", **kw)
+    stored = nf.width_study([8, 16], "ntk", store=tmp_path / "w", **kw)
+    for k in plain.table.names:
+        if k != "seconds":
+            np.testing.assert_array_equal(plain.table[k], stored.table[k])
+    stamps = [p.stat().st_mtime_ns for p in task_files(tmp_path / "w")]
+    resumed = nf.width_study([8, 16], "ntk", store=tmp_path / "w", **kw)
+    assert [p.stat().st_mtime_ns for p in task_files(tmp_path / "w")] == stamps
+    np.testing.assert_array_equal(resumed.table["seconds"], stored.table["seconds"])
+    grid = (("alpha", [0.5, 1.0]), ("beta", [0.5, -1.0]))
+    pd0 = nf.phase_diagram(*grid, width=16, trajectories=10, exact=True)
+    pd1 = nf.phase_diagram(*grid, width=16, trajectories=10, exact=True, store=tmp_path / "p")
+    np.testing.assert_array_equal(pd0.dominant, pd1.dominant)
+    np.testing.assert_array_equal(pd0.median["rho_star"], pd1.median["rho_star"])
+    assert len(nf.Store(tmp_path / "p").summary()) == 4
+
+
+def test_killed_sweep_resumes_without_recomputing(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(HERE)!r})
+        import ntkflow as nf
+        from test_sweep import slow_tasks
+        nf.sweep(slow_tasks(), store={str(store)!r}, threads=1)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while len(task_files(store)) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in task_files(store)}
+    tasks = slow_tasks()
+    assert 2 <= len(before) < len(tasks)
+    (store / "tasks" / ".stale.npz.tmp-abc").write_bytes(b"partial")  # as if cut mid-write
+    resumed = nf.sweep(tasks, store=store)
+    assert set(resumed.skipped) == {n[:-4] for n in before}
+    assert set(resumed.computed) == {t.key for t in tasks} - set(resumed.skipped)
+    for p in task_files(store):
+        if p.name in before:  # written once, by the killed process, never again
+            assert (p.stat().st_ino, p.stat().st_mtime_ns) == before[p.name]
+    assert len(task_files(store)) == len(tasks) and not leftovers(store)
+    assert_same(nf.sweep(tasks, threads=2), resumed)
+
+
+def test_without_dask_local_works_and_client_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("dask", "distributed"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import distributed` now fails
+    done = nf.sweep(line_tasks(2))
+    assert len(done) == 2
+    with pytest.raises(ImportError, match=r"pip install 'ntkflow\[dask\]'"):
+        nf.sweep(line_tasks(2), client="tcp://127.0.0.1:8786")
+    with pytest.raises(ImportError, match=r"pip install 'ntkflow\[dask\]'"):
+        nf.width_study([8, 16], trajectories=4, exact=True, client="tcp://127.0.0.1:8786")
+
+
+# --------------------------------------------------------------------------- Dask
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None,
+                                       silence_logs=logging.CRITICAL)
+    c = distributed.Client(cluster)
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+
+
+def test_dask_gives_the_same_bits(client: Any, tmp_path: Path) -> None:
+    tasks = line_tasks(16)
+    local = nf.sweep(tasks)
+    on_dask = nf.sweep(tasks, client=client, store=tmp_path / "s")
+    assert len(on_dask.computed) == 16
+    assert_same(local, on_dask)
+    assert len(task_files(tmp_path / "s")) == 16 and not leftovers(tmp_path / "s")
+    by_address = nf.sweep(tasks[:3], client=client.scheduler.address)  # a str: own Client
+    assert_same(nf.sweep(tasks[:3]), by_address)
+
+
+def test_dask_survives_a_killed_worker(client: Any, tmp_path: Path) -> None:
+    client.wait_for_workers(2)
+    tasks = slow_tasks()
+    pids: dict[str, int] = client.run(os.getpid)
+    store = tmp_path / "s"
+    killed: list[tuple[str, int]] = []
+
+    def kill_a_busy_worker() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if task_files(store):  # the sweep is well under way
+                busy = [w for w, keys in client.processing().items() if keys and w in pids]
+                if busy:
+                    killed.append((busy[0], len(task_files(store))))
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_a_busy_worker)
+    killer.start()
+    try:
+        on_dask = nf.sweep(tasks, client=client, store=store)
+    finally:
+        killer.join()
+    assert killed and killed[0][1] < len(tasks), "no worker was killed mid-sweep"
+    assert_same(nf.sweep(tasks, threads=2), on_dask)
+    assert not leftovers(store)
+    client.wait_for_workers(2)  # the nanny restarts the killed worker
+
+
+def test_cli_run_with_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ntkflow.cli import main
+
+    cfg = tmp_path / "ws.toml"
+    cfg.write_text('kind = "width_study"\n[parametrization]\nname = "ntk"\n'
+                   '[study]\nwidths = [8, 16, 32]\ntrajectories = 8\nexact = true\n'
+                   'n_boot = 20\nstore = "from_config"\n[output]\nfigures = false\n')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert len(task_files(tmp_path / "from_config")) == 3  # relative to the config file
+    store = tmp_path / "from_cli"
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                 "--store", str(store)]) == 0
+    stamps = [p.stat().st_mtime_ns for p in task_files(store)]
+    assert len(stamps) == 3 and (store / "summary.csv").exists()
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                 "--store", str(store)]) == 0  # resumed: nothing recomputed
+    assert [p.stat().st_mtime_ns for p in task_files(store)] == stamps
+    cfg.write_text(cfg.read_text().replace("trajectories = 8", "trajectories = 9"))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
+                 "--store", str(store)]) == 2
+    assert "trajectories is 8 in the store, 9 now" in capsys.readouterr().err
