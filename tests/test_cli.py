@@ -125,8 +125,9 @@ def test_help_everywhere(tmp_path: Path, cmd: list[str]) -> None:
 
 def test_plot_functions_return_and_save_figures(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    import ntkflow as nf
     from matplotlib.figure import Figure
+
+    import ntkflow as nf
     from ntkflow import plots
 
     res = nf.simulate(nf.TwoLayer(width=16, kappa=0.25), nf.LatentLine(),

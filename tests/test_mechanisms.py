@@ -7,9 +7,10 @@ import dataclasses
 import math
 from types import SimpleNamespace
 
-import ntkflow as nf
 import numpy as np
 import pytest
+
+import ntkflow as nf
 from ntkflow._simulate import draw_initial
 from ntkflow.mechanisms import REFERENCE_SETTINGS, agreement, wilson_interval
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import math
 
-import ntkflow as nf
 import numpy as np
 import pytest
+
+import ntkflow as nf
 from ntkflow.studies import derive_seed, fit_scaling
 
 WIDTHS = [2**k for k in range(4, 13)]

@@ -11,13 +11,10 @@ __version__ = "0.1.0"
 from . import exact, mechanisms
 from ._memory import memory_budget, set_memory_budget
 from ._simulate import simulate
+from ._table import Table
 from ._validate import MemoryBudgetError
 from .mechanisms import Classification, classify, classify_exact
 from .parametrization import Parametrization
-from .store import Store
-from .studies import PhaseDiagram, WidthStudy, phase_diagram, width_study
-from .sweeps import Sweep, Task, TaskOutput, sweep
-from ._table import Table
 from .result import STATUS_NAMES, Result
 from .specs import (
     Dataset,
@@ -30,6 +27,9 @@ from .specs import (
     Record,
     TwoLayer,
 )
+from .store import Store
+from .studies import PhaseDiagram, WidthStudy, phase_diagram, width_study
+from .sweeps import Sweep, Task, TaskOutput, sweep
 
 
 def build_info() -> dict[str, object]:

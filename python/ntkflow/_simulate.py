@@ -206,14 +206,15 @@ def simulate(
         rec["u"] = np.empty((n, tp, width))
         rec["W"] = np.empty((n, tp, width, dim))
 
-    given = isinstance(init, Params)
+    given_u0 = init.u0 if isinstance(init, Params) else None
+    given_w0 = init.W0 if isinstance(init, Params) else None
     _core.simulate_linear(
         model,
         np.ascontiguousarray(mom.Sigma, dtype=np.float64),
         np.ascontiguousarray(mom.beta, dtype=np.float64),
         _init_spec(init, seed, first_trajectory),
-        init.u0 if given else None,
-        init.W0 if given else None,
+        given_u0,
+        given_w0,
         sched,
         times,
         n,

@@ -98,12 +98,12 @@ def trajectories(
     keep = t > 0
     path_ = solution.at(t) if solution is not None else None
     colors = ["#4C72B0", "#DD8452"]
-    for ax, q in zip(axes, quantities):
-        for (name, y), color in zip(_series(result, q), colors):
+    for ax, q in zip(axes, quantities, strict=True):
+        for (name, y), color in zip(_series(result, q), colors, strict=False):
             _band(ax, t[keep], y[:, keep], band, color, f"{name} (median)")
         if path_ is not None:
-            for (name, y), color in zip(_series(path_, q) if q != "ntk" else
-                                        [("exact", path_.ntk / path_.ntk[:, :1])], colors):
+            for (_name, y), color in zip(_series(path_, q) if q != "ntk" else
+                                        [("exact", path_.ntk / path_.ntk[:, :1])], colors, strict=False):
                 ax.plot(t[keep], np.nanmedian(y[:, keep], axis=0), "--", color="k", lw=1,
                         label="exact (median)" if color == colors[0] else None)
         ax.set_xscale("log")
@@ -135,7 +135,7 @@ def width_scaling(
     from .studies import _score_columns
 
     w = np.asarray(study.table["width"], dtype=float)
-    for ax, s in zip(axes, scores):
+    for ax, s in zip(axes, scores, strict=True):
         samples = [_score_columns(e)[s][e.classification.ok] for e in study.ensembles]
         q = np.array([np.nanquantile(v, [0.25, 0.5, 0.75]) if v.size else [np.nan] * 3
                       for v in samples])
