@@ -68,6 +68,7 @@ class Row:
     tol: float = math.nan
     note: str = ""
     reference: bool = False
+    vs_exact: float = math.nan
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -150,10 +151,13 @@ def run_impls(
     unit: str,
     per_row: bool,
     ratio_to: str = "ntkflow",
+    exact: Any = None,
 ) -> list[Row]:
     """Run the implementations in order; the first one that runs is the reference.
 
     work: units of throughput in one full-size run (trajectory-steps, GFLOP, ...).
+    exact: a closed-form answer, when there is one: every row also gets its own distance
+    to it (in its note), so that a disagreement can be attributed.
     """
     table = Table(unit, ratio_to)
     ref_answer: Any = None
@@ -171,6 +175,10 @@ def run_impls(
             table.add(Row(impl.name, "error", detail=f"{type(exc).__name__}: {exc}"))
             continue
         answer = np.asarray(answer)
+        vs_exact = math.nan
+        if exact is not None:
+            vs_exact = max_rel_diff(answer, exact if impl.subset is None
+                                    else exact[impl.subset], per_row=per_row)
         is_ref = ref_answer is None
         if is_ref:
             ref_answer = answer
@@ -192,7 +200,10 @@ def run_impls(
             ref_time = med
         row = Row(impl.name, status, times=times, median=med, min=min(times),
                   max=max(times), throughput=work / med, ratio=med / ref_time,
-                  max_rel_diff=diff, tol=tol, note=impl.note, reference=is_ref)
+                  max_rel_diff=diff, tol=tol, note=impl.note, reference=is_ref,
+                  vs_exact=vs_exact)
+        if math.isfinite(vs_exact):
+            row.note = f"vs closed form {vs_exact:.1e}" + (f"; {row.note}" if row.note else "")
         if status == "MISMATCH":
             row.detail = f"max rel diff {diff:.3g} > tolerance {tol:g}"
         table.add(row)

@@ -19,7 +19,7 @@ from .peers import load
 
 D, N_SAMPLES, TEACHER_UNITS, LR = 32, 256, 3, 0.05
 # (students, width, steps, record every) per mode
-SIZES = {"full": (64, 256, 5000, 50), "quick": (8, 256, 200, 50),
+SIZES = {"full": (64, 256, 5000, 50), "quick": (4, 256, 100, 50),
          "tiny": (4, 32, 100, 10)}
 
 
