@@ -1,0 +1,1 @@
+"""The ntkflow benchmark harness: `python -m bench --help`."""
