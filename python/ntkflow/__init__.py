@@ -7,6 +7,7 @@ solutions, and follow the neural tangent kernel. See ``simulate`` to start.
 from __future__ import annotations
 
 from . import exact
+from ._gram import ntk_gram
 from ._memory import memory_budget, set_memory_budget
 from ._simulate import simulate
 from ._validate import MemoryBudgetError
@@ -56,6 +57,7 @@ __all__ = [
     "build_info",
     "exact",
     "memory_budget",
+    "ntk_gram",
     "set_memory_budget",
     "simulate",
 ]

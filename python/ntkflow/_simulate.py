@@ -250,3 +250,16 @@ def simulate(
         method=method,
         isa=str(_core.ISA),
     )
+
+
+def core_network(width: int, dim: int, act: str, kappa: float, eta_u: float,
+                 eta_w: float) -> Any:
+    """The core's description of a network and its learning rates (validated values)."""
+    cnet = _core.Network()
+    cnet.width = width
+    cnet.dim = dim
+    cnet.act = getattr(_core.Activation, act)
+    cnet.kappa = kappa
+    cnet.eta_u = eta_u
+    cnet.eta_w = eta_w
+    return cnet
