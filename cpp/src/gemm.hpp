@@ -25,6 +25,9 @@ class Gemm {
     grow(sizes(rows, cols, depth));
   }
 
+  /// The same for run_lower() of a size x size result.
+  void reserve_lower(Index size, Index depth) { grow(lower_sizes(size, depth)); }
+
   /// C = alpha * A * B, or C += alpha * A * B when `accumulate`. C is row-major
   /// (rows x cols, leading dimension ldc); A (rows x depth) and B (depth x cols) are read
   /// in the storage order given by the template arguments (Eigen::RowMajor / ColMajor)
@@ -45,6 +48,26 @@ class Gemm {
         1>::run(rows, cols, depth, a, lda, b, ldb, c, 1, ldc, alpha, blocking, nullptr);
   }
 
+  /// The lower triangle (diagonal included) of C = alpha * A * B for a square C
+  /// (size x size, row-major, leading dimension ldc): Eigen's triangular kernel (the one
+  /// behind selfadjointView().rankUpdate()), about half the work of run(). Entries above the
+  /// diagonal are left untouched; `accumulate` as in run().
+  template <int AOrder, int BOrder>
+  void run_lower(Index size, Index depth, const double* a, Index lda, const double* b,
+                 Index ldb, double* c, Index ldc, double alpha, bool accumulate) {
+    if (size <= 0) return;
+    if (!accumulate) {
+      for (Index i = 0; i < size; ++i) std::fill(c + i * ldc, c + i * ldc + i + 1, 0.0);
+    }
+    if (depth <= 0) return;
+    const Sizes s = lower_sizes(size, depth);
+    grow(s);
+    Blocking blocking(s.mc, s.nc, s.kc, a_.data(), b_.data());
+    Eigen::internal::general_matrix_matrix_triangular_product<
+        Eigen::Index, double, AOrder, false, double, BOrder, false, Eigen::RowMajor, 1,
+        Eigen::Lower>::run(size, depth, a, lda, b, ldb, c, 1, ldc, alpha, blocking);
+  }
+
  private:
   struct Sizes {
     Index kc, mc, nc, a, b;
@@ -62,6 +85,15 @@ class Gemm {
     Eigen::internal::computeProductBlockingSizes<double, double, 1>(kc, mc, nc,
                                                                      Eigen::Index(1));
     return {kc, mc, nc, kc * mc, kc * nc};
+  }
+
+  // As Eigen's general_product_to_triangular_selector: no L3 blocking, the packed right
+  // operand spans the whole size.
+  static Sizes lower_sizes(Index size, Index depth) {
+    Eigen::Index kc = depth, mc = size, nc = size;
+    Eigen::internal::computeProductBlockingSizes<double, double, 1>(kc, mc, nc,
+                                                                     Eigen::Index(1));
+    return {kc, mc, size, kc * mc, kc * size};
   }
 
   class Blocking : public Eigen::internal::level3_blocking<double, double> {

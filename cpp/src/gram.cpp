@@ -50,6 +50,7 @@ void GramScratch::reserve(const Network& net, Index n1, Index n2) {
       gemm.reserve(r1, r2, m);
       gemm.reserve(r1, r2, d);
     });
+    if (n1 == n2) gemm.reserve_lower(r1, m);  // diagonal blocks of a symmetric Gram
   });
 }
 
@@ -116,35 +117,41 @@ void gram_features(const Network& net, const double* w, const GramFeatures& f, I
 }
 
 void gram_block(const Network& net, const GramFeatures& f1, const GramFeatures& f2, Index bi,
-                Index bj, double* out, Index ldo, GramScratch& s) {
+                Index bj, double* out, Index ldo, GramScratch& s, bool lower) {
   const Index m = net.width, d = net.dim;
   const Index i0 = bi * kGramBlock, j0 = bj * kGramBlock;
   const Index ni = block_rows(f1.n, bi), nj = block_rows(f2.n, bj);
   double* o = out + i0 * ldo + j0;
-  if (net.act == Activation::linear) {  // O(n^2 d)
+  if (net.act == Activation::linear) {  // O(n^2 d): the full block
     s.gemm.run<Eigen::RowMajor, Eigen::ColMajor>(ni, nj, d, f1.hs + i0 * d, d, f2.x + j0 * d, d,
                                                  o, ldo, 1.0, false);
     return;
   }
-  // eta = 0 leaves zero features: skip their products (O(n^2 m) each).
+  // o = Hs_I Hs_J^T (lower triangle only on a diagonal block); eta = 0 leaves zero
+  // features: skip their products (O(n^2 m) each).
+  auto product = [&](const double* a, const double* b, double* c, Index ldc) {
+    if (lower)
+      s.gemm.run_lower<Eigen::RowMajor, Eigen::ColMajor>(ni, m, a, m, b, m, c, ldc, 1.0, false);
+    else
+      s.gemm.run<Eigen::RowMajor, Eigen::ColMajor>(ni, nj, m, a, m, b, m, c, ldc, 1.0, false);
+  };
   if (net.eta_u > 0) {
-    s.gemm.run<Eigen::RowMajor, Eigen::ColMajor>(ni, nj, m, f1.hs + i0 * m, m, f2.hs + j0 * m,
-                                                 m, o, ldo, 1.0, false);
+    product(f1.hs + i0 * m, f2.hs + j0 * m, o, ldo);
   } else {
     for (Index i = 0; i < ni; ++i) std::fill(o + i * ldo, o + i * ldo + nj, 0.0);
   }
   if (!(net.eta_w > 0)) return;
   double* tg = s.tile_g.data();
   double* tc = s.tile_c.data();
-  s.gemm.run<Eigen::RowMajor, Eigen::ColMajor>(ni, nj, m, f1.gs + i0 * m, m, f2.gs + j0 * m, m,
-                                               tg, nj, 1.0, false);
+  product(f1.gs + i0 * m, f2.gs + j0 * m, tg, nj);
   s.gemm.run<Eigen::RowMajor, Eigen::ColMajor>(ni, nj, d, f1.x + i0 * d, d, f2.x + j0 * d, d, tc,
                                                nj, 1.0, false);
   for (Index i = 0; i < ni; ++i) {
     double* oi = o + i * ldo;
     const double* gi = tg + i * nj;
     const double* ci = tc + i * nj;
-    for (Index j = 0; j < nj; ++j) oi[j] += gi[j] * ci[j];
+    const Index jend = lower ? i + 1 : nj;
+    for (Index j = 0; j < jend; ++j) oi[j] += gi[j] * ci[j];
   }
 }
 
@@ -177,7 +184,7 @@ void gram_serial(const Network& net, const double* u, const double* w, const dou
   const Index nb1 = gram_blocks(n1), nb2 = sym ? nb1 : gram_blocks(n2);
   for (Index bi = 0; bi < nb1; ++bi)
     for (Index bj = 0; bj < (sym ? bi + 1 : nb2); ++bj)
-      gram_block(net, f1, f2, bi, bj, out, ldo, s);
+      gram_block(net, f1, f2, bi, bj, out, ldo, s, sym && bi == bj);
   if (sym)
     for (Index bi = 0; bi < nb1; ++bi)
       for (Index bj = 0; bj <= bi; ++bj) gram_mirror(n1, bi, bj, out);
@@ -250,7 +257,7 @@ void gram_team(const Network& net, const double* u, const double* w, const GramF
         bi = t / nb2;
         bj = t % nb2;
       }
-      gram_block(net, f1, f2, bi, bj, out, ldo, s);
+      gram_block(net, f1, f2, bi, bj, out, ldo, s, sym && bi == bj);
     });
   }
   if (sym) {

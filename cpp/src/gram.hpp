@@ -7,7 +7,8 @@
 // of kGramBlock rows: K_IJ = Hs_I Hs_J^T + (Gs_I Gs_J^T) o (X_I X_J^T). The Hadamard factor
 // is applied to a tile that is still in cache, so the n x n matrix G G^T never exists, and
 // no per-parameter Jacobian is ever formed. For a symmetric Gram only blocks J <= I are
-// computed and mirrored. The block split is fixed (it does not depend on the thread count),
+// computed (the diagonal blocks on their lower triangle, by Eigen's triangular kernel) and
+// mirrored. The block split is fixed (it does not depend on the thread count),
 // and so are the bits.
 //
 // Linear activation: H H^T = X W^T W X^T and G G^T = ||u||^2 1 1^T, so
@@ -58,9 +59,11 @@ void gram_features(const Network& net, const double* w, const GramFeatures& f, I
                    Index r1, GramScratch& s);
 
 /// Block (bi, bj) of K(f1, f2) written into out (leading dimension ldo). For the linear
-/// activation f2.hs is ignored and f2.x used (K = (x1 A) x2^T).
+/// activation f2.hs is ignored and f2.x used (K = (x1 A) x2^T). `lower`: a diagonal block of
+/// a symmetric Gram, of which only the lower triangle is computed (gram_mirror fills the
+/// rest).
 void gram_block(const Network& net, const GramFeatures& f1, const GramFeatures& f2, Index bi,
-                Index bj, double* out, Index ldo, GramScratch& s);
+                Index bj, double* out, Index ldo, GramScratch& s, bool lower = false);
 
 /// Copies the strictly lower part of block (bi, bj), bi >= bj, of a symmetric Gram to the
 /// upper triangle.
