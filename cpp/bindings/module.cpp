@@ -9,12 +9,14 @@
 
 namespace ntkflow::bindings {
 void bind_linear(py::module_& m);
+void bind_nonlinear(py::module_& m);
 }
 
 PYBIND11_MODULE(NTKFLOW_MODULE_NAME, m) {
   namespace py = pybind11;
   m.doc() = "ntkflow compiled core (private: use the ntkflow package)";
   ntkflow::bindings::bind_linear(m);
+  ntkflow::bindings::bind_nonlinear(m);
   m.def("build_isa", &ntkflow::build_isa);
   m.def("build_compiler", &ntkflow::build_compiler);
   m.def("eigen_version", &ntkflow::eigen_version);

@@ -1,18 +1,13 @@
 // Linear two-layer networks on population moments: the full m(1 + d)-parameter flow and
 // the width-independent reduced flow of THEORY §B.1, both driven by one ensemble loop.
-#include <omp.h>
-
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cmath>
-#include <exception>
-#include <thread>
+#include <stdexcept>
+#include <type_traits>
 #include <vector>
 
-#include "integrate.hpp"
+#include "ensemble.hpp"
 #include "linear_fused.hpp"
-#include "linear_recorder.hpp"
 #include "ntkflow/core.hpp"
 
 namespace ntkflow {
@@ -155,69 +150,26 @@ class LinearReduced {
   double *r_, *sr_, *g_, *mg_;
 };
 
-void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w);
-
+/// Per-thread scratch of the linear systems, for run_ensemble.
 template <class System>
-void run_ensemble(const LinearModel& model, const InitSpec& init, const Schedule& sched,
-                  Index trajectories, const Records& out, CancelToken* cancel) {
-  const Index m = model.width, d = model.dim;
-  const int threads = sched.threads > 0 ? sched.threads : omp_get_max_threads();
-  std::exception_ptr first_error;
-  bool cancelled = false;
-  std::atomic<int> finished{0};
-#pragma omp parallel num_threads(threads)
-  {
-    // One set of buffers per thread, reused by all its trajectories: no allocation in the
-    // time loop, and a trajectory's whole working set stays in this core's cache.
-    std::vector<double> params, state, work, scratch;
-    try {
-      params.resize(static_cast<std::size_t>(m * (1 + d)));
-      const Index n = System::state_size(model);
-      state.resize(static_cast<std::size_t>(n));
-      work.resize(static_cast<std::size_t>(workspace_size(n)));
-      scratch.resize(static_cast<std::size_t>(System::scratch_size(model)));
-    } catch (...) {
-#pragma omp critical(ntkflow_error)
-      if (!first_error) first_error = std::current_exception();
-    }
-    // Dynamic scheduling keeps cores busy when adaptive runs take different step counts;
-    // results do not depend on it because trajectory k only ever touches row k.
-#pragma omp for schedule(dynamic, 1) nowait
-    for (Index k = 0; k < trajectories; ++k) {
-      if (first_error || (cancel && cancel->stop.load(std::memory_order_relaxed))) continue;
-      try {
-        draw_initial(init, m, d, k, params.data(), params.data() + m);
-        System sys(model, out, k, sched.n_times, scratch.data());
-        sys.load(params.data(), params.data() + m, state.data());
-        const Outcome o =
-            integrate(sys, state.data(), sched, work.data(), cancel, out.params_all);
-        if (out.status) out.status[k] = static_cast<std::int8_t>(o.status);
-        if (out.t_fail) out.t_fail[k] = o.t_fail;
-        if (out.steps) out.steps[k] = o.steps;
-        if (out.rejected) out.rejected[k] = o.rejected;
-        if (out.t_hit) out.t_hit[k] = o.t_hit;
-      } catch (const Cancelled&) {
-#pragma omp atomic write
-        cancelled = true;
-      } catch (...) {
-#pragma omp critical(ntkflow_error)
-        if (!first_error) first_error = std::current_exception();
-      }
-    }
-    // The starting thread keeps listening for Ctrl-C while the last trajectories finish
-    // on other threads (it would otherwise sit in the barrier, deaf, for a whole run).
-    finished.fetch_add(1);
-    if (cancel && omp_get_thread_num() == 0) {
-      const int team = omp_get_num_threads();
-      while (finished.load() < team) {
-        cancel_requested(cancel);
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
-      }
-    }
+class LinearThread {
+ public:
+  LinearThread(const LinearModel& model, const Records& out, Index n_times)
+      : md_(model), out_(out), T_(n_times),
+        scratch_(static_cast<std::size_t>(System::scratch_size(model))) {}
+  Index state_size() const { return System::state_size(md_); }
+  System start(Index k, const double* u, const double* w, double* y) {
+    System sys(md_, out_, k, T_, scratch_.data());
+    sys.load(u, w, y);
+    return sys;
   }
-  if (first_error) std::rethrow_exception(first_error);
-  if (cancelled || (cancel && cancel->stop.load())) throw Cancelled();
-}
+
+ private:
+  const LinearModel& md_;
+  const Records& out_;
+  Index T_;
+  std::vector<double> scratch_;
+};
 
 }  // namespace detail
 
@@ -225,19 +177,24 @@ void simulate_linear(const LinearModel& model, const InitSpec& init, const Sched
                      LinearMethod method, Index trajectories, const Records& out,
                      CancelToken* cancel) {
   using namespace detail;
+  auto run = [&](auto tag) {
+    using Thread = LinearThread<typename decltype(tag)::type>;
+    run_ensemble<Thread>(model.width, model.dim, init, sched, trajectories, out, cancel, model,
+                         out, sched.n_times);
+  };
   switch (method) {
     case LinearMethod::fused:
       if (model.dim == 1)
-        run_ensemble<LinearFused<2>>(model, init, sched, trajectories, out, cancel);
+        run(std::common_type<LinearFused<2>>{});
       else
-        run_ensemble<LinearFused<Eigen::Dynamic>>(model, init, sched, trajectories, out, cancel);
+        run(std::common_type<LinearFused<Eigen::Dynamic>>{});
       return;
     case LinearMethod::stagewise:
-      run_ensemble<LinearFull>(model, init, sched, trajectories, out, cancel);
+      run(std::common_type<LinearFull>{});
       return;
     case LinearMethod::reduced:
       if (out.u || out.w) throw std::invalid_argument("the reduced system records no parameters");
-      run_ensemble<LinearReduced>(model, init, sched, trajectories, out, cancel);
+      run(std::common_type<LinearReduced>{});
       return;
   }
   throw std::invalid_argument("unknown LinearMethod");

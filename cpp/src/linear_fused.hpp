@@ -17,7 +17,7 @@
 #include <cmath>
 
 #include "integrate.hpp"
-#include "linear_recorder.hpp"
+#include "ensemble.hpp"
 #include "ntkflow/core.hpp"
 
 namespace ntkflow::detail {
@@ -54,6 +54,7 @@ class LinearFused {
   /// Gram of y; returns the loss there.
   double start(const double* y, bool want_dloss, double* dl) {
     accumulate_gram(y, gram_);
+    rec_.set_reference(gram_(0, 0), gram_.bottomRightCorner(d_, d_).trace());
     return loss_from(gram_, want_dloss, dl);
   }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import exact, mechanisms
+from ._gram import ntk_gram
 from ._memory import memory_budget, set_memory_budget
 from ._simulate import simulate
 from ._table import Table
@@ -74,6 +75,7 @@ __all__ = [
     "exact",
     "mechanisms",
     "memory_budget",
+    "ntk_gram",
     "phase_diagram",
     "set_memory_budget",
     "simulate",

@@ -12,6 +12,7 @@ from ._validate import integer, require
 from .result import Result
 from .specs import (
     Data,
+    Dataset,
     Gaussian,
     GradientDescent,
     GradientFlow,
@@ -25,6 +26,7 @@ from .specs import (
 _SOLVERS = {"euler": "euler", "rk4": "rk4", "dopri5": "dopri5"}
 Method = Literal["full", "stagewise", "reduced"]
 _METHODS = {"full": "fused", "stagewise": "stagewise", "reduced": "reduced"}
+Path = Literal["auto", "moments", "data"]
 
 
 def _init_spec(init: Init, seed: int, first_trajectory: int) -> Any:
@@ -68,17 +70,24 @@ def simulate(
     first_trajectory: int = 0,
     threads: int | None = None,
     method: Method = "full",
+    path: Path = "auto",
 ) -> Result:
     """Integrate many independent trajectories of one two-layer network.
 
     Parameters
     ----------
     net : TwoLayer
-        Width, activation (``"linear"``) and output scale kappa.
+        Width, activation and output scale kappa.
     data : LatentLine, Moments or Dataset
         A linear network sees any data through its moments, reduced once before the time
-        loop, so a step costs O(width * dim) whatever the number of samples.
+        loop, so a step costs O(width * dim) whatever the number of samples. A network
+        with an activation needs a ``Dataset``: a step costs two products of
+        samples x width x dim.
     train : GradientFlow or GradientDescent
+        relu networks: the flow field jumps where a pre-activation ``w_i . x_j`` crosses 0,
+        and the flow can slide along such a surface; there adaptive ``dopri5`` takes tiny
+        steps until ``max_steps`` (status ``step_limit``). Fixed-step ``rk4`` or
+        ``GradientDescent`` do not have this problem.
     init : Gaussian or Params
         Default ``Gaussian(1, 1)``. With ``Params`` the number of trajectories is theirs.
     trajectories : int
@@ -93,14 +102,22 @@ def simulate(
     threads : int, optional
         OpenMP threads (default: ``OMP_NUM_THREADS`` or all cores).
     method : {"full", "stagewise", "reduced"}
-        "full" integrates all width * (1 + dim) parameters. Every Runge-Kutta stage state
-        of a linear network is the parameter matrix times a small (1+dim)^2 matrix, so a
-        whole step is one pass over the parameters. "stagewise" integrates the same
+        "full" integrates all width * (1 + dim) parameters. For a linear network every
+        Runge-Kutta stage state is the parameter matrix times a small (1+dim)^2 matrix, so
+        a whole step is one pass over the parameters. "stagewise" integrates the same
         parameters with the same method the textbook way (one field evaluation per stage,
         several passes per step): slower, kept as a cross-check and a benchmark reference.
         "reduced" integrates the width-independent closed system of THEORY §B.1 for
         ``(W^T u, W^T W, ||u||^2)``: the same records (no parameters), exact for any width,
-        O(dim^2) per step.
+        O(dim^2) per step. "stagewise" and "reduced" are for the moments path only.
+    path : {"auto", "moments", "data"}
+        A linear network on a ``Dataset`` is the same model on the samples and on their
+        moments. "moments" integrates the moment form (O(width dim^2) per step; on a
+        ``Dataset`` the kernel metrics then come from the (dim, dim) NTK records, exactly).
+        "data" integrates on the samples, which Gram records (``Record.gram``) and the
+        linearised run (``Record.linearized``) need, and which also records ``move_u`` and
+        ``move_w``. "auto": "moments" for a linear network unless a record needs the
+        samples; always "data" with an activation.
 
     Returns
     -------
@@ -123,8 +140,9 @@ def simulate(
     require(isinstance(init, (Gaussian, Params)), "init", "must be a Gaussian or Params", init)
     require(isinstance(record, Record), "record", "must be a Record", record)
     require(method in _METHODS, "method", 'must be "full", "stagewise" or "reduced"', method)
-    require(net.act == "linear", "net.act",
-            'must be "linear": simulate integrates linear networks', net.act)
+    require(path in ("auto", "moments", "data"), "path",
+            'must be "auto", "moments" or "data"', path)
+    chosen = _choose_path(net, data, record, method, path)
     seed = integer(seed, "seed", minimum=0)
     require(seed < 2**64, "seed", "must be < 2**64", seed)
     first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
@@ -144,6 +162,10 @@ def simulate(
     times = record.resolve_times(train)
     T = times.size
     ntk_mode = record.ntk
+    if chosen == "data":
+        assert isinstance(data, Dataset)
+        return _simulate_data(net, data, train, init, n, seed, record, first_trajectory,
+                              n_threads, times)
     if ntk_mode == "scalar":
         require(dim == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
     if method == "reduced":
@@ -156,7 +178,7 @@ def simulate(
     per_time = 5 + dim + (dim * dim if keep_ntk else 0)
     tp = T if record.params == "all" else 1
     params_bytes = 8.0 * n * tp * width * (1 + dim) if record.params else 0.0
-    state = width * (1 + dim) if method == "full" else dim * (dim + 1) + 1
+    state = width * (1 + dim) if method != "reduced" else dim * (dim + 1) + 1
     workspace = 8.0 * (11 * state + width * (1 + dim) + 4 * dim + dim * dim + width)
     threads_used = n_threads or int(_core.max_threads())
     total = 8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + workspace * threads_used
@@ -172,19 +194,7 @@ def simulate(
     model.eta_u = train.eta_u
     model.eta_w = train.eta_w
     model.loss_min = float(mom.loss_min)
-    sched = _core.Schedule()
-    sched.threads = n_threads
-    if isinstance(train, GradientFlow):
-        sched.solver = getattr(_core.Solver, _SOLVERS[train.solver])
-        sched.dt = train.dt
-        sched.rtol = train.rtol
-        sched.atol = train.atol
-        sched.max_steps = train.max_steps
-    else:
-        sched.solver = _core.Solver.gd
-        sched.lr = train.lr
-    if record.loss_below is not None:
-        sched.loss_threshold = record.loss_below
+    sched = _schedule(train, record, n_threads)
 
     rec: dict[str, NDArray[Any]] = {
         "loss": np.empty((n, T)),
@@ -206,21 +216,243 @@ def simulate(
         rec["u"] = np.empty((n, tp, width))
         rec["W"] = np.empty((n, tp, width, dim))
 
-    given_u0 = init.u0 if isinstance(init, Params) else None
-    given_w0 = init.W0 if isinstance(init, Params) else None
     _core.simulate_linear(
         model,
         np.ascontiguousarray(mom.Sigma, dtype=np.float64),
         np.ascontiguousarray(mom.beta, dtype=np.float64),
         _init_spec(init, seed, first_trajectory),
-        given_u0,
-        given_w0,
+        init.u0 if isinstance(init, Params) else None,
+        init.W0 if isinstance(init, Params) else None,
         sched,
         times,
         n,
         rec,
         params_all=record.params == "all",
         method=getattr(_core.LinearMethod, _METHODS[method]),
+    )
+
+    p = rec["p"][..., 0] if dim == 1 else rec["p"]
+    ntk = rec.get("ntk")
+    if ntk is not None and (ntk_mode == "scalar" or (ntk_mode == "auto" and dim == 1)):
+        ntk = ntk[..., 0, 0]
+    metrics: dict[str, NDArray[np.float64] | None] = {
+        "ntk_change": None, "kernel_distance": None, "kta": None}
+    if keep_ntk and isinstance(data, Dataset):
+        metrics.update(_moment_kernel_metrics(rec["ntk"], data.X, data.y))
+    u = W = None
+    if record.params is not None:
+        u, W = rec["u"], rec["W"]
+        if record.params == "final":
+            u, W = u[:, 0], W[:, 0]
+    return Result(
+        times=times,
+        loss=rec["loss"],
+        p=p,
+        norm_u2=rec["norm_u2"],
+        norm_w2=rec["norm_w2"],
+        alignment=rec["alignment"],
+        ntk=ntk,
+        balance_drift=rec["balance_drift"],
+        status=rec["status"],
+        t_fail=rec["t_fail"],
+        steps=rec["steps"],
+        rejected=rec["rejected"],
+        t_hit=rec.get("t_hit"),
+        u=u,
+        W=W,
+        net=net,
+        data=data,
+        train=train,
+        init=init,
+        seed=seed,
+        first_trajectory=first_trajectory,
+        method=method,
+        isa=str(_core.ISA),
+        ntk_change=metrics["ntk_change"],
+        kernel_distance=metrics["kernel_distance"],
+        kta=metrics["kta"],
+        path="moments",
+    )
+
+
+def _schedule(train: Training, record: Record, n_threads: int) -> Any:
+    sched = _core.Schedule()
+    sched.threads = n_threads
+    if isinstance(train, GradientFlow):
+        sched.solver = getattr(_core.Solver, _SOLVERS[train.solver])
+        sched.dt = train.dt
+        sched.rtol = train.rtol
+        sched.atol = train.atol
+        sched.max_steps = train.max_steps
+    else:
+        sched.solver = _core.Solver.gd
+        sched.lr = train.lr
+    if record.loss_below is not None:
+        sched.loss_threshold = record.loss_below
+    return sched
+
+
+def _choose_path(net: TwoLayer, data: Data, record: Record, method: str, path: str) -> str:
+    """The integration path, or a ValueError naming what prevents the one asked for."""
+    on_samples = isinstance(data, Dataset)
+    needs = [name for name, on in (("record.gram", record.gram is not None),
+                                   ("record.linearized", record.linearized)) if on]
+    if net.act != "linear":
+        require(on_samples, "data",
+                f'must be a Dataset for act="{net.act}" (a network with an activation '
+                "needs the samples, not only their moments)", type(data).__name__)
+        require(path != "moments", "path",
+                f'"moments" is for linear networks only (act="{net.act}")', path)
+        chosen = "data"
+    elif path == "auto":
+        chosen = "data" if needs else "moments"
+    else:
+        chosen = path
+    if chosen == "data":
+        require(on_samples, "data", 'must be a Dataset for path="data"' + (
+            f" (needed by {' and '.join(needs)})" if needs else ""), type(data).__name__)
+        require(method == "full", "method",
+                f'"{method}" is for the moments path (linear networks) only', method)
+    elif needs:
+        raise ValueError(f'path "moments" cannot provide {" and ".join(needs)}: they need '
+                         'the samples (path="data" with a Dataset)')
+    return chosen
+
+
+def _moment_kernel_metrics(
+    ntk: NDArray[np.float64], X: NDArray[np.float64], y: NDArray[np.float64]
+) -> dict[str, NDArray[np.float64]]:
+    """Kernel metrics of the training Gram ``K_t = X A_t X^T`` from the (dim, dim) kernels
+    ``A_t`` (trajectories, times, dim, dim): with ``S = X^T X`` and ``b = X^T y``,
+    ``<K_s, K_t>_F = tr(A_s S A_t S)`` and ``y^T K_t y = b^T A_t b``. The change
+    ``K_t - K_0`` is taken from ``A_t - A_0`` directly, free of cancellation."""
+    S = X.T @ X
+    b = X.T @ y
+    AS = ntk @ S
+    A0S = AS[:, :1]
+    DS = (ntk - ntk[:, :1]) @ S
+
+    def inner(P: NDArray[np.float64], Q: NDArray[np.float64]) -> NDArray[np.float64]:
+        out: NDArray[np.float64] = np.einsum("...ij,...ji->...", P, Q)
+        return out
+
+    kt = np.sqrt(np.maximum(inner(AS, AS), 0.0))
+    k0 = kt[:, :1]
+    diff = np.sqrt(np.maximum(inner(DS, DS), 0.0))
+    dot0 = inner(AS, np.broadcast_to(A0S, AS.shape))
+    yky = np.einsum("i,...ij,j->...", b, ntk, b)
+    y2 = float(y @ y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        change = np.where(k0 > 0, diff / np.where(k0 > 0, k0, 1.0), np.nan)
+        den = kt * k0
+        distance = np.where(den > 0, 1.0 - dot0 / np.where(den > 0, den, 1.0), np.nan)
+        den_y = kt * y2
+        kta = np.where(den_y > 0, yky / np.where(den_y > 0, den_y, 1.0), np.nan)
+    return {"ntk_change": change, "kernel_distance": distance, "kta": kta}
+
+
+def _simulate_data(
+    net: TwoLayer,
+    data: Dataset,
+    train: Training,
+    init: Init,
+    n: int,
+    seed: int,
+    record: Record,
+    first_trajectory: int,
+    n_threads: int,
+    times: NDArray[np.float64],
+) -> Result:
+    """The dataset path: the full parameters of a network with any activation."""
+    dim, width, T = data.dim, net.width, times.size
+    samples = data.samples
+    linear = net.act == "linear"
+    ntk_mode = record.ntk
+    if not linear:
+        require(ntk_mode in ("auto", "none"), "record.ntk",
+                f'must be "auto" (kernel metrics) or "none" for act="{net.act}": the '
+                '(dim, dim) kernel exists for linear networks only (see record.gram)',
+                ntk_mode)
+    if ntk_mode == "scalar":
+        require(dim == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
+    probe = record.probe if record.gram == "probe" else None
+    if probe is not None:
+        require(probe.shape[1] == dim, "record.probe",
+                f"must have {dim} columns, the data's dim", probe)
+    metrics = ntk_mode != "none"
+    keep_ntk = linear and metrics
+    relu = net.act == "relu"
+    g = samples if probe is None else int(probe.shape[0])
+
+    # Size everything before allocating anything; the Gram record is checked on its own so
+    # that the error names it.
+    tp = T if record.params == "all" else 1
+    if record.gram is not None:
+        _memory.check(8.0 * n * T * g * g,
+                      f"record.gram={record.gram!r} ({n} trajectories x {T} times x "
+                      f"{g} x {g} Gram matrices)",
+                      "record fewer times or trajectories, use a smaller probe set, or run "
+                      "the ensemble in chunks with first_trajectory")
+    per_time = (5 + dim + (dim * dim if keep_ntk else 0) + (3 if metrics else 0) + 2
+                + (1 if relu else 0) + (1 if record.linearized else 0))
+    params_bytes = 8.0 * n * tp * width * (1 + dim) if record.params else 0.0
+    gram_bytes = 8.0 * n * T * g * g if record.gram is not None else 0.0
+    cnet = core_network(width, dim, net.act, net.kappa, train.eta_u, train.eta_w)
+    threads_used = n_threads or int(_core.max_threads())
+    workspace = float(_core.network_workspace_bytes(
+        cnet, samples, g if probe is not None else 0, record.gram is not None, metrics,
+        record.linearized, relu))
+    total = (8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes
+             + workspace * min(threads_used, n))
+    _memory.check(total, f"recording {n} trajectories at {T} times on {samples} samples",
+                  "record fewer times or trajectories, or run the ensemble in chunks with "
+                  "first_trajectory")
+
+    sched = _schedule(train, record, n_threads)
+    rec: dict[str, NDArray[Any]] = {
+        "loss": np.empty((n, T)),
+        "p": np.empty((n, T, dim)),
+        "norm_u2": np.empty((n, T)),
+        "norm_w2": np.empty((n, T)),
+        "alignment": np.empty((n, T)),
+        "balance_drift": np.empty((n, T)),
+        "move_u": np.empty((n, T)),
+        "move_w": np.empty((n, T)),
+        "status": np.zeros(n, dtype=np.int8),
+        "t_fail": np.full(n, np.nan),
+        "steps": np.zeros(n, dtype=np.int64),
+        "rejected": np.zeros(n, dtype=np.int64),
+    }
+    if keep_ntk:
+        rec["ntk"] = np.empty((n, T, dim, dim))
+    if metrics:
+        for name in ("ntk_change", "kernel_distance", "kta"):
+            rec[name] = np.empty((n, T))
+    if relu:
+        rec["pattern_change"] = np.empty((n, T))
+    if record.linearized:
+        rec["loss_lin"] = np.empty((n, T))
+    if record.gram is not None:
+        rec["gram"] = np.empty((n, T, g, g))
+    if record.loss_below is not None:
+        rec["t_hit"] = np.full(n, np.nan)
+    if record.params is not None:
+        rec["u"] = np.empty((n, tp, width))
+        rec["W"] = np.empty((n, tp, width, dim))
+
+    _core.simulate_network(
+        cnet,
+        data.X,
+        data.y,
+        _init_spec(init, seed, first_trajectory),
+        init.u0 if isinstance(init, Params) else None,
+        init.W0 if isinstance(init, Params) else None,
+        sched,
+        times,
+        n,
+        rec,
+        params_all=record.params == "all",
+        probe=probe,
     )
 
     p = rec["p"][..., 0] if dim == 1 else rec["p"]
@@ -254,6 +486,28 @@ def simulate(
         init=init,
         seed=seed,
         first_trajectory=first_trajectory,
-        method=method,
+        method="full",
         isa=str(_core.ISA),
+        gram=rec.get("gram"),
+        ntk_change=rec.get("ntk_change"),
+        kernel_distance=rec.get("kernel_distance"),
+        kta=rec.get("kta"),
+        move_u=rec["move_u"],
+        move_w=rec["move_w"],
+        pattern_change=rec.get("pattern_change"),
+        loss_lin=rec.get("loss_lin"),
+        path="data",
     )
+
+
+def core_network(width: int, dim: int, act: str, kappa: float, eta_u: float,
+                 eta_w: float) -> Any:
+    """The core's description of a network and its learning rates (validated values)."""
+    cnet = _core.Network()
+    cnet.width = width
+    cnet.dim = dim
+    cnet.act = getattr(_core.Activation, act)
+    cnet.kappa = kappa
+    cnet.eta_u = eta_u
+    cnet.eta_w = eta_w
+    return cnet

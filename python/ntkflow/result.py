@@ -27,6 +27,13 @@ _DIMS: dict[str, tuple[str, ...]] = {
     "steps": ("trajectories",),
     "rejected": ("trajectories",),
     "t_hit": ("trajectories",),
+    "ntk_change": ("trajectories", "times"),
+    "kernel_distance": ("trajectories", "times"),
+    "kta": ("trajectories", "times"),
+    "move_u": ("trajectories", "times"),
+    "move_w": ("trajectories", "times"),
+    "pattern_change": ("trajectories", "times"),
+    "loss_lin": ("trajectories", "times"),
 }
 
 
@@ -34,8 +41,11 @@ _DIMS: dict[str, tuple[str, ...]] = {
 class Result:
     """Records of one ensemble.
 
-    Shapes use the dimensions ``trajectories``, ``times``, ``width`` and ``dim``; arrays
-    written for dim = 1 drop their dim axes.
+    Shapes use the dimensions ``trajectories``, ``times``, ``width``, ``dim``, ``samples``
+    (training inputs) and ``probes``; arrays written for dim = 1 drop their dim axes.
+    Linear networks run on the data's moments (``path="moments"``) unless a record needs
+    the samples; networks with an activation always run on the ``Dataset``
+    (``path="data"``).
 
     Attributes
     ----------
@@ -44,7 +54,8 @@ class Result:
     loss : (trajectories, times)
         ``1/2 E[(f(x) - y)^2]`` on the data or moments.
     p : (trajectories, times[, dim])
-        End-to-end weights ``W^T u`` (for dim = 1, ``u . w``).
+        End-to-end weights ``W^T u`` (for dim = 1, ``u . w``); with an activation it is
+        still ``W^T u``, the vector behind ``alignment``, but no longer the function.
     norm_u2, norm_w2 : (trajectories, times)
         ``||u||^2`` and ``||W||_F^2``.
     alignment : (trajectories, times)
@@ -53,9 +64,12 @@ class Result:
     ntk : (trajectories, times[, dim, dim]) or None
         ``kappa^2 (eta_u W^T W + eta_w ||u||^2 I)``: the learning-rate-weighted NTK is
         ``K(x, x') = x^T ntk x'``; for dim = 1 the scalar kernel per unit ``x x'``.
+        Linear networks only (None with an activation: see ``gram`` and ``ntk_change``).
     balance_drift : (trajectories, times)
-        ``(Delta(t) - Delta(0)) / (eta_w ||u||^2 + eta_u ||W||^2)`` for the conserved
-        ``Delta = eta_w ||u||^2 - eta_u ||W||_F^2``: integration error made visible.
+        ``(Delta(t) - Delta(0)) / (eta_w ||u||^2 + eta_u ||W||^2)`` for
+        ``Delta = eta_w ||u||^2 - eta_u ||W||_F^2``, which gradient flow conserves for the
+        linear and relu activations (1-homogeneous): then it is integration error made
+        visible. For tanh and erf Delta is not conserved and this is physics.
     status : (trajectories,) int8
         Codes of ``STATUS_NAMES``: ok, diverged (non-finite loss or step size collapse),
         step_limit. Records after ``t_fail`` are NaN.
@@ -68,6 +82,26 @@ class Result:
     u, W : arrays or None
         Parameters kept on request: (trajectories[, times], width) and
         (trajectories[, times], width, dim).
+    gram : (trajectories, times, samples, samples) or (..., probes, probes) or None
+        The learning-rate-weighted NTK Gram matrix
+        ``kappa^2 [eta_u H H^T + eta_w (G G^T) o (X X^T)]`` (THEORY §C.1) on the training
+        inputs or on ``Record.probe``, kept on request (``Record.gram``).
+    ntk_change, kernel_distance, kta : (trajectories, times) or None
+        Metrics of the training Gram matrix ``K_t`` against ``K_0``, computed whether or
+        not ``gram`` keeps it (``Record.ntk != "none"``, data on samples):
+        ``||K_t - K_0||_F / ||K_0||_F``, ``1 - <K_t, K_0>_F / (||K_t||_F ||K_0||_F)`` and
+        the kernel-target alignment ``<K_t, y y^T>_F / (||K_t||_F ||y||^2)``. NaN where
+        the denominator is 0.
+    move_u, move_w : (trajectories, times) or None
+        ``||u_t - u_0|| / ||u_0||`` and ``||W_t - W_0||_F / ||W_0||_F`` (``path="data"``).
+    pattern_change : (trajectories, times) or None
+        relu only: fraction of hidden units i for which some training input's
+        ``1[w_i . x_j > 0]`` differs from its value at t = 0.
+    loss_lin : (trajectories, times) or None
+        Loss of the linearised network trained from the same initialisation with the
+        initial training Gram matrix (``Record.linearized``), exact at each record time.
+    path : {"moments", "data"} or None
+        Which integration path produced the run.
     """
 
     times: NDArray[np.float64]
@@ -93,6 +127,15 @@ class Result:
     first_trajectory: int
     method: str
     isa: str
+    gram: NDArray[np.float64] | None = None
+    ntk_change: NDArray[np.float64] | None = None
+    kernel_distance: NDArray[np.float64] | None = None
+    kta: NDArray[np.float64] | None = None
+    move_u: NDArray[np.float64] | None = None
+    move_w: NDArray[np.float64] | None = None
+    pattern_change: NDArray[np.float64] | None = None
+    loss_lin: NDArray[np.float64] | None = None
+    path: str | None = None
     _initial: list[Params] = field(default_factory=list, repr=False)
 
     @property
@@ -132,7 +175,8 @@ class Result:
         final = self.loss[:, -1]
         return (
             f"{self.trajectories} trajectories, width {self.net.width}, dim {self.dim}, "
-            f"{self.times.size} record times up to {self.times[-1]:g} ({self.method}, "
+            f"{self.times.size} record times up to {self.times[-1]:g} ({self.net.act}, "
+            f"{self.path or 'moments'} path, {self.method}, "
             f"{self.isa}); status: {counts}; final loss median "
             f"{np.nanmedian(final) if np.any(np.isfinite(final)) else float('nan'):.4g}; "
             f"steps median {int(np.median(self.steps))}"
@@ -153,10 +197,13 @@ class Result:
         if self.ntk is not None:
             extra = ("dim", "dim_") if self.ntk.ndim == 4 else ()
             vars_["ntk"] = (("trajectories", "times") + extra, self.ntk)
+        if self.gram is not None:
+            vars_["gram"] = (("trajectories", "times", "inputs", "inputs_"), self.gram)
         coords = {"times": self.times,
                   "trajectories": self.first_trajectory + np.arange(self.trajectories)}
         return xr.Dataset(vars_, coords=coords,
                           attrs={"seed": self.seed, "width": self.net.width,
-                                 "kappa": self.net.kappa, "method": self.method})
+                                 "kappa": self.net.kappa, "method": self.method,
+                                 "act": self.net.act, "path": str(self.path)})
 
 

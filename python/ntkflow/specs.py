@@ -367,11 +367,25 @@ class Record:
     ntk : {"auto", "scalar", "matrix", "none"}
         The linear network's kernel ``kappa^2 (eta_u W^T W + eta_w ||u||^2 I)`` (dim, dim),
         which gives ``K(x, x') = x^T K x'``. "auto": a scalar when dim = 1, else the matrix.
+        On a ``Dataset`` the kernel metrics of the training Gram matrix (``ntk_change``,
+        ``kernel_distance``, ``kta``) come with it; for nonlinear activations only "auto"
+        (the metrics, O(samples^2 width) per record time) or "none" apply.
     params : {None, "final", "all"}
         Keep the parameters at the end, or at every record time (memory checked first).
     loss_below : float, optional
         Also record the first time each trajectory's loss falls to this level, located
         inside the step by cubic Hermite interpolation (the step number for descent).
+    gram : {None, "train", "probe"}
+        Keep the NTK Gram matrix at every record time, on the training inputs
+        (samples, samples) or on ``probe`` (probes, probes). Needs a ``Dataset``; the size,
+        trajectories x times x inputs^2 doubles, is checked against the memory budget.
+    probe : array (probes, dim), optional
+        Inputs of the probe Gram matrix; given exactly when ``gram="probe"``.
+    linearized : bool
+        Also train the linearised (kernel-regime) network from the same initialisation and
+        record its loss, ``loss_lin``: exact, through the eigendecomposition of the
+        initial training Gram matrix (THEORY §0: df/dt = -(1/n) K_0 (f - y)). Needs a
+        ``Dataset``.
     """
 
     times: Any = 101
@@ -379,6 +393,9 @@ class Record:
     ntk: NtkRecord = "auto"
     params: Literal["final", "all"] | None = None
     loss_below: float | None = None
+    gram: Literal["train", "probe"] | None = None
+    probe: Any = None
+    linearized: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.times, (int, np.integer)) and not isinstance(self.times, bool):
@@ -398,6 +415,21 @@ class Record:
                 'must be None, "final" or "all"', self.params)
         if self.loss_below is not None:
             _set(self, "loss_below", real(self.loss_below, "loss_below", low=0.0))
+        require(self.gram in (None, "train", "probe"), "gram",
+                'must be None, "train" or "probe"', self.gram)
+        if self.gram == "probe":
+            require(self.probe is not None, "probe", 'must be given with gram="probe"',
+                    self.probe)
+            P = array(self.probe, "probe", ndim=2)
+            require(P.shape[0] >= 1 and P.shape[1] >= 1, "probe",
+                    "must have shape (probes >= 1, dim >= 1)", P)
+            _set(self, "probe", P)
+        else:
+            require(self.probe is None, "probe", 'is only used with gram="probe"',
+                    self.probe)
+        require(isinstance(self.linearized, (bool, np.bool_)), "linearized",
+                "must be True or False", self.linearized)
+        _set(self, "linearized", bool(self.linearized))
 
     def resolve_times(self, train: Training) -> NDArray[np.float64]:
         """The record times for this training run (validated against its horizon)."""

@@ -1,0 +1,133 @@
+#include <pybind11/stl.h>
+
+#include <optional>
+
+#include "bind_common.hpp"
+#include "ntkflow/nonlinear.hpp"
+
+namespace ntkflow::bindings {
+
+namespace {
+
+void simulate_network_py(const Network& net, const CArray& x, const CArray& y, InitSpec init,
+                         const std::optional<CArray>& u0, const std::optional<CArray>& w0,
+                         Schedule sched, const CArray& times, Index trajectories,
+                         const py::dict& records, bool params_all,
+                         const std::optional<CArray>& probe) {
+  const Index n = trajectories, m = net.width, d = net.dim, T = times.size();
+  if (n < 1 || m < 1 || d < 1) throw py::value_error("trajectories, width and dim must be >= 1");
+  if (x.ndim() != 2 || x.shape(1) != d || x.shape(0) < 1)
+    throw py::value_error("X must have shape (samples, dim)");
+  const Index samples = x.shape(0);
+  TrainingData data;
+  data.x = x.data();
+  data.y = in_buffer(y, samples, "y");
+  data.samples = samples;
+  if (init.given) {
+    if (!u0 || !w0) throw py::value_error("given initial parameters need u0 and w0");
+    init.u0 = in_buffer(*u0, n * m, "u0");
+    init.w0 = in_buffer(*w0, n * m * d, "w0");
+  }
+  sched.times = times.data();
+  sched.n_times = T;
+  const Index tp = params_all ? T : 1;
+  Records out;
+  out.params_all = params_all;
+  out.loss = out_buffer<double>(records, "loss", {n, T});
+  out.p = out_buffer<double>(records, "p", {n, T, d});
+  out.norm_u2 = out_buffer<double>(records, "norm_u2", {n, T});
+  out.norm_w2 = out_buffer<double>(records, "norm_w2", {n, T});
+  out.alignment = out_buffer<double>(records, "alignment", {n, T});
+  out.ntk = out_buffer<double>(records, "ntk", {n, T, d, d});
+  out.drift = out_buffer<double>(records, "balance_drift", {n, T});
+  out.u = out_buffer<double>(records, "u", {n, tp, m});
+  out.w = out_buffer<double>(records, "W", {n, tp, m, d});
+  out.status = out_buffer<std::int8_t>(records, "status", {n});
+  out.t_fail = out_buffer<double>(records, "t_fail", {n});
+  out.steps = out_buffer<std::int64_t>(records, "steps", {n});
+  out.rejected = out_buffer<std::int64_t>(records, "rejected", {n});
+  out.t_hit = out_buffer<double>(records, "t_hit", {n});
+  KernelRecords kr;
+  Index g = samples;
+  if (probe) {
+    if (probe->ndim() != 2 || probe->shape(1) != d || probe->shape(0) < 1)
+      throw py::value_error("probe must have shape (probes, dim)");
+    kr.probe = probe->data();
+    kr.n_probe = probe->shape(0);
+    g = kr.n_probe;
+  }
+  kr.gram = out_buffer<double>(records, "gram", {n, T, g, g});
+  kr.ntk_change = out_buffer<double>(records, "ntk_change", {n, T});
+  kr.kernel_distance = out_buffer<double>(records, "kernel_distance", {n, T});
+  kr.kta = out_buffer<double>(records, "kta", {n, T});
+  kr.move_u = out_buffer<double>(records, "move_u", {n, T});
+  kr.move_w = out_buffer<double>(records, "move_w", {n, T});
+  kr.pattern_change = out_buffer<double>(records, "pattern_change", {n, T});
+  kr.loss_lin = out_buffer<double>(records, "loss_lin", {n, T});
+  run_cancellable([&](CancelToken* token) {
+    simulate_network(net, data, init, sched, n, out, kr, token);
+  });
+}
+
+CArray ntk_gram_py(const Network& net, const CArray& u, const CArray& w, Index batch,
+                   const CArray& x1, const std::optional<CArray>& x2, int threads) {
+  const Index m = net.width, d = net.dim;
+  if (batch < 0) throw py::value_error("batch must be >= 0");
+  if (x1.ndim() != 2 || x1.shape(1) != d || x1.shape(0) < 1)
+    throw py::value_error("X must have shape (samples, dim)");
+  const Index n1 = x1.shape(0);
+  Index n2 = n1;
+  const double* x2p = nullptr;
+  if (x2) {
+    if (x2->ndim() != 2 || x2->shape(1) != d || x2->shape(0) < 1)
+      throw py::value_error("X2 must have shape (samples2, dim)");
+    n2 = x2->shape(0);
+    x2p = x2->data();
+  }
+  const double* up = in_buffer(u, batch * m, "u");
+  const double* wp = in_buffer(w, batch * m * d, "W");
+  CArray out({batch, n1, n2});
+  double* op = out.mutable_data();
+  run_cancellable([&](CancelToken* token) {
+    ntk_gram(net, up, wp, batch, x1.data(), n1, x2p, n2, op, threads, token);
+  });
+  return out;
+}
+
+}  // namespace
+
+void bind_nonlinear(py::module_& m) {
+  // module_local: each instruction-set build is its own module with the same C++ types.
+  py::enum_<Activation>(m, "Activation", py::module_local())
+      .value("linear", Activation::linear)
+      .value("relu", Activation::relu)
+      .value("tanh", Activation::tanh)
+      .value("erf", Activation::erf);
+
+  py::class_<Network>(m, "Network", py::module_local())
+      .def(py::init<>())
+      .def_readwrite("width", &Network::width)
+      .def_readwrite("dim", &Network::dim)
+      .def_readwrite("act", &Network::act)
+      .def_readwrite("kappa", &Network::kappa)
+      .def_readwrite("eta_u", &Network::eta_u)
+      .def_readwrite("eta_w", &Network::eta_w);
+
+  m.def("simulate_network", &simulate_network_py, py::arg("net"), py::arg("x").noconvert(),
+        py::arg("y").noconvert(), py::arg("init"), py::arg("u0").noconvert() = py::none(),
+        py::arg("w0").noconvert() = py::none(), py::arg("schedule"),
+        py::arg("times").noconvert(), py::arg("trajectories"), py::arg("records"),
+        py::arg("params_all") = false, py::arg("probe").noconvert() = py::none(),
+        "Integrate an ensemble of two-layer networks on a dataset into caller-owned buffers.");
+  m.def("ntk_gram", &ntk_gram_py, py::arg("net"), py::arg("u").noconvert(),
+        py::arg("w").noconvert(), py::arg("batch"), py::arg("x1").noconvert(),
+        py::arg("x2").noconvert() = py::none(), py::arg("threads") = 0,
+        "NTK Gram matrices (batch, n1, n2) of a batch of networks.");
+  m.def("network_workspace_bytes", &network_workspace_bytes, py::arg("net"),
+        py::arg("samples"), py::arg("n_probe"), py::arg("gram"), py::arg("metrics"),
+        py::arg("linearized"), py::arg("pattern"));
+  m.def("gram_workspace_bytes", &gram_workspace_bytes, py::arg("net"), py::arg("batch"),
+        py::arg("n1"), py::arg("n2"), py::arg("threads") = 0);
+}
+
+}  // namespace ntkflow::bindings
