@@ -164,6 +164,8 @@ def test_infinite_width_closed_forms_at_special_angles() -> None:
     s_u, s_w, d = 0.9, 1.1, 3
     K = nf.exact.ntk_infinite(x, "relu", s_u, s_w, eta_u=1.0, eta_w=0.0)
     S = s_w**2 * np.sum(x * x, axis=1) / d
+    # Kahan's angle is 0 to rounding for parallel inputs (arccos of a rounded cosine would
+    # be ~1e-8): a few ulps, rtol 1e-15.
     np.testing.assert_allclose(K[0, 1], np.sqrt(S[0] * S[1]) / 2, rtol=1e-15)
     # Antiparallel: 0 up to the rounding of the unit vectors (angle pi - O(eps)).
     assert abs(K[0, 2]) <= 1e-15 * K[0, 0] and abs(K[1, 2]) <= 1e-15 * K[1, 1]
