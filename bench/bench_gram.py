@@ -15,15 +15,14 @@ multi-threaded BLAS can lose to itself). Results go to bench/results/ as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import time
-from pathlib import Path
-
-import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
