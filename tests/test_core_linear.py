@@ -269,3 +269,57 @@ def test_fused_steps_equal_stagewise_steps(width, dim, solver, seed) -> None:
         ref.assert_close_to_scale(getattr(a, name), getattr(s, name), 1e-11, name)
     # The drift is already relative and at round-off level in both: compare absolutely.
     np.testing.assert_allclose(a.balance_drift, s.balance_drift, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [3, 4096, 4097])
+@pytest.mark.parametrize("solver", ["rk4", "gd"])
+def test_fixed_steps_either_side_of_the_lane_width_equal_stagewise(width, solver) -> None:
+    # d = 1 with fixed steps runs up to 8 trajectories side by side in SIMD lanes for widths
+    # <= 4096 and one trajectory at a time above: both must be the same rk4 / gd as the
+    # textbook stagewise evaluation, to round-off (sums over the width in another order).
+    Sigma, b, params = setup(width, width, 1, n=3)
+    net = nf.TwoLayer(width=width, kappa=1.0 / np.sqrt(width))
+    train = (nf.GradientFlow(t_max=2.0, solver="rk4", dt=0.05, eta_u=0.8) if solver == "rk4"
+             else nf.GradientDescent(lr=0.05, steps=40, eta_w=1.2))
+    kw = dict(init=params, record=nf.Record(times=5, params="final"))
+    a = nf.simulate(net, nf.Moments(Sigma=Sigma, b=b), train, method="full", **kw)
+    s = nf.simulate(net, nf.Moments(Sigma=Sigma, b=b), train, method="stagewise", **kw)
+    scale = np.max(np.abs(s.u)) + np.max(np.abs(s.W))
+    np.testing.assert_allclose(a.u, s.u, rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(a.W, s.W, rtol=0, atol=1e-12 * scale)
+    ref.assert_close_to_scale(a.loss, s.loss, 1e-11, "loss")
+    np.testing.assert_array_equal(a.steps, s.steps)
+
+
+@pytest.mark.parametrize("solver", ["rk4", "euler", "gd"])
+def test_lane_groups_do_not_change_bits(solver) -> None:
+    # Groups of lanes shrink with the ensemble size and the thread count (1 trajectory per
+    # group for 3 trajectories on 2 threads, 8 for 64 on one): a trajectory's bits must
+    # not depend on which trajectories share its group, nor on a diverging neighbour.
+    net = nf.TwoLayer(width=37, kappa=0.2)
+    train = (nf.GradientDescent(lr=0.2, steps=300) if solver == "gd"
+             else nf.GradientFlow(t_max=3.0, solver=solver, dt=0.01))
+    rec = nf.Record(times=7, params="all")
+
+    def run(n, first=0, threads=None, init=None):
+        return nf.simulate(net, nf.LatentLine(beta=0.9), train, trajectories=n, seed=5,
+                           first_trajectory=first, threads=threads, record=rec,
+                           init=init if init is not None else nf.Gaussian(1.0, 1.0))
+
+    big = run(64, threads=1)
+    for part in (run(3, threads=2), run(5, first=0, threads=1), run(11, threads=2)):
+        n = part.loss.shape[0]
+        for name in ("loss", "alignment", "u", "W", "steps"):
+            np.testing.assert_array_equal(getattr(part, name), getattr(big, name)[:n], name)
+    one = run(1, first=13)
+    np.testing.assert_array_equal(one.loss[0], big.loss[13])
+    # A diverging lane beside healthy ones (lr 0.2 with a 40x init blows up).
+    u0, W0 = big.initial_params().u0[:8].copy(), big.initial_params().W0[:8].copy()
+    u0[2] *= 40.0
+    W0[2] *= 40.0
+    mixed = run(8, init=nf.Params(u0, W0))
+    if solver == "gd":
+        assert mixed.status[2] == 1 and np.isfinite(mixed.t_fail[2])
+    healthy = [0, 1, 3, 4, 5, 6, 7]
+    np.testing.assert_array_equal(mixed.loss[healthy], big.loss[healthy])
+    np.testing.assert_array_equal(mixed.u[healthy], big.u[healthy])

@@ -113,57 +113,33 @@ class Recorder {
 
 void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w);
 
-/// Integrates `trajectories` independent runs, OpenMP over trajectories.
-///
-/// `Thread` holds everything one thread needs and is constructed once per thread as
-/// `Thread(args...)`, so all buffers are sized before any time loop. It provides
-///   Index state_size() const;
-///   System start(Index k, const double* u0, const double* w0, double* y);
-/// (or a System& from start): the system for trajectory k, its state loaded into y from the
-/// initial parameters. Trajectory k only ever writes row k of the records, so the results do
-/// not depend on the thread count or the schedule.
-template <class Thread, class... Args>
-void run_ensemble(Index width, Index dim, const InitSpec& init, const Schedule& sched,
-                  Index trajectories, const Records& out, CancelToken* cancel,
-                  const Args&... args) {
-  const Index m = width, d = dim;
-  const int threads = sched.threads > 0 ? sched.threads : omp_get_max_threads();
+/// Runs body(worker, item) for every item in [0, items) on OpenMP threads. Each thread
+/// builds one Worker(args...) before its first item, so all buffers are sized before any
+/// time loop. The first exception is rethrown after every thread has stopped; Cancelled
+/// from any item stops the others and is rethrown once.
+template <class Worker, class Body, class... Args>
+void parallel_items(Index items, int threads, CancelToken* cancel, const Body& body,
+                    const Args&... args) {
   std::exception_ptr first_error;
   bool cancelled = false;
   std::atomic<int> finished{0};
 #pragma omp parallel num_threads(threads)
   {
-    // One set of buffers per thread, reused by all its trajectories: no allocation in the
-    // time loop, and a trajectory's whole working set stays in this core's cache.
-    std::vector<double> params, state, work;
-    std::unique_ptr<Thread> thread;
+    std::unique_ptr<Worker> worker;
     try {
-      params.resize(static_cast<std::size_t>(m * (1 + d)));
-      thread = std::make_unique<Thread>(args...);
-      const Index n = thread->state_size();
-      state.resize(static_cast<std::size_t>(n));
-      work.resize(static_cast<std::size_t>(workspace_size(n)));
+      worker = std::make_unique<Worker>(args...);
     } catch (...) {
 #pragma omp critical(ntkflow_error)
       if (!first_error) first_error = std::current_exception();
-      thread.reset();
     }
     // Dynamic scheduling keeps cores busy when adaptive runs take different step counts;
-    // results do not depend on it because trajectory k only ever touches row k.
+    // results do not depend on it because an item only ever writes its own rows.
 #pragma omp for schedule(dynamic, 1) nowait
-    for (Index k = 0; k < trajectories; ++k) {
-      if (!thread || first_error || (cancel && cancel->stop.load(std::memory_order_relaxed)))
+    for (Index k = 0; k < items; ++k) {
+      if (!worker || first_error || (cancel && cancel->stop.load(std::memory_order_relaxed)))
         continue;
       try {
-        draw_initial(init, m, d, k, params.data(), params.data() + m);
-        auto&& sys = thread->start(k, params.data(), params.data() + m, state.data());
-        const Outcome o =
-            integrate(sys, state.data(), sched, work.data(), cancel, out.params_all);
-        if (out.status) out.status[k] = static_cast<std::int8_t>(o.status);
-        if (out.t_fail) out.t_fail[k] = o.t_fail;
-        if (out.steps) out.steps[k] = o.steps;
-        if (out.rejected) out.rejected[k] = o.rejected;
-        if (out.t_hit) out.t_hit[k] = o.t_hit;
+        body(*worker, k);
       } catch (const Cancelled&) {
 #pragma omp atomic write
         cancelled = true;
@@ -172,8 +148,8 @@ void run_ensemble(Index width, Index dim, const InitSpec& init, const Schedule& 
         if (!first_error) first_error = std::current_exception();
       }
     }
-    // The starting thread keeps listening for Ctrl-C while the last trajectories finish
-    // on other threads (it would otherwise sit in the barrier, deaf, for a whole run).
+    // The starting thread keeps listening for Ctrl-C while the last items finish on other
+    // threads (it would otherwise sit in the barrier, deaf, for a whole run).
     finished.fetch_add(1);
     if (cancel && omp_get_thread_num() == 0) {
       const int team = omp_get_num_threads();
@@ -185,6 +161,56 @@ void run_ensemble(Index width, Index dim, const InitSpec& init, const Schedule& 
   }
   if (first_error) std::rethrow_exception(first_error);
   if (cancelled || (cancel && cancel->stop.load())) throw Cancelled();
+}
+
+inline int team_size(const Schedule& sched) {
+  return sched.threads > 0 ? sched.threads : omp_get_max_threads();
+}
+
+/// Per-thread buffers of run_ensemble: one set reused by all of a thread's trajectories, so
+/// nothing is allocated in the time loop and a trajectory's working set stays in cache.
+template <class Thread>
+struct TrajectoryWorker {
+  template <class... Args>
+  TrajectoryWorker(Index m, Index d, const Args&... args)
+      : params(static_cast<std::size_t>(m * (1 + d))), thread(args...),
+        state(static_cast<std::size_t>(thread.state_size())),
+        work(static_cast<std::size_t>(workspace_size(thread.state_size()))) {}
+  std::vector<double> params;
+  Thread thread;
+  std::vector<double> state, work;
+};
+
+inline void write_outcome(const Records& out, Index k, const Outcome& o) {
+  if (out.status) out.status[k] = static_cast<std::int8_t>(o.status);
+  if (out.t_fail) out.t_fail[k] = o.t_fail;
+  if (out.steps) out.steps[k] = o.steps;
+  if (out.rejected) out.rejected[k] = o.rejected;
+  if (out.t_hit) out.t_hit[k] = o.t_hit;
+}
+
+/// Integrates `trajectories` independent runs, OpenMP over trajectories.
+///
+/// `Thread` holds everything one thread needs and is constructed once per thread as
+/// `Thread(args...)`. It provides
+///   Index state_size() const;
+///   System start(Index k, const double* u0, const double* w0, double* y);
+/// (or a System& from start): the system for trajectory k, its state loaded into y from the
+/// initial parameters. Trajectory k only ever writes row k of the records, so the results do
+/// not depend on the thread count or the schedule.
+template <class Thread, class... Args>
+void run_ensemble(Index width, Index dim, const InitSpec& init, const Schedule& sched,
+                  Index trajectories, const Records& out, CancelToken* cancel,
+                  const Args&... args) {
+  const Index m = width, d = dim;
+  auto body = [&](TrajectoryWorker<Thread>& w, Index k) {
+    draw_initial(init, m, d, k, w.params.data(), w.params.data() + m);
+    auto&& sys = w.thread.start(k, w.params.data(), w.params.data() + m, w.state.data());
+    write_outcome(out, k, integrate(sys, w.state.data(), sched, w.work.data(), cancel,
+                                    out.params_all));
+  };
+  parallel_items<TrajectoryWorker<Thread>>(trajectories, team_size(sched), cancel, body, m, d,
+                                           args...);
 }
 
 }  // namespace detail

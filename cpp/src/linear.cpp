@@ -8,6 +8,7 @@
 
 #include "ensemble.hpp"
 #include "linear_fused.hpp"
+#include "linear_lanes.hpp"
 #include "ntkflow/core.hpp"
 
 namespace ntkflow {
@@ -184,7 +185,9 @@ void simulate_linear(const LinearModel& model, const InitSpec& init, const Sched
   };
   switch (method) {
     case LinearMethod::fused:
-      if (model.dim == 1)
+      if (lanes_apply(model, sched))
+        run_lanes(model, init, sched, trajectories, out, cancel);
+      else if (model.dim == 1)
         run(std::common_type<LinearFused<2>>{});
       else
         run(std::common_type<LinearFused<Eigen::Dynamic>>{});

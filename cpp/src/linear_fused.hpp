@@ -28,8 +28,14 @@ template <int Q>
 class LinearFused {
  public:
   static constexpr bool kFused = true;
+  // d at compile time too: with Eigen::Dynamic the per-step small-matrix algebra goes
+  // through Eigen's general product kernels (~200 ns a step), which at width 64 costs as
+  // much as the pass over the parameters itself.
+  static constexpr int D = Q == Eigen::Dynamic ? Eigen::Dynamic : Q - 1;
   using Small = Eigen::Matrix<double, Q, Q>;
   using SmallVec = Eigen::Matrix<double, Q, 1>;
+  using DVec = Eigen::Matrix<double, D, 1>;
+  using DMat = Eigen::Matrix<double, D, D, Eigen::RowMajor>;
 
   static Index state_size(const LinearModel& md) { return md.width * (1 + md.dim); }
   static Index scratch_size(const LinearModel&) { return 0; }
@@ -96,8 +102,8 @@ class LinearFused {
   void commit() { gram_ = gram_next_; }
 
   void record(const double*, Index j) {
-    p_ = gram_.col(0).tail(d_);
-    M_ = gram_.bottomRightCorner(d_, d_);
+    p_ = gram_.template block<D, 1>(1, 0, d_, 1);
+    M_ = gram_.template block<D, D>(1, 1, d_, d_);
     rec_.write(j, p_.data(), gram_(0, 0), M_.data(), rec_.loss(p_.data(), r_.data(), sr_.data()));
   }
   void record_params(const double* y, Index slot) {
@@ -117,20 +123,20 @@ class LinearFused {
   /// g = -kappa Sigma (kappa p - beta) for p of the stage with matrix S.
   void stage_g(const Small& S) {
     v_.noalias() = gram_ * S.col(0);
-    p_.noalias() = S.rightCols(d_).transpose() * v_;
+    p_.noalias() = S.template block<Q, D>(0, 1, q_, d_).transpose() * v_;
     direction_from_p();
   }
   void direction_from_p() {
-    const Eigen::Map<const RowMatrix> sigma(md_.sigma, d_, d_);
-    r_ = md_.kappa * p_ - Eigen::Map<const Eigen::VectorXd>(md_.beta, d_);
+    const Eigen::Map<const DMat> sigma(md_.sigma, d_, d_);
+    r_ = md_.kappa * p_ - Eigen::Map<const DVec>(md_.beta, d_);
     sr_.noalias() = sigma * r_;
     g_ = -md_.kappa * sr_;
   }
 
   /// K += S J(g): column 0 gets S[:,1:] eta_u g, columns 1: get S[:,0] eta_w g^T.
-  void add_field_matrix(const Small& S, const Eigen::VectorXd& g, Small& K) const {
-    K.col(0).noalias() += md_.eta_u * (S.rightCols(d_) * g);
-    K.rightCols(d_).noalias() += (md_.eta_w * S.col(0)) * g.transpose();
+  void add_field_matrix(const Small& S, const DVec& g, Small& K) const {
+    K.col(0).noalias() += md_.eta_u * (S.template block<Q, D>(0, 1, q_, d_) * g);
+    K.template block<Q, D>(0, 1, q_, d_).noalias() += (md_.eta_w * S.col(0)) * g.transpose();
   }
 
   void stages(const Tableau& tab, double h) {
@@ -146,11 +152,11 @@ class LinearFused {
   }
 
   double loss_from(const Small& gram, bool want_dloss, double* dl) {
-    p_ = gram.col(0).tail(d_);
+    p_ = gram.template block<D, 1>(1, 0, d_, 1);
     direction_from_p();
     const double loss = md_.loss_min + 0.5 * r_.dot(sr_);
     if (want_dloss) {
-      mg_.noalias() = gram.bottomRightCorner(d_, d_) * g_;
+      mg_.noalias() = gram.template block<D, D>(1, 1, d_, d_) * g_;
       *dl = -(md_.eta_w * gram(0, 0) * g_.squaredNorm() + md_.eta_u * g_.dot(mg_));
     }
     return loss;
@@ -276,9 +282,9 @@ class LinearFused {
   Small gram_, gram_next_, S_, S_last_, T_step_, E_;
   std::array<Small, 7> K_;
   SmallVec v_;
-  Eigen::VectorXd p_, r_, sr_, g_, mg_;
+  DVec p_, r_, sr_, g_, mg_;
   Eigen::VectorXd row_buf_;
-  RowMatrix M_;
+  DMat M_;
 };
 
 }  // namespace ntkflow::detail
