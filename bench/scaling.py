@@ -1,14 +1,18 @@
 """Scaling of ntkflow on W1-fixed (model A, rk4 dt = 0.01, 1000 steps, 101 records):
 time against the number of trajectories and against the width, and the speed-up from
-1 to 2 threads, each summarised by the exponent of a least-squares fit of log time.
+1 to 2 threads, each summarised by the exponent of a least-squares fit of log time; and
+the peak memory of a large run against the size of what it records.
 
 Ideal: exponent 1 in trajectories and in width (work is trajectories x width x steps);
-exponent -1 in threads.
+exponent -1 in threads; peak memory <= 1.2 x records + 100 MB.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -43,6 +47,43 @@ def _time(n: int, m: int, threads: int | None, repeats: int) -> float:
 
     once()  # warm-up
     return float(np.median([once() for _ in range(repeats)]))
+
+
+# Run in a fresh interpreter so that the peak belongs to this run alone. Linux: writing 5
+# to clear_refs resets VmHWM (the peak resident set) to the current resident set.
+_MEMORY_PROBE = """
+import json, math, sys, numpy as np, ntkflow as nf
+n, m = int(sys.argv[1]), int(sys.argv[2])
+net = nf.TwoLayer(width=m, act="linear", kappa=1 / math.sqrt(m))
+train = nf.GradientFlow(t_max=10.0, solver="rk4", dt=0.01)
+rec = nf.Record(times=np.linspace(0.0, 10.0, 101), params="final")
+def run(k):
+    return nf.simulate(net, nf.LatentLine(beta=1.0), train, init=nf.Gaussian(1.0, 1.0),
+                       trajectories=k, seed=0, record=rec)
+run(8)  # loads the core and starts the OpenMP threads
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS:")
+res = run(n)
+peak = status("VmHWM:")
+records = sum(v.nbytes for v in vars(res).values() if isinstance(v, np.ndarray))
+print(json.dumps({"before": before, "peak": peak, "records": records}))
+"""
+
+
+def peak_memory(n: int, m: int) -> dict[str, Any]:
+    """Peak resident memory added by one simulate() call against the bytes it returns."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(n), str(m)],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout)
+    extra = r["peak"] - r["before"]
+    limit = 1.2 * r["records"] + 100e6
+    return {"trajectories": n, "width": m, "records_bytes": r["records"],
+            "peak_extra_bytes": extra, "limit_bytes": limit, "within": extra <= limit}
 
 
 def exponent(x: list[float], t: list[float]) -> float:
@@ -94,4 +135,18 @@ def run(cfg: Config) -> dict[str, Any]:
           f"{t2:.3g} s -> speed-up {t1 / t2:.2f}x, time ~ threads^{e_t:.3f} (ideal -1)")
     out["threads"] = {"trajectories": n1, "width": m1, "t1": t1, "t2": t2,
                       "speedup": t1 / t2, "exponent": e_t}
+
+    nm, mm = {"full": (8192, 1024), "quick": (2048, 1024), "tiny": (64, 64)}[mode]
+    try:
+        mem = peak_memory(nm, mm)
+    except (OSError, subprocess.CalledProcessError, ValueError) as exc:
+        print(f"  peak memory: not measured ({type(exc).__name__}: {exc})")
+    else:
+        mb = 1e-6
+        print(f"  peak memory ({nm} trajectories x width {mm}, 101 records of every "
+              f"observable + final parameters): records {mem['records_bytes'] * mb:.0f} MB, "
+              f"peak added by the call {mem['peak_extra_bytes'] * mb:.0f} MB, limit 1.2 x "
+              f"records + 100 MB = {mem['limit_bytes'] * mb:.0f} MB -> "
+              f"{'within' if mem['within'] else 'OVER'}")
+        out["memory"] = mem
     return out

@@ -18,6 +18,8 @@ from ._harness import Config, Impl, run_impls, skipped
 from .peers import load
 
 SIZES = {"full": (2048, 64, 4096), "quick": (1024, 64, 2048), "tiny": (128, 16, 256)}
+# Networks in the batched line: its output alone is BATCH n^2 doubles (512 MiB in full).
+BATCH = {"full": 16, "quick": 64, "tiny": 4}
 
 
 def nominal_flops(n: int, d: int, m: int) -> float:
@@ -101,6 +103,16 @@ def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
         impls.append(Impl("ntkflow nf.ntk_gram",
                           lambda: nf.ntk_gram(u, W, X, act="relu", kappa=kappa),
                           kind="ntkflow"))
+        # A batch whose first network is the one above: its Gram is checked against the
+        # single call, and the time shown is per network (batch time / B).
+        B = BATCH[cfg.mode]
+        ub = np.concatenate([u[None], rng.standard_normal((B - 1, m))])
+        Wb = np.concatenate([W[None], rng.standard_normal((B - 1, m, d))])
+        impls.append(Impl(f"ntkflow batch of {B}, per network",
+                          lambda: nf.ntk_gram(ub, Wb, X, act="relu", kappa=kappa)[0],
+                          scale=1.0 / B, tol=1e-12, kind="ntkflow",
+                          repeats=min(cfg.repeats, 3),
+                          note=f"{B} networks in one call, time / {B}"))
         ratio_to = "ntkflow"
     else:
         impls.append(skipped("ntkflow nf.ntk_gram",
