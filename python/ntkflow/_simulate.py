@@ -232,14 +232,23 @@ def simulate(
         method=getattr(_core.LinearMethod, _METHODS[method]),
     )
 
-    p = rec["p"][..., 0] if dim == 1 else rec["p"]
-    ntk = rec.get("ntk")
-    if ntk is not None and (ntk_mode == "scalar" or (ntk_mode == "auto" and dim == 1)):
-        ntk = ntk[..., 0, 0]
     metrics: dict[str, NDArray[np.float64] | None] = {
         "ntk_change": None, "kernel_distance": None, "kta": None}
     if keep_ntk and isinstance(data, Dataset):
         metrics.update(_moment_kernel_metrics(rec["ntk"], data.X, data.y))
+    return _result(rec, times, dim, ntk_mode, record, net=net, data=data, train=train,
+                   init=init, seed=seed, first_trajectory=first_trajectory, method=method,
+                   path="moments", **metrics)
+
+
+def _result(rec: dict[str, Any], times: NDArray[np.float64], dim: int, ntk_mode: str,
+            record: Record, **fields: Any) -> Result:
+    """The Result of either path from the core's record buffers: squeezes dim = 1 and the
+    scalar NTK, and keeps the parameters at the end only when that was asked for."""
+    p = rec["p"][..., 0] if dim == 1 else rec["p"]
+    ntk = rec.get("ntk")
+    if ntk is not None and (ntk_mode == "scalar" or (ntk_mode == "auto" and dim == 1)):
+        ntk = ntk[..., 0, 0]
     u = W = None
     if record.params is not None:
         u, W = rec["u"], rec["W"]
@@ -261,18 +270,8 @@ def simulate(
         t_hit=rec.get("t_hit"),
         u=u,
         W=W,
-        net=net,
-        data=data,
-        train=train,
-        init=init,
-        seed=seed,
-        first_trajectory=first_trajectory,
-        method=method,
         isa=str(_core.ISA),
-        ntk_change=metrics["ntk_change"],
-        kernel_distance=metrics["kernel_distance"],
-        kta=metrics["kta"],
-        path="moments",
+        **fields,
     )
 
 
@@ -456,49 +455,13 @@ def _simulate_data(
         probe=probe,
     )
 
-    p = rec["p"][..., 0] if dim == 1 else rec["p"]
-    ntk = rec.get("ntk")
-    if ntk is not None and (ntk_mode == "scalar" or (ntk_mode == "auto" and dim == 1)):
-        ntk = ntk[..., 0, 0]
-    u = W = None
-    if record.params is not None:
-        u, W = rec["u"], rec["W"]
-        if record.params == "final":
-            u, W = u[:, 0], W[:, 0]
-    return Result(
-        times=times,
-        loss=rec["loss"],
-        p=p,
-        norm_u2=rec["norm_u2"],
-        norm_w2=rec["norm_w2"],
-        alignment=rec["alignment"],
-        ntk=ntk,
-        balance_drift=rec["balance_drift"],
-        status=rec["status"],
-        t_fail=rec["t_fail"],
-        steps=rec["steps"],
-        rejected=rec["rejected"],
-        t_hit=rec.get("t_hit"),
-        u=u,
-        W=W,
-        net=net,
-        data=data,
-        train=train,
-        init=init,
-        seed=seed,
-        first_trajectory=first_trajectory,
-        method="full",
-        isa=str(_core.ISA),
-        gram=rec.get("gram"),
-        ntk_change=rec.get("ntk_change"),
-        kernel_distance=rec.get("kernel_distance"),
-        kta=rec.get("kta"),
-        move_u=rec["move_u"],
-        move_w=rec["move_w"],
-        pattern_change=rec.get("pattern_change"),
-        loss_lin=rec.get("loss_lin"),
-        path="data",
-    )
+    return _result(rec, times, dim, ntk_mode, record, net=net, data=data, train=train,
+                   init=init, seed=seed, first_trajectory=first_trajectory, method="full",
+                   gram=rec.get("gram"), ntk_change=rec.get("ntk_change"),
+                   kernel_distance=rec.get("kernel_distance"), kta=rec.get("kta"),
+                   move_u=rec["move_u"], move_w=rec["move_w"],
+                   pattern_change=rec.get("pattern_change"), loss_lin=rec.get("loss_lin"),
+                   path="data")
 
 
 def core_network(width: int, dim: int, act: str, kappa: float, eta_u: float,
