@@ -5,6 +5,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,6 +40,38 @@ inline const double* in_buffer(const CArray& a, py::ssize_t count, const char* n
     throw py::value_error(std::string(name) + " has " + std::to_string(a.size()) +
                           " elements; expected " + std::to_string(count));
   return a.data();
+}
+
+/// Points `init` at the given initial parameters, (n, m) and (n, m, d), when it uses them.
+inline void set_initial(InitSpec& init, const std::optional<CArray>& u0,
+                        const std::optional<CArray>& w0, Index n, Index m, Index d) {
+  if (!init.given) return;
+  if (!u0 || !w0) throw py::value_error("given initial parameters need u0 and w0");
+  init.u0 = in_buffer(*u0, n * m, "u0");
+  init.w0 = in_buffer(*w0, n * m * d, "w0");
+}
+
+/// The records every simulation writes, from the caller's buffers (absent ones stay null).
+inline Records common_records(const py::dict& records, Index n, Index T, Index m, Index d,
+                              bool params_all) {
+  const Index tp = params_all ? T : 1;
+  Records out;
+  out.params_all = params_all;
+  out.loss = out_buffer<double>(records, "loss", {n, T});
+  out.p = out_buffer<double>(records, "p", {n, T, d});
+  out.norm_u2 = out_buffer<double>(records, "norm_u2", {n, T});
+  out.norm_w2 = out_buffer<double>(records, "norm_w2", {n, T});
+  out.alignment = out_buffer<double>(records, "alignment", {n, T});
+  out.ntk = out_buffer<double>(records, "ntk", {n, T, d, d});
+  out.drift = out_buffer<double>(records, "balance_drift", {n, T});
+  out.u = out_buffer<double>(records, "u", {n, tp, m});
+  out.w = out_buffer<double>(records, "W", {n, tp, m, d});
+  out.status = out_buffer<std::int8_t>(records, "status", {n});
+  out.t_fail = out_buffer<double>(records, "t_fail", {n});
+  out.steps = out_buffer<std::int64_t>(records, "steps", {n});
+  out.rejected = out_buffer<std::int64_t>(records, "rejected", {n});
+  out.t_hit = out_buffer<double>(records, "t_hit", {n});
+  return out;
 }
 
 /// Runs `work` without the GIL; Ctrl-C (seen by the hook on the calling thread) becomes the

@@ -17,30 +17,10 @@ void simulate_linear_py(LinearModel model, const CArray& sigma, const CArray& be
   if (n < 1 || m < 1 || d < 1) throw py::value_error("trajectories, width and dim must be >= 1");
   model.sigma = in_buffer(sigma, d * d, "Sigma");
   model.beta = in_buffer(beta, d, "beta");
-  if (init.given) {
-    if (!u0 || !w0) throw py::value_error("given initial parameters need u0 and w0");
-    init.u0 = in_buffer(*u0, n * m, "u0");
-    init.w0 = in_buffer(*w0, n * m * d, "w0");
-  }
+  set_initial(init, u0, w0, n, m, d);
   sched.times = times.data();
   sched.n_times = T;
-  const Index tp = params_all ? T : 1;
-  Records out;
-  out.params_all = params_all;
-  out.loss = out_buffer<double>(records, "loss", {n, T});
-  out.p = out_buffer<double>(records, "p", {n, T, d});
-  out.norm_u2 = out_buffer<double>(records, "norm_u2", {n, T});
-  out.norm_w2 = out_buffer<double>(records, "norm_w2", {n, T});
-  out.alignment = out_buffer<double>(records, "alignment", {n, T});
-  out.ntk = out_buffer<double>(records, "ntk", {n, T, d, d});
-  out.drift = out_buffer<double>(records, "balance_drift", {n, T});
-  out.u = out_buffer<double>(records, "u", {n, tp, m});
-  out.w = out_buffer<double>(records, "W", {n, tp, m, d});
-  out.status = out_buffer<std::int8_t>(records, "status", {n});
-  out.t_fail = out_buffer<double>(records, "t_fail", {n});
-  out.steps = out_buffer<std::int64_t>(records, "steps", {n});
-  out.rejected = out_buffer<std::int64_t>(records, "rejected", {n});
-  out.t_hit = out_buffer<double>(records, "t_hit", {n});
+  const Records out = common_records(records, n, T, m, d, params_all);
   run_cancellable([&](CancelToken* token) {
     simulate_linear(model, init, sched, method, n, out, token);
   });
@@ -51,11 +31,7 @@ py::tuple initial_params_py(InitSpec init, const std::optional<CArray>& u0,
                             Index trajectories, int threads) {
   if (trajectories < 1 || width < 1 || dim < 1)
     throw py::value_error("trajectories, width and dim must be >= 1");
-  if (init.given) {
-    if (!u0 || !w0) throw py::value_error("given initial parameters need u0 and w0");
-    init.u0 = in_buffer(*u0, trajectories * width, "u0");
-    init.w0 = in_buffer(*w0, trajectories * width * dim, "w0");
-  }
+  set_initial(init, u0, w0, trajectories, width, dim);
   CArray u({trajectories, width});
   CArray w({trajectories, width, dim});
   double* up = u.mutable_data();

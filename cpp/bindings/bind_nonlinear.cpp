@@ -23,30 +23,10 @@ void simulate_network_py(const Network& net, const CArray& x, const CArray& y, I
   data.x = x.data();
   data.y = in_buffer(y, samples, "y");
   data.samples = samples;
-  if (init.given) {
-    if (!u0 || !w0) throw py::value_error("given initial parameters need u0 and w0");
-    init.u0 = in_buffer(*u0, n * m, "u0");
-    init.w0 = in_buffer(*w0, n * m * d, "w0");
-  }
+  set_initial(init, u0, w0, n, m, d);
   sched.times = times.data();
   sched.n_times = T;
-  const Index tp = params_all ? T : 1;
-  Records out;
-  out.params_all = params_all;
-  out.loss = out_buffer<double>(records, "loss", {n, T});
-  out.p = out_buffer<double>(records, "p", {n, T, d});
-  out.norm_u2 = out_buffer<double>(records, "norm_u2", {n, T});
-  out.norm_w2 = out_buffer<double>(records, "norm_w2", {n, T});
-  out.alignment = out_buffer<double>(records, "alignment", {n, T});
-  out.ntk = out_buffer<double>(records, "ntk", {n, T, d, d});
-  out.drift = out_buffer<double>(records, "balance_drift", {n, T});
-  out.u = out_buffer<double>(records, "u", {n, tp, m});
-  out.w = out_buffer<double>(records, "W", {n, tp, m, d});
-  out.status = out_buffer<std::int8_t>(records, "status", {n});
-  out.t_fail = out_buffer<double>(records, "t_fail", {n});
-  out.steps = out_buffer<std::int64_t>(records, "steps", {n});
-  out.rejected = out_buffer<std::int64_t>(records, "rejected", {n});
-  out.t_hit = out_buffer<double>(records, "t_hit", {n});
+  const Records out = common_records(records, n, T, m, d, params_all);
   KernelRecords kr;
   Index g = samples;
   if (probe) {

@@ -136,6 +136,13 @@ Outcome& fail(System& sys, Outcome& o, Status status, double t, Index j, const d
   return o;
 }
 
+/// Equal steps no longer than dt that cover `span` exactly (gd: span counts steps).
+inline std::int64_t fixed_step_count(const Schedule& s, double span) {
+  if (s.solver == Solver::gd) return std::llround(span);
+  return std::max<std::int64_t>(
+      1, static_cast<std::int64_t>(std::ceil(span / s.dt * (1.0 - 1e-12))));
+}
+
 /// Euler, classical rk4 and gradient descent. The flow is advanced between consecutive
 /// record times in equal steps no longer than dt, so every record time is hit exactly.
 /// For gd the clock counts steps and each step moves the state by lr * field.
@@ -167,10 +174,7 @@ Outcome integrate_fixed(System& sys, double* y, const Schedule& s, double* ws,
     const double tj = s.times[j];
     if (tj > t) {
       const double span = tj - t;
-      const std::int64_t nsteps =
-          gd ? std::llround(span)
-             : std::max<std::int64_t>(1, static_cast<std::int64_t>(
-                                             std::ceil(span / s.dt * (1.0 - 1e-12))));
+      const std::int64_t nsteps = fixed_step_count(s, span);
       const double h = span / static_cast<double>(nsteps);
       const double hp = h * scale;
       const double t_start = t;

@@ -95,10 +95,7 @@ class LanesWorker {
       const double tj = s.times[j];
       if (tj > t) {
         const double span = tj - t;
-        const std::int64_t nsteps =
-            gd ? std::llround(span)
-               : std::max<std::int64_t>(1, static_cast<std::int64_t>(
-                                               std::ceil(span / s.dt * (1.0 - 1e-12))));
+        const std::int64_t nsteps = fixed_step_count(s, span);
         const double h = span / static_cast<double>(nsteps);
         const double hp = h * scale;
         const double t_start = t;
