@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <vector>
@@ -136,7 +137,9 @@ class NetworkThread {
     if (plan_.k0()) {
       gram_serial(net_, u, w, data_.x, n_, nullptr, 0, hs_.data(), gs_.data(), gram_,
                   k0_.data());
-      k0_norm_ = Eigen::Map<const Eigen::VectorXd>(k0_.data(), n_ * n_).norm();
+      const Eigen::Map<const Eigen::VectorXd> k0(k0_.data(), n_ * n_);
+      k0_max_ = k0.cwiseAbs().maxCoeff();
+      k0_unit_ = k0_max_ > 0 ? (k0 * (1.0 / k0_max_)).norm() : 0.0;  // ||K_0|| / max|K_0|
     }
     if (plan_.linearized) linearised_losses(y);
     return *this;
@@ -194,6 +197,16 @@ class NetworkThread {
       if (net_.eta_u > 0) v += du.squaredNorm() / net_.eta_u;
       if (net_.eta_w > 0) v += dW.squaredNorm() / net_.eta_w;
       *dl = -v;
+    }
+    // A saturating activation can keep the loss finite while the weights run off to 1e173:
+    // the records (||W||^2, the NTK) would overflow under an "ok" status. Such a state
+    // counts as diverged, like a non-finite loss.
+    if (std::isfinite(loss)) {
+      const double a = u.squaredNorm();
+      const double b = ConstVec(y + m_, m_ * d_).squaredNorm();
+      const double k2 = net_.kappa * net_.kappa;
+      if (!std::isfinite(k2 * (1.0 + net_.eta_u + net_.eta_w) * (a + b)))
+        return std::numeric_limits<double>::infinity();
     }
     return loss;
   }
@@ -330,19 +343,29 @@ class NetworkThread {
     kr_.pattern_change[at] = static_cast<double>(count) / static_cast<double>(m_);
   }
 
-  /// Kernel metrics of K_t (n x n, symmetric) against K_0.
+  /// Kernel metrics of K_t (n x n, symmetric) against K_0. Every quantity is formed from
+  /// K_t / max|K_t| and K_0 / max|K_0|: plain sums of squares overflow once Gram entries
+  /// pass ~1e154 while the run itself is still finite.
   void record_metrics(const double* K, Index at) {
     const Index nn = n_ * n_;
     const Eigen::Map<const Eigen::VectorXd> kt(K, nn), k0(k0_.data(), nn);
-    const double kt_norm = kt.norm();
-    const double dot0 = kt.dot(k0);
+    const double ct = kt.cwiseAbs().maxCoeff(), c0 = k0_max_;
+    const double st = ct > 0 ? 1.0 / ct : 0.0, s0 = c0 > 0 ? 1.0 / c0 : 0.0;
+    const double kt_norm = (kt * st).norm();  // of K_t / ct; Eigen evaluates lazily
+    const double dot0 = (kt * st).dot(k0 * s0);
     const ConstVec yv(data_.y, n_);
     Vec ky(ky_.data(), n_);
-    ky.noalias() = ConstMat(K, n_, n_) * yv;
+    ky.noalias() = (ConstMat(K, n_, n_) * st) * yv;
     const double yky = yv.dot(ky);
-    if (kr_.ntk_change) kr_.ntk_change[at] = k0_norm_ > 0 ? (kt - k0).norm() / k0_norm_ : kNaN;
+    const double k0_unit = k0_unit_;
+    if (kr_.ntk_change) {
+      // ||K_t - K_0|| / ||K_0|| with both scaled by the larger of ct, c0.
+      const double c = std::max(ct, c0), sc = c > 0 ? 1.0 / c : 0.0;
+      kr_.ntk_change[at] = k0_unit > 0 ? (kt * sc - k0 * sc).norm() / (k0_unit * (c0 * sc))
+                                       : kNaN;
+    }
     if (kr_.kernel_distance) {
-      const double den = kt_norm * k0_norm_;
+      const double den = kt_norm * k0_unit;
       kr_.kernel_distance[at] = den > 0 ? 1.0 - dot0 / den : kNaN;
     }
     if (kr_.kta) {
@@ -375,6 +398,7 @@ class NetworkThread {
       double acc = 0.0;
       for (Index i = 0; i < n_; ++i) {
         const double l = std::max(lam[i], 0.0);  // K_0 is PSD; clip round-off below 0
+        if (coef_[i] == 0.0) continue;  // an unstable mode with no residual adds 0, not inf*0
         const double g = gd ? std::pow(1.0 - sched_.lr * l * inv_n, t) : std::exp(-l * t * inv_n);
         acc += (g * coef_[i]) * (g * coef_[i]);
       }
@@ -400,7 +424,7 @@ class NetworkThread {
   Eigen::VectorXd coef_;
   Gemm gemm_;
   GramScratch gram_;
-  double u0_norm_ = 0, w0_norm_ = 0, k0_norm_ = 0, y_norm2_ = 0;
+  double u0_norm_ = 0, w0_norm_ = 0, k0_unit_ = 0, k0_max_ = 0, y_norm2_ = 0;
 };
 
 }  // namespace detail

@@ -273,9 +273,15 @@ def _ntk_change(result: Result) -> NDArray[np.float64]:
         return out
     S = _sqrt_psd(np.asarray(result.data.moments().Sigma, dtype=np.float64))
     G = np.einsum("ab,ntbc,cd->ntad", S, K, S)
-    num = np.sqrt(np.sum((G - G[:, :1]) ** 2, axis=(2, 3)))
-    den = np.sqrt(np.sum(G[:, :1] ** 2, axis=(2, 3)))
+    # Frobenius norms after dividing by each trajectory's largest |G|: sums of squares of
+    # kernels near 1e154 (finite runs far out on a divergence) would overflow.
     with np.errstate(divide="ignore", invalid="ignore"):
+        # fmax skips the NaN records of a failed trajectory (and does not warn on them).
+        c = np.fmax.reduce(np.abs(G), axis=(1, 2, 3), keepdims=True)
+        c = np.where(c > 0, c, 1.0)
+        Gs = G / c
+        num = np.sqrt(np.sum((Gs - Gs[:, :1]) ** 2, axis=(2, 3)))
+        den = np.sqrt(np.sum(Gs[:, :1] ** 2, axis=(2, 3)))
         out = num / den
     return out
 
@@ -333,9 +339,11 @@ def classify(
     with np.errstate(invalid="ignore"):
         scores["rho_T"] = rho[:, -1]
         scores["rho_star"] = np.max(rho, axis=1)
-        scale = np.asarray(result.norm_u2) * np.asarray(result.norm_w2)
+        # In logs: ||u||^2 ||W||^2 overflows for runs far out (finite) on a divergence.
         with np.errstate(divide="ignore"):
-            scores["log_scale"] = 0.5 * (np.log(scale[:, -1]) - np.log(scale[:, 0]))
+            log_scale = (np.log(np.asarray(result.norm_u2, dtype=np.float64))
+                         + np.log(np.asarray(result.norm_w2, dtype=np.float64)))
+            scores["log_scale"] = 0.5 * (log_scale[:, -1] - log_scale[:, 0])
     notes: list[str] = []
     kta = getattr(result, "kta", None)
     if kta is not None:
