@@ -40,13 +40,20 @@ def assert_marked(res: nf.Result) -> None:
     eta_w=log_floats(-3, 3),
     s_u=st.one_of(st.just(0.0), log_floats(-6, 2)),
     s_w=log_floats(-6, 2),
+    spread=st.one_of(st.none(), st.floats(0.0, 3.0)),
     beta=st.floats(-1e3, 1e3),
     solver=st.sampled_from(["euler", "rk4", "dopri5", "gd"]),
     step=log_floats(-4, 1),
     seed=st.integers(0, 2**63),
 )
+# Healthy and diverging trajectories in the same SIMD-lane group (statuses 0 0 1 1 1 1 and
+# 0 0 0 1 1 1).
+@example(width=8, dim=1, kappa=0.5, eta_u=1.0, eta_w=1.0, s_u=1.0, s_w=1.0, spread=0.3,
+         beta=1.0, solver="gd", step=0.1, seed=3)
+@example(width=8, dim=1, kappa=0.5, eta_u=1.0, eta_w=1.0, s_u=1.0, s_w=1.0, spread=0.3,
+         beta=1.0, solver="rk4", step=0.1, seed=3)
 def test_simulate_never_crashes_and_marks_failures(width, dim, kappa, eta_u, eta_w, s_u, s_w,
-                                                   beta, solver, step, seed) -> None:
+                                                   spread, beta, solver, step, seed) -> None:
     net = nf.TwoLayer(width=width, kappa=kappa)
     data = (nf.LatentLine(beta=beta) if dim == 1 else
             nf.Moments(Sigma=np.eye(dim) + 0.5, b=np.full(dim, beta)))
@@ -55,12 +62,31 @@ def test_simulate_never_crashes_and_marks_failures(width, dim, kappa, eta_u, eta
     else:
         train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=5.0, solver=solver, dt=step,
                                 max_steps=20_000)
-    res = nf.simulate(net, data, train, init=nf.Gaussian(s_u, s_w), trajectories=4, seed=seed,
-                      record=nf.Record(times=11, loss_below=1e-6))
+    n = 6  # on one thread: two SIMD-lane groups of 3 when d = 1 with fixed steps
+    if spread is None:
+        init = nf.Gaussian(s_u, s_w)
+    else:  # trajectory k scaled by 10^(spread k): healthy next to diverging ones
+        rng = np.random.default_rng(seed)
+        f = 10.0 ** (spread * np.arange(n))
+        init = nf.Params(s_u * f[:, None] * rng.normal(size=(n, width)),
+                         s_w * f[:, None, None] * rng.normal(size=(n, width, dim)))
+    record = nf.Record(times=11, loss_below=1e-6)
+    res = nf.simulate(net, data, train, init=init, trajectories=n, seed=seed, record=record,
+                      threads=1)
+    event(f"statuses {sorted(set(res.status.tolist()))}")
     assert_marked(res)
     labels = nf.classify(res).labels
     assert set(labels) <= LABELS
     assert all(lab == "failed" for lab in labels[res.status != 0])
+    # Trajectories that shared SIMD lanes: each row, healthy or not, must be bit for bit the
+    # run of that trajectory alone.
+    p = res.initial_params()
+    for k in range(n):
+        solo = nf.simulate(net, data, train, init=nf.Params(p.u0[k:k + 1], p.W0[k:k + 1]),
+                           record=record)
+        for name in ("loss", "norm_u2", "norm_w2", "alignment", "status", "t_fail", "steps"):
+            np.testing.assert_array_equal(getattr(solo, name)[0], getattr(res, name)[k],
+                                          err_msg=f"{name} of trajectory {k}")
 
 
 @settings(max_examples=60)

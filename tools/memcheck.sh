@@ -13,4 +13,5 @@ grep -q "ok$" "$log" || { cat "$log"; echo "memcheck: the workload did not finis
 ours=$(grep -cE "_core_(v3|v4|baseline)|ntkflow::" "$log" || true)
 echo "memcheck: $(grep 'ERROR SUMMARY' "$log" | sed 's/^==[0-9]*== //')"
 echo "memcheck: error frames in ntkflow's core: $ours"
+echo "memcheck: full report in $log"
 [ "$ours" -eq 0 ]

@@ -22,7 +22,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export NTKFLOW_ISA=baseline
 if [ $# -eq 0 ]; then
   set -- tests/test_core_linear.py tests/test_reproducibility.py tests/test_simulate_exact.py \
-    tests/test_validation.py tests/test_interrupt.py
+    tests/test_validation.py tests/test_interrupt.py tests/test_nonlinear.py tests/test_ntk.py \
+    tests/test_fuzz.py
 fi
 start=$(date +%s)
 "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"

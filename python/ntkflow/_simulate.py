@@ -197,25 +197,7 @@ def simulate(
     model.loss_min = float(mom.loss_min)
     sched = _schedule(train, record, n_threads)
 
-    rec: dict[str, NDArray[Any]] = {
-        "loss": np.empty((n, T)),
-        "p": np.empty((n, T, dim)),
-        "norm_u2": np.empty((n, T)),
-        "norm_w2": np.empty((n, T)),
-        "alignment": np.empty((n, T)),
-        "balance_drift": np.empty((n, T)),
-        "status": np.zeros(n, dtype=np.int8),
-        "t_fail": np.full(n, np.nan),
-        "steps": np.zeros(n, dtype=np.int64),
-        "rejected": np.zeros(n, dtype=np.int64),
-    }
-    if keep_ntk:
-        rec["ntk"] = np.empty((n, T, dim, dim))
-    if record.loss_below is not None:
-        rec["t_hit"] = np.full(n, np.nan)
-    if record.params is not None:
-        rec["u"] = np.empty((n, tp, width))
-        rec["W"] = np.empty((n, tp, width, dim))
+    rec = _record_buffers(record, n, T, tp, width, dim, keep_ntk)
 
     _core.simulate_linear(
         model,
@@ -239,6 +221,32 @@ def simulate(
     return _result(rec, times, dim, ntk_mode, record, net=net, data=data, train=train,
                    init=init, seed=seed, first_trajectory=first_trajectory, method=method,
                    path="moments", **metrics)
+
+
+def _record_buffers(record: Record, n: int, T: int, tp: int, width: int, dim: int,
+                    keep_ntk: bool) -> dict[str, NDArray[Any]]:
+    """The output buffers both core drivers fill: n trajectories at T record times (tp for
+    parameters). Allocated here, once, after the memory check; the core writes in place."""
+    rec: dict[str, NDArray[Any]] = {
+        "loss": np.empty((n, T)),
+        "p": np.empty((n, T, dim)),
+        "norm_u2": np.empty((n, T)),
+        "norm_w2": np.empty((n, T)),
+        "alignment": np.empty((n, T)),
+        "balance_drift": np.empty((n, T)),
+        "status": np.zeros(n, dtype=np.int8),
+        "t_fail": np.full(n, np.nan),
+        "steps": np.zeros(n, dtype=np.int64),
+        "rejected": np.zeros(n, dtype=np.int64),
+    }
+    if keep_ntk:
+        rec["ntk"] = np.empty((n, T, dim, dim))
+    if record.loss_below is not None:
+        rec["t_hit"] = np.full(n, np.nan)
+    if record.params is not None:
+        rec["u"] = np.empty((n, tp, width))
+        rec["W"] = np.empty((n, tp, width, dim))
+    return rec
 
 
 def _result(rec: dict[str, Any], times: NDArray[np.float64], dim: int, ntk_mode: str,
@@ -409,22 +417,9 @@ def _simulate_data(
                   "first_trajectory")
 
     sched = _schedule(train, record, n_threads)
-    rec: dict[str, NDArray[Any]] = {
-        "loss": np.empty((n, T)),
-        "p": np.empty((n, T, dim)),
-        "norm_u2": np.empty((n, T)),
-        "norm_w2": np.empty((n, T)),
-        "alignment": np.empty((n, T)),
-        "balance_drift": np.empty((n, T)),
-        "move_u": np.empty((n, T)),
-        "move_w": np.empty((n, T)),
-        "status": np.zeros(n, dtype=np.int8),
-        "t_fail": np.full(n, np.nan),
-        "steps": np.zeros(n, dtype=np.int64),
-        "rejected": np.zeros(n, dtype=np.int64),
-    }
-    if keep_ntk:
-        rec["ntk"] = np.empty((n, T, dim, dim))
+    rec = _record_buffers(record, n, T, tp, width, dim, keep_ntk)
+    rec["move_u"] = np.empty((n, T))
+    rec["move_w"] = np.empty((n, T))
     if metrics:
         for name in ("ntk_change", "kernel_distance", "kta"):
             rec[name] = np.empty((n, T))
@@ -434,11 +429,6 @@ def _simulate_data(
         rec["loss_lin"] = np.empty((n, T))
     if record.gram is not None:
         rec["gram"] = np.empty((n, T, g, g))
-    if record.loss_below is not None:
-        rec["t_hit"] = np.full(n, np.nan)
-    if record.params is not None:
-        rec["u"] = np.empty((n, tp, width))
-        rec["W"] = np.empty((n, tp, width, dim))
 
     _core.simulate_network(
         cnet,
