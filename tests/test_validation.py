@@ -92,6 +92,14 @@ def test_memory_budget_is_checked_before_allocating() -> None:
         with pytest.raises(nf.MemoryBudgetError, match="GiB") as info:
             nf.simulate(NET, DATA, FLOW, trajectories=10_000, record=nf.Record(times=1000))
         assert isinstance(info.value, ValueError) and isinstance(info.value, MemoryError)
+        # 8 B x 50 trajectories x 101 times x 1000 neurons x (1 + d) parameters is nearly
+        # all of the request: the message says so and how to keep fewer.
+        for act, data in (("linear", DATA), ("relu", nf.Dataset(X=np.eye(2), y=[1.0, -1.0]))):
+            gib = 8.0 * 50 * 101 * 1000 * (1 + data.dim) / 2**30
+            with pytest.raises(nf.MemoryBudgetError, match='record.params="final"') as info:
+                nf.simulate(nf.TwoLayer(width=1000, act=act), data, FLOW, trajectories=50,
+                            record=nf.Record(params="all"))
+            assert f"record.params='all' ({gib:.3g} GiB of it)" in str(info.value)
     finally:
         nf.set_memory_budget(None)
 

@@ -183,9 +183,7 @@ def simulate(
     workspace = 8.0 * (11 * state + width * (1 + dim) + 4 * dim + dim * dim + width)
     threads_used = n_threads or int(_core.max_threads())
     total = 8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + workspace * threads_used
-    _memory.check(total, f"recording {n} trajectories at {T} times",
-                  "record fewer times or trajectories, or run the ensemble in chunks with "
-                  "first_trajectory")
+    _check_records(total, params_bytes, record, f"recording {n} trajectories at {T} times")
 
     mom = data.moments()
     model = _core.LinearModel()
@@ -221,6 +219,18 @@ def simulate(
     return _result(rec, times, dim, ntk_mode, record, net=net, data=data, train=train,
                    init=init, seed=seed, first_trajectory=first_trajectory, method=method,
                    path="moments", **metrics)
+
+
+def _check_records(total: float, params_bytes: float, record: Record, what: str) -> None:
+    """The memory check of a simulate call, naming the parameter records when they are
+    most of it (the usual way to ask for too much: params="all" on a wide network)."""
+    hint = ("record fewer times or trajectories, or run the ensemble in chunks with "
+            "first_trajectory")
+    if params_bytes > 0.5 * total:
+        what += f" with record.params={record.params!r} ({params_bytes / 2**30:.3g} GiB of it)"
+        if record.params == "all":
+            hint = 'keep only the final parameters (record.params="final"), or ' + hint
+    _memory.check(total, what, hint)
 
 
 def _record_buffers(record: Record, n: int, T: int, tp: int, width: int, dim: int,
@@ -412,9 +422,8 @@ def _simulate_data(
         record.linearized, relu))
     total = (8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes
              + workspace * min(threads_used, n))
-    _memory.check(total, f"recording {n} trajectories at {T} times on {samples} samples",
-                  "record fewer times or trajectories, or run the ensemble in chunks with "
-                  "first_trajectory")
+    _check_records(total, params_bytes, record,
+                   f"recording {n} trajectories at {T} times on {samples} samples")
 
     sched = _schedule(train, record, n_threads)
     rec = _record_buffers(record, n, T, tp, width, dim, keep_ntk)
