@@ -28,6 +28,7 @@ FLOW = nf.GradientFlow(t_max=1.0)
         (lambda: nf.GradientFlow(rtol=0.0), "rtol"),
         (lambda: nf.GradientDescent(lr=-0.1), "lr"),
         (lambda: nf.GradientDescent(steps=0), "steps"),
+        (lambda: nf.GradientDescent(steps=10**20), "steps"),
         (lambda: nf.LatentLine(sigma=0.0), "sigma"),
         (lambda: nf.LatentLine(beta=float("inf")), "beta"),
         (lambda: nf.Moments(Sigma=[[1.0, np.nan], [np.nan, 1.0]], b=[1.0, 0.0]), "Sigma"),
@@ -73,12 +74,18 @@ def test_specs_refuse_bad_values(make, name: str) -> None:
         ({"init": nf.Params(np.ones((2, 4)), np.ones((2, 4))), "trajectories": 3},
          "trajectories"),
         ({"method": "fast"}, "method"),
+        # 1e300 fixed steps (a double past 2^63 once converted to a step count in the core
+        # gave one step of size t_max), and 1e7 steps against max_steps = 1e7 - 1.
+        ({"train": nf.GradientFlow(t_max=1.0, solver="rk4", dt=1e-300)}, "dt"),
+        ({"train": nf.GradientFlow(t_max=1.0, solver="euler", dt=1e-7, max_steps=9_999_999)},
+         "dt"),
         ({"record": nf.Record(params="final"), "method": "reduced"}, "record.params"),
     ],
 )
 def test_simulate_refuses_inconsistent_arguments(kwargs, name: str) -> None:
+    kwargs = {"train": FLOW, **kwargs}
     with pytest.raises(ValueError, match=name):
-        nf.simulate(NET, DATA, FLOW, **kwargs)
+        nf.simulate(NET, DATA, **kwargs)
 
 
 def test_gradient_descent_record_times_are_step_numbers() -> None:

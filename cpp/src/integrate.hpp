@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 #include <type_traits>
 
 #include "ntkflow/core.hpp"
@@ -138,9 +139,12 @@ Outcome& fail(System& sys, Outcome& o, Status status, double t, Index j, const d
 
 /// Equal steps no longer than dt that cover `span` exactly (gd: span counts steps).
 inline std::int64_t fixed_step_count(const Schedule& s, double span) {
-  if (s.solver == Solver::gd) return std::llround(span);
-  return std::max<std::int64_t>(
-      1, static_cast<std::int64_t>(std::ceil(span / s.dt * (1.0 - 1e-12))));
+  const double q = s.solver == Solver::gd ? std::round(span)
+                                          : std::ceil(span / s.dt * (1.0 - 1e-12));
+  // The Python layer refuses counts over max_steps; converting a double past 2^63 would be
+  // undefined (x86 gives INT64_MIN, i.e. one huge step).
+  if (!(q < 0x1p62)) throw std::length_error("fixed steps: more than 2^62 steps to a record time");
+  return std::max<std::int64_t>(1, static_cast<std::int64_t>(q));
 }
 
 /// Euler, classical rk4 and gradient descent. The flow is advanced between consecutive

@@ -162,6 +162,8 @@ def simulate(
         n = 1 if trajectories is None else integer(trajectories, "trajectories", minimum=1)
     times = record.resolve_times(train)
     T = times.size
+    if isinstance(train, GradientFlow) and train.solver != "dopri5":
+        _check_fixed_steps(train, times)
     ntk_mode = record.ntk
     if chosen == "data":
         assert isinstance(data, Dataset)
@@ -219,6 +221,18 @@ def simulate(
     return _result(rec, times, dim, ntk_mode, record, net=net, data=data, train=train,
                    init=init, seed=seed, first_trajectory=first_trajectory, method=method,
                    path="moments", **metrics)
+
+
+def _check_fixed_steps(train: GradientFlow, times: NDArray[np.float64]) -> None:
+    """Fixed steps are known before the run: refuse a count over max_steps up front rather
+    than run for days (or, past 2^63 steps, not at all)."""
+    spans = np.diff(times, prepend=0.0)
+    spans = spans[spans > 0]
+    steps = float(np.sum(np.maximum(1.0, np.ceil(spans / train.dt * (1.0 - 1e-12)))))
+    require(steps <= train.max_steps, "dt",
+            f"gives {steps:.4g} {train.solver} steps to t_max = {train.t_max:g}, over "
+            f"max_steps = {train.max_steps}; use a larger dt (or raise max_steps if so many "
+            "steps are meant)", train.dt)
 
 
 def _check_records(total: float, params_bytes: float, record: Record, what: str) -> None:

@@ -228,8 +228,9 @@ class GradientFlow:
     rtol, atol : float
         dopri5 tolerances, > 0.
     max_steps : int
-        Attempted-step limit per trajectory (dopri5); a trajectory reaching it is marked
-        ``step_limit``.
+        Step limit per trajectory. dopri5 counts attempted steps and marks a trajectory
+        reaching it ``step_limit``; for rk4 and euler the count is known in advance and a
+        run needing more is refused before it starts.
     """
 
     eta_u: float = 1.0
@@ -267,6 +268,8 @@ class GradientDescent:
     def __post_init__(self) -> None:
         _set(self, "lr", real(self.lr, "lr", low=0.0, low_open=True))
         _set(self, "steps", integer(self.steps, "steps", minimum=1))
+        # Record times are float64 step numbers, exact up to 2^53.
+        require(self.steps <= 2**53, "steps", "must be <= 2**53", self.steps)
         _set(self, "eta_u", real(self.eta_u, "eta_u", low=0.0))
         _set(self, "eta_w", real(self.eta_w, "eta_w", low=0.0))
 
