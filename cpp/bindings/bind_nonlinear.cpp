@@ -105,7 +105,7 @@ void bind_nonlinear(py::module_& m) {
         "NTK Gram matrices (batch, n1, n2) of a batch of networks.");
   m.def("network_workspace_bytes", &network_workspace_bytes, py::arg("net"),
         py::arg("samples"), py::arg("n_probe"), py::arg("gram"), py::arg("metrics"),
-        py::arg("linearized"), py::arg("pattern"));
+        py::arg("linearized"), py::arg("pattern"), py::arg("move"));
   m.def("gram_workspace_bytes", &gram_workspace_bytes, py::arg("net"), py::arg("batch"),
         py::arg("n1"), py::arg("n2"), py::arg("threads") = 0);
 }

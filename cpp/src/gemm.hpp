@@ -19,6 +19,17 @@ namespace ntkflow::detail {
 
 class Gemm {
  public:
+  /// A Gemm that only measures: reserve() records the packing space it would allocate,
+  /// for memory estimates made before anything is allocated. Never run() one.
+  static Gemm meter() {
+    Gemm g;
+    g.meter_ = true;
+    return g;
+  }
+
+  /// Packing space, in doubles, for every size reserved so far.
+  Index reserved_doubles() const { return need_a_ + need_b_; }
+
   /// Makes run() with these sizes allocation-free (it may allocate here, never later for
   /// the same sizes). rows x depth times depth x cols.
   void reserve(Index rows, Index cols, Index depth) {
@@ -74,6 +85,9 @@ class Gemm {
   };
 
   void grow(const Sizes& s) {
+    need_a_ = std::max(need_a_, s.a);
+    need_b_ = std::max(need_b_, s.b);
+    if (meter_) return;
     if (s.a > static_cast<Index>(a_.size())) a_.resize(static_cast<std::size_t>(s.a));
     if (s.b > static_cast<Index>(b_.size())) b_.resize(static_cast<std::size_t>(s.b));
   }
@@ -109,6 +123,8 @@ class Gemm {
 
   // Eigen's packed panels are written with aligned stores.
   std::vector<double, Eigen::aligned_allocator<double>> a_, b_;
+  Index need_a_ = 0, need_b_ = 0;
+  bool meter_ = false;
 };
 
 }  // namespace ntkflow::detail

@@ -36,6 +36,11 @@ void GramScratch::reserve(const Network& net, Index n1, Index n2) {
   tile_c.resize(static_cast<std::size_t>(kGramBlock * kGramBlock));
   cwu.resize(static_cast<std::size_t>(m));
   lin_a.resize(static_cast<std::size_t>(d * d));
+  reserve_gemm(net, n1, n2);
+}
+
+void GramScratch::reserve_gemm(const Network& net, Index n1, Index n2) {
+  const Index m = net.width, d = net.dim;
   if (net.act == Activation::linear) {
     gemm.reserve(d, d, m);  // W^T W
     for (Index n : {n1, n2}) for_each_height(n, [&](Index r) { gemm.reserve(r, d, d); });
@@ -345,16 +350,16 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
 }
 
 double gram_workspace_bytes(const Network& net, Index batch, Index n1, Index n2, int threads) {
-  using detail::kGramBlock;
   const int nt = std::max(1, threads > 0 ? threads : omp_get_max_threads());
   const double feat = static_cast<double>(detail::gram_feature_size(net, n1) +
                                           detail::gram_feature_size(net, n2));
   const double copies = batch >= nt ? static_cast<double>(nt) : 1.0;
-  const double per_thread =
-      2.0 * kGramBlock * kGramBlock + static_cast<double>(net.width + net.dim * net.dim) +
-      // GEMM packing panels: bounded by Eigen's cache blocking (at most a few MiB).
-      static_cast<double>(kGramBlock) * static_cast<double>(net.width + net.dim);
-  return 8.0 * (2.0 * copies * feat + nt * per_thread);
+  detail::GramScratch metered;
+  metered.gemm = detail::Gemm::meter();
+  metered.reserve_gemm(net, n1, n2 > 0 ? n2 : n1);  // n2 = 0: the symmetric Gram
+  const double per_thread = detail::GramScratch::buffer_bytes(net) +
+                            8.0 * static_cast<double>(metered.gemm.reserved_doubles());
+  return 8.0 * 2.0 * copies * feat + nt * per_thread;
 }
 
 }  // namespace ntkflow

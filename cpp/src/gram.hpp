@@ -40,6 +40,15 @@ struct GramScratch {
   /// Sizes everything for Grams of `net` between n1 and n2 inputs (may allocate; nothing
   /// later does for the same sizes).
   void reserve(const Network& net, Index n1, Index n2);
+
+  /// The GEMM part of reserve(); with gemm = Gemm::meter() it only measures.
+  void reserve_gemm(const Network& net, Index n1, Index n2);
+
+  /// Bytes of the tiles and buffers reserve() sizes besides the GEMM packing space.
+  static double buffer_bytes(const Network& net) {
+    return 8.0 * static_cast<double>(2 * kGramBlock * kGramBlock + net.width +
+                                     net.dim * net.dim);
+  }
 };
 
 /// Features of one input set x (n, dim) for one network, in caller-owned buffers:

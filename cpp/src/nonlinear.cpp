@@ -48,6 +48,14 @@ struct Plan {
   }
 };
 
+// GEMM packing space for every product shape of the gradient (also metered by
+// network_workspace_bytes).
+void reserve_gradient_gemm(Gemm& gemm, Index n, Index m, Index d) {
+  gemm.reserve(n, m, d);  // Z = X W^T
+  gemm.reserve(m, d, n);  // (diag(r) S)^T X
+  gemm.reserve(d, d, m);  // W^T W
+}
+
 LinearModel recorder_model(const Network& net) {
   LinearModel lm;  // only the fields the Recorder reads when writing
   lm.width = net.width;
@@ -104,10 +112,7 @@ class NetworkThread {
       eig_.emplace(n_);  // preallocates its n x n storage
       coef_.resize(n_);
     }
-    // GEMM packing space for every product shape used below.
-    gemm_.reserve(n_, m_, d_);  // Z = X W^T
-    gemm_.reserve(m_, d_, n_);  // (diag(r) S)^T X
-    gemm_.reserve(d_, d_, m_);  // W^T W
+    reserve_gradient_gemm(gemm_, n_, m_, d_);
     if (plan_.any_gram()) gram_.reserve(net, n_, n_);
     if (plan_.probe_gram) gram_.reserve(net, kr.n_probe, kr.n_probe);
     const Eigen::Map<const Eigen::VectorXd> yv(data.y, n_);
@@ -139,7 +144,7 @@ class NetworkThread {
                   k0_.data());
       const Eigen::Map<const Eigen::VectorXd> k0(k0_.data(), n_ * n_);
       k0_max_ = k0.cwiseAbs().maxCoeff();
-      k0_unit_ = k0_max_ > 0 ? (k0 * (1.0 / k0_max_)).norm() : 0.0;  // ||K_0|| / max|K_0|
+      k0_unit_ = k0_max_ > 0 ? (k0 / k0_max_).norm() : 0.0;  // ||K_0|| / max|K_0|
     }
     if (plan_.linearized) linearised_losses(y);
     return *this;
@@ -345,23 +350,24 @@ class NetworkThread {
 
   /// Kernel metrics of K_t (n x n, symmetric) against K_0. Every quantity is formed from
   /// K_t / max|K_t| and K_0 / max|K_0|: plain sums of squares overflow once Gram entries
-  /// pass ~1e154 while the run itself is still finite.
+  /// pass ~1e154 (and underflow below ~1e-154) while the run itself is still finite. The
+  /// scalings divide: the reciprocal of a subnormal maximum would be inf.
   void record_metrics(const double* K, Index at) {
     const Index nn = n_ * n_;
     const Eigen::Map<const Eigen::VectorXd> kt(K, nn), k0(k0_.data(), nn);
     const double ct = kt.cwiseAbs().maxCoeff(), c0 = k0_max_;
-    const double st = ct > 0 ? 1.0 / ct : 0.0, s0 = c0 > 0 ? 1.0 / c0 : 0.0;
-    const double kt_norm = (kt * st).norm();  // of K_t / ct; Eigen evaluates lazily
-    const double dot0 = (kt * st).dot(k0 * s0);
+    const double dt = ct > 0 ? ct : 1.0, d0 = c0 > 0 ? c0 : 1.0;  // all-zero: any divisor
+    const double kt_norm = (kt / dt).norm();  // of K_t / ct; Eigen evaluates lazily
+    const double dot0 = (kt / dt).dot(k0 / d0);
     const ConstVec yv(data_.y, n_);
     Vec ky(ky_.data(), n_);
-    ky.noalias() = (ConstMat(K, n_, n_) * st) * yv;
+    ky.noalias() = (ConstMat(K, n_, n_) / dt) * yv;
     const double yky = yv.dot(ky);
     const double k0_unit = k0_unit_;
     if (kr_.ntk_change) {
       // ||K_t - K_0|| / ||K_0|| with both scaled by the larger of ct, c0.
-      const double c = std::max(ct, c0), sc = c > 0 ? 1.0 / c : 0.0;
-      kr_.ntk_change[at] = k0_unit > 0 ? (kt * sc - k0 * sc).norm() / (k0_unit * (c0 * sc))
+      const double c = std::max(ct, c0);  // > 0 where used: k0_unit > 0 means c0 > 0
+      kr_.ntk_change[at] = k0_unit > 0 ? (kt / c - k0 / c).norm() / (k0_unit * (c0 / c))
                                        : kNaN;
     }
     if (kr_.kernel_distance) {
@@ -443,7 +449,7 @@ void simulate_network(const Network& net, const TrainingData& data, const InitSp
 }
 
 double network_workspace_bytes(const Network& net, Index samples, Index n_probe, bool gram,
-                               bool metrics, bool linearized, bool pattern) {
+                               bool metrics, bool linearized, bool pattern, bool move) {
   const double n = static_cast<double>(samples), m = static_cast<double>(net.width),
                d = static_cast<double>(net.dim), np = static_cast<double>(n_probe);
   const bool linear = net.act == Activation::linear;
@@ -454,14 +460,23 @@ double network_workspace_bytes(const Network& net, Index samples, Index n_probe,
   double doubles = (linear ? 1.0 : 2.0) * feat + n + 3.0 * d + d * d;
   doubles += 10.0 * m * (1.0 + d);  // state and integrator stages
   doubles += m * (1.0 + d);         // initial parameters
+  if (move) doubles += m * (1.0 + d);  // their copy, the reference of move_u / move_w
   if (metrics || linearized) doubles += n * n;
   if (metrics) doubles += n * n;
   if (linearized) doubles += 2.0 * n * n + 4.0 * n;  // eigenvectors and work
   double bytes = 8.0 * doubles;
   if (pattern) bytes += n * m + m;
-  // GEMM packing panels and Gram tiles: bounded by Eigen's cache blocking.
-  bytes += 8.0 * (2.0 * detail::kGramBlock * detail::kGramBlock +
-                  detail::kGramBlock * (m + d) + m);
+  // GEMM packing space, measured on the same reservations the thread makes.
+  const bool probe_gram = gram && n_probe > 0;
+  detail::Gemm gradient = detail::Gemm::meter();
+  detail::reserve_gradient_gemm(gradient, samples, net.width, net.dim);
+  detail::GramScratch scratch;
+  scratch.gemm = detail::Gemm::meter();
+  if (any_gram) scratch.reserve_gemm(net, samples, samples);
+  if (probe_gram) scratch.reserve_gemm(net, n_probe, n_probe);
+  bytes += 8.0 * static_cast<double>(gradient.reserved_doubles() +
+                                     scratch.gemm.reserved_doubles());
+  if (any_gram || probe_gram) bytes += detail::GramScratch::buffer_bytes(net);
   return bytes;
 }
 

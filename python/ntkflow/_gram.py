@@ -14,9 +14,9 @@ from .specs import ACTIVATIONS
 
 
 def _inputs(value: Any, name: str, dim: int) -> NDArray[np.float64]:
-    X = array(value, name, ndim=(1, 2))
+    X = array(value, name, ndim=(1, 2), copy=False)
     if X.ndim == 1:
-        X = array(X.reshape(-1, 1), name, ndim=2)
+        X = X.reshape(-1, 1)
     require(X.shape[0] >= 1, name, "must have at least one input", X)
     require(X.shape[1] == dim, name, f"must have shape (inputs, {dim}) to match W's dim", X)
     return X
@@ -71,8 +71,10 @@ def ntk_gram(
     eta_w = real(eta_w, "eta_w", low=0.0)
     n_threads = 0 if threads is None else integer(threads, "threads", minimum=1)
     require(np.ndim(u) >= 1, "u", "must have shape (..., width)", u)
-    uu = array(u, "u", ndim=int(np.ndim(u)))
-    WW = array(W, "W", ndim=(uu.ndim + 1,))
+    # No copies of the parameters (batches of wide networks are large): the core only
+    # reads them, during this call.
+    uu = array(u, "u", ndim=int(np.ndim(u)), copy=False)
+    WW = array(W, "W", ndim=(uu.ndim + 1,), copy=False)
     require(WW.ndim == uu.ndim + 1 and WW.shape[:-1] == uu.shape, "W",
             f"must have shape {uu.shape + ('dim',)} to match u".replace("'", ""), WW)
     width, dim = int(WW.shape[-2]), int(WW.shape[-1])

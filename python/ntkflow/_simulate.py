@@ -160,6 +160,9 @@ def simulate(
         require(init.dim == dim, "init", f"Params dim must be the data's dim = {dim}", init.dim)
     else:
         n = 1 if trajectories is None else integer(trajectories, "trajectories", minimum=1)
+    require(first_trajectory + n <= 2**63, "first_trajectory",
+            f"+ trajectories must be <= 2**63 (int64 trajectory indices; trajectories = {n})",
+            first_trajectory)
     times = record.resolve_times(train)
     T = times.size
     if isinstance(train, GradientFlow) and train.solver != "dopri5":
@@ -183,9 +186,10 @@ def simulate(
     params_bytes = 8.0 * n * tp * width * (1 + dim) if record.params else 0.0
     state = width * (1 + dim) if method != "reduced" else dim * (dim + 1) + 1
     workspace = 8.0 * (11 * state + width * (1 + dim) + 4 * dim + dim * dim + width)
-    threads_used = n_threads or int(_core.max_threads())
-    total = 8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + workspace * threads_used
-    _check_records(total, params_bytes, record, f"recording {n} trajectories at {T} times")
+    teams = min(n_threads or int(_core.max_threads()), n)
+    total = 8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + workspace * teams
+    _check_records(total, params_bytes, workspace, teams, record,
+                   f"simulating {n} trajectories of width {width}, recorded at {T} times")
 
     mom = data.moments()
     model = _core.LinearModel()
@@ -235,15 +239,21 @@ def _check_fixed_steps(train: GradientFlow, times: NDArray[np.float64]) -> None:
             "steps are meant)", train.dt)
 
 
-def _check_records(total: float, params_bytes: float, record: Record, what: str) -> None:
-    """The memory check of a simulate call, naming the parameter records when they are
-    most of it (the usual way to ask for too much: params="all" on a wide network)."""
+def _check_records(total: float, params_bytes: float, workspace: float, teams: int,
+                   record: Record, what: str) -> None:
+    """The memory check of a simulate call. The advice depends on what is most of the
+    request: the parameter records (params="all" on a wide network), the working state of
+    each thread (a huge width), or the per-time records."""
     hint = ("record fewer times or trajectories, or run the ensemble in chunks with "
             "first_trajectory")
     if params_bytes > 0.5 * total:
-        what += f" with record.params={record.params!r} ({params_bytes / 2**30:.3g} GiB of it)"
+        what += f", with record.params={record.params!r} ({params_bytes / 2**30:.3g} GiB of it)"
         if record.params == "all":
             hint = 'keep only the final parameters (record.params="final"), or ' + hint
+    elif workspace * teams > 0.5 * total:
+        what += (f", with the working state of {teams} thread(s) "
+                 f"({workspace * teams / 2**30:.3g} GiB of it)")
+        hint = "use a smaller width" + (" or fewer threads" if teams > 1 else "")
     _memory.check(total, what, hint)
 
 
@@ -430,14 +440,14 @@ def _simulate_data(
     params_bytes = 8.0 * n * tp * width * (1 + dim) if record.params else 0.0
     gram_bytes = 8.0 * n * T * g * g if record.gram is not None else 0.0
     cnet = core_network(width, dim, net.act, net.kappa, train.eta_u, train.eta_w)
-    threads_used = n_threads or int(_core.max_threads())
+    teams = min(n_threads or int(_core.max_threads()), n)
     workspace = float(_core.network_workspace_bytes(
         cnet, samples, g if probe is not None else 0, record.gram is not None, metrics,
-        record.linearized, relu))
-    total = (8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes
-             + workspace * min(threads_used, n))
-    _check_records(total, params_bytes, record,
-                   f"recording {n} trajectories at {T} times on {samples} samples")
+        record.linearized, relu, True))  # move_u / move_w are always recorded
+    total = 8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes + workspace * teams
+    _check_records(total, params_bytes, workspace, teams, record,
+                   f"simulating {n} trajectories of width {width} on {samples} samples, "
+                   f"recorded at {T} times")
 
     sched = _schedule(train, record, n_threads)
     rec = _record_buffers(record, n, T, tp, width, dim, keep_ntk)

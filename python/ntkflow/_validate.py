@@ -66,13 +66,16 @@ def real(
 
 
 def array(
-    value: Any, name: str, *, ndim: int | tuple[int, ...], finite: bool = True
+    value: Any, name: str, *, ndim: int | tuple[int, ...], finite: bool = True,
+    copy: bool = True
 ) -> NDArray[np.float64]:
-    """A C-contiguous float64 copy of ``value``, checked for rank and finiteness."""
+    """A C-contiguous float64 copy of ``value``, checked for rank and finiteness. With
+    ``copy=False`` (arguments used only during the call) an array that already is one is
+    returned as it is, and left writeable."""
     if np.iscomplexobj(value):
         raise ValueError(f"{name} must be real; got a complex array")
     try:
-        out = np.array(value, dtype=np.float64, order="C", copy=True)
+        out = np.array(value, dtype=np.float64, order="C", copy=True if copy else None)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be an array of real numbers; got {value!r}") from None
     ranks = (ndim,) if isinstance(ndim, int) else ndim
@@ -80,5 +83,6 @@ def array(
     if finite and not np.all(np.isfinite(out)):
         bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
         raise ValueError(f"{name} must be finite; got {bad} NaN or infinite entries")
-    out.setflags(write=False)
+    if copy:
+        out.setflags(write=False)
     return out

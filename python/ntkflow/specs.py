@@ -9,6 +9,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _memory
 from ._validate import array, integer, real, require
 
 Activation = Literal["linear", "relu", "tanh", "erf"]
@@ -440,6 +441,10 @@ class Record:
         t_max = train.t_max
         if isinstance(self.times, int):
             n = self.times
+            if discrete and n > t_max + 1:  # every step is a record time
+                return np.arange(t_max + 1.0)
+            # The times alone can be an absurd request (Record(times=10**12) is 8 TB).
+            _memory.check(8.0 * n, f"record.times={n}", "record fewer times")
             if self.spacing == "log" and n > 1:
                 t = np.concatenate([[0.0], np.geomspace(t_max * 1e-4, t_max, n - 1)])
             else:

@@ -76,7 +76,7 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
 
 /// Bytes of scratch one thread of simulate_network needs (for the memory budget).
 double network_workspace_bytes(const Network& net, Index samples, Index n_probe, bool gram,
-                               bool metrics, bool linearized, bool pattern);
+                               bool metrics, bool linearized, bool pattern, bool move);
 
 /// Bytes of scratch ntk_gram needs with this many threads.
 double gram_workspace_bytes(const Network& net, Index batch, Index n1, Index n2, int threads);
