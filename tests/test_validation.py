@@ -139,3 +139,12 @@ def test_non_contiguous_and_read_only_inputs_are_copied_not_refused() -> None:
     b = nf.simulate(net, nf.Dataset(X=np.asfortranarray(X[:, ::2]), y=y[::-1][::-1]),
                     train, init=nf.Params(np.asfortranarray(u), W[:, :, :]))
     np.testing.assert_array_equal(a.loss, b.loss)
+
+
+def test_result_repr_summarises_instead_of_printing_arrays() -> None:
+    # A diverging ensemble: the repr must say so and stay a line long, whatever the size.
+    res = nf.simulate(nf.TwoLayer(width=16), DATA, nf.GradientDescent(lr=50.0, steps=200),
+                      trajectories=300, seed=1, record=nf.Record(params="final"))
+    text = repr(res)
+    assert "diverged 300" in text and "records loss" in text and ", u, W" in text
+    assert len(text) < 400 and "nan" not in text.replace("median nan", "")

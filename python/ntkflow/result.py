@@ -182,6 +182,15 @@ class Result:
             f"steps median {int(np.median(self.steps))}"
         )
 
+    def __repr__(self) -> str:
+        # The default dataclass repr prints every array in full: megabytes for an ensemble.
+        kept = [name for name in ("loss", "p", "norm_u2", "norm_w2", "alignment", "ntk",
+                                  "balance_drift", "t_hit", "u", "W", "gram", "ntk_change",
+                                  "kernel_distance", "kta", "move_u", "move_w",
+                                  "pattern_change", "loss_lin")
+                if getattr(self, name) is not None]
+        return f"<Result: {self.summary()}; records {', '.join(kept)}>"
+
     def to_xarray(self) -> xarray.Dataset:
         """The records as an ``xarray.Dataset`` (needs the ``xarray`` extra)."""
         try:
