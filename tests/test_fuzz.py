@@ -252,18 +252,18 @@ def kernel_metrics(K: np.ndarray, y: np.ndarray):
          s_y=1.0, s_u=1.0, s_w=1.0, spread=0.5, solver="gd", step=0.1, ratio=None, seed=1)
 @example(act="relu", width=8, dim=2, samples=10, kappa=1.0, eta_u=1.0, eta_w=1.0, s_x=1.0,
          s_y=1.0, s_u=1.0, s_w=1.0, spread=0.5, solver="dopri5", step=0.1, ratio=None, seed=1)
-# Known failures (bugs in the package, reported; not fixed here):
-# loss_lin NaN (inf * 0) where the initial residual is exactly 0 (u0 = 0, y = 0) and the
-# linearised descent overflows: trajectory 3 gives [0, 0, 0, 0, 0, nan], the truth is 0.
+# Bugs this fuzzing found, kept as regressions (all fixed in the package):
+# loss_lin was NaN (inf * 0) where the initial residual is exactly 0 (u0 = 0, y = 0) and the
+# linearised descent overflows: trajectory 3 gave [0, 0, 0, 0, 0, nan], the truth is 0.
 @example(act="linear", width=1, dim=1, samples=1, kappa=1.0, eta_u=1.0, eta_w=1.0, s_x=1.0,
          s_y=0.0, s_u=0.0, s_w=1.0, spread=1.0, solver="gd", step=10.0, ratio=None, seed=0)
-# Divergence is detected on the loss only: with erf the loss stays finite (6e189 at step
-# 48) while ||W||^2 overflows (W ~ 1e173): status ok with norm_w2 = inf and
-# balance_drift = NaN (trajectory 3).
+# Divergence was detected on the loss only: with erf the loss stays finite (6e189 at step
+# 48) while ||W||^2 overflows (W ~ 1e173): status was ok with norm_w2 = inf and
+# balance_drift = NaN (trajectory 3); now it is diverged.
 @example(act="erf", width=1, dim=3, samples=10, kappa=10.0, eta_u=1.0, eta_w=1.0, s_x=1.0,
          s_y=1.0, s_u=0.0, s_w=10.0, spread=None, solver="gd", step=1.0, ratio=None, seed=12)
 # Kernel metrics from unscaled Frobenius norms: Gram entries ~8e153 (loss 4e305, finite) in
-# an ok trajectory give ntk_change = inf, kta = 0 and kernel_distance = 1 (trajectory 1).
+# an ok trajectory gave ntk_change = inf, kta = 0 and kernel_distance = 1 (trajectory 1).
 @example(act="linear", width=14, dim=4, samples=10, kappa=0.2364065337390194,
          eta_u=0.6145962032383165, eta_w=0.18498408007375, s_x=4.476602095005367,
          s_y=1.6873060233014128, s_u=0.0, s_w=0.7640176120501694, spread=0.917434191480598,
