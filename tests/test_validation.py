@@ -111,6 +111,31 @@ def test_memory_budget_is_checked_before_allocating() -> None:
         nf.set_memory_budget(None)
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_default_budget_follows_a_cgroup_limit(tmp_path, version: int) -> None:
+    # A fake /proc and /sys tree for a batch job: a 6 GiB limit on the job's parent cgroup
+    # and none on the job itself. The tightest limit along the path is the one enforced.
+    from ntkflow._memory import _cgroup_limit
+
+    if version == 2:
+        cgroup, base, name, unlimited = "0::/slurm/job1\n", "", "memory.max", "max"
+    else:
+        cgroup, base, name, unlimited = ("5:cpu,cpuacct:/slurm/job1\n4:memory:/slurm/job1\n",
+                                         "memory", "memory.limit_in_bytes",
+                                         "9223372036854771712")
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text(cgroup)
+    job = tmp_path / "sys/fs/cgroup" / base / "slurm/job1"
+    job.mkdir(parents=True)
+    (job / name).write_text(unlimited + "\n")
+    assert _cgroup_limit(str(tmp_path)) == float("inf")
+    (job.parent / name).write_text(f"{6 * 2**30}\n")
+    assert _cgroup_limit(str(tmp_path)) == 6 * 2**30
+    (tmp_path / "sys/fs/cgroup" / base / name).write_text(f"{2**40}\n")
+    assert _cgroup_limit(str(tmp_path)) == 6 * 2**30
+    assert _cgroup_limit(str(tmp_path / "missing")) == float("inf")
+
+
 def test_dataset_loss_is_the_datasets_own() -> None:
     # A linear network on (X, y) is reduced to moments; the loss reported must still be
     # 1/(2n) sum (f(x_j) - y_j)^2 evaluated directly on the data.

@@ -16,6 +16,41 @@ def _physical_memory() -> float:
         return 8.0 * 2**30
 
 
+def _cgroup_limit(root: str = "/") -> float:
+    """The tightest memory limit of this process's cgroups (inf if none): on a cluster node
+    a job's limit, not the node's memory, is what the kernel enforces."""
+    try:
+        with open(os.path.join(root, "proc/self/cgroup")) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return float("inf")
+    sysfs = os.path.join(root, "sys/fs/cgroup")
+    limit = float("inf")
+    for line in lines:
+        if line.count(":") < 2:
+            continue
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2: one unified tree
+            base, name = sysfs, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(sysfs, "memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        # The effective limit is the smallest along the path; inside a container the path
+        # may not exist under the mount, whose top is then the container's own cgroup.
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            try:
+                with open(os.path.join(base, *parts[:depth], name)) as fh:
+                    text = fh.read().strip()
+            except OSError:
+                continue
+            # cgroup v1 writes "no limit" as a page-rounded 2^63 - 1, v2 as "max".
+            if text.isdigit() and int(text) < 2**62:
+                limit = min(limit, float(text))
+    return limit
+
+
 def _parse_bytes(text: str) -> float:
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     t = text.strip().lower().removesuffix("b")
@@ -33,14 +68,15 @@ def memory_budget() -> float:
     """Largest allocation, in bytes, that one call may make.
 
     Set with ``set_memory_budget`` or the ``NTKFLOW_MEMORY_BUDGET`` environment variable
-    (e.g. ``8G``); the default is half the machine's physical memory.
+    (e.g. ``8G``); the default is half the machine's physical memory, or half the memory
+    limit of the process's cgroup (a batch job's allocation) when that is smaller.
     """
     if _budget is not None:
         return _budget
     env = os.environ.get("NTKFLOW_MEMORY_BUDGET")
     if env:
         return _parse_bytes(env)
-    return 0.5 * _physical_memory()
+    return 0.5 * min(_physical_memory(), _cgroup_limit())
 
 
 def set_memory_budget(nbytes: float | None) -> None:
