@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,6 +12,9 @@ from .specs import Data, Init, Params, Training, TwoLayer
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray
+
+# Arrays every Result has that describe the run rather than record it.
+_RUN_FIELDS = frozenset({"times", "status", "t_fail", "steps", "rejected"})
 
 STATUS_NAMES: tuple[str, ...] = ("ok", "diverged", "step_limit")
 """Meaning of the codes in ``Result.status``."""
@@ -184,11 +187,8 @@ class Result:
 
     def __repr__(self) -> str:
         # The default dataclass repr prints every array in full: megabytes for an ensemble.
-        kept = [name for name in ("loss", "p", "norm_u2", "norm_w2", "alignment", "ntk",
-                                  "balance_drift", "t_hit", "u", "W", "gram", "ntk_change",
-                                  "kernel_distance", "kta", "move_u", "move_w",
-                                  "pattern_change", "loss_lin")
-                if getattr(self, name) is not None]
+        kept = [f.name for f in fields(self)
+                if f.name not in _RUN_FIELDS and isinstance(getattr(self, f.name), np.ndarray)]
         return f"<Result: {self.summary()}; records {', '.join(kept)}>"
 
     def to_xarray(self) -> xarray.Dataset:
