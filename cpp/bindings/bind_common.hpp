@@ -70,6 +70,7 @@ inline Records common_records(const py::dict& records, Index n, Index T, Index m
   out.t_fail = out_buffer<double>(records, "t_fail", {n});
   out.steps = out_buffer<std::int64_t>(records, "steps", {n});
   out.rejected = out_buffer<std::int64_t>(records, "rejected", {n});
+  out.events = out_buffer<std::int64_t>(records, "events", {n});
   out.t_hit = out_buffer<double>(records, "t_hit", {n});
   return out;
 }

@@ -106,6 +106,8 @@ void bind_nonlinear(py::module_& m) {
   m.def("network_workspace_bytes", &network_workspace_bytes, py::arg("net"),
         py::arg("samples"), py::arg("n_probe"), py::arg("gram"), py::arg("metrics"),
         py::arg("linearized"), py::arg("pattern"), py::arg("move"));
+  m.def("piecewise_workspace_bytes", &piecewise_workspace_bytes, py::arg("net"),
+        py::arg("samples"));
   m.def("gram_workspace_bytes", &gram_workspace_bytes, py::arg("net"), py::arg("batch"),
         py::arg("n1"), py::arg("n2"), py::arg("threads") = 0);
 }

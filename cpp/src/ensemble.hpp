@@ -186,6 +186,7 @@ inline void write_outcome(const Records& out, Index k, const Outcome& o) {
   if (out.t_fail) out.t_fail[k] = o.t_fail;
   if (out.steps) out.steps[k] = o.steps;
   if (out.rejected) out.rejected[k] = o.rejected;
+  if (out.events) out.events[k] = o.events;
   if (out.t_hit) out.t_hit[k] = o.t_hit;
 }
 

@@ -7,6 +7,9 @@
 //   void record(const double* y, Index j);     observables at record slot j
 //   void record_params(const double* y, Index j);
 //   void fail_from(Index j);                   NaN into record slots j, j+1, ...
+// and, when its field is only piecewise smooth (relu), the switching hooks of dopri5:
+//   double switch_fraction(const DenseStep&);  first switching time in (0, 1] of the step
+//   bool update_modes(const double* y, bool fresh);  new smooth pieces at y (true: changed)
 // Integrators never allocate: they work in a caller-provided buffer of
 // workspace_size(n) doubles, so one buffer per thread serves every trajectory.
 #pragma once
@@ -31,6 +34,7 @@ struct Outcome {
   double t_fail = kNaN;
   std::int64_t steps = 0;
   std::int64_t rejected = 0;
+  std::int64_t events = 0;  // switching events located (piecewise-smooth fields)
   double t_hit = kNaN;
 };
 
@@ -60,6 +64,50 @@ inline constexpr Tableau kDopri5{7,
     {71.0 / 57600, 0, -71.0 / 16695, 71.0 / 1920, -17253.0 / 339200, 22.0 / 525, -1.0 / 40}};
 // clang-format on
 
+
+/// One accepted Dormand-Prince step from y to yn, with its stage slopes, and the continuous
+/// extension of order 4 (Hairer, Norsett & Wanner, Solving ODEs I, II.6): component q at
+/// t + theta h is c0 + theta (c1 + (1 - theta) (c2 + theta (c3 + (1 - theta) c4))).
+struct DenseStep {
+  const double *y, *yn, *k1, *k3, *k4, *k5, *k6, *k7;
+  double h;
+
+  /// The five coefficients of component q.
+  void coeffs(Index q, double c[5]) const {
+    constexpr double d1 = -12715105075.0 / 11282082432, d3 = 87487479700.0 / 32700410799,
+                     d4 = -10690763975.0 / 1880347072, d5 = 701980252875.0 / 199316789632,
+                     d6 = -1453857185.0 / 822651844, d7 = 69997945.0 / 29380423;
+    const double diff = yn[q] - y[q];
+    const double bspl = h * k1[q] - diff;
+    c[0] = y[q];
+    c[1] = diff;
+    c[2] = bspl;
+    c[3] = diff - h * k7[q] - bspl;
+    c[4] = h * (d1 * k1[q] + d3 * k3[q] + d4 * k4[q] + d5 * k5[q] + d6 * k6[q] + d7 * k7[q]);
+  }
+
+  static double eval(const double c[5], double theta) {
+    const double th1 = 1.0 - theta;
+    return c[0] + theta * (c[1] + th1 * (c[2] + theta * (c[3] + th1 * c[4])));
+  }
+
+  /// The whole state at t + theta h into out (may alias yn: each component reads only
+  /// its own index).
+  void state(double theta, Index n, double* out) const {
+    double c[5];
+    for (Index q = 0; q < n; ++q) {
+      coeffs(q, c);
+      out[q] = eval(c, theta);
+    }
+  }
+};
+
+/// Systems whose field is smooth only piecewise expose switching hooks (see above).
+template <class S, class = void>
+struct has_switching : std::false_type {};
+template <class S>
+struct has_switching<S, std::void_t<decltype(std::declval<S&>().switch_fraction(
+                            std::declval<const DenseStep&>()))>> : std::true_type {};
 
 /// Systems with kFused = true advance whole Runge-Kutta steps themselves (start / step /
 /// attempt / commit) instead of exposing one field evaluation per stage.
@@ -325,8 +373,26 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
     }
     err = std::sqrt(acc * inv_n);
     }
+    double theta = 1.0;  // fraction of the step kept (< 1 at a switching event)
+    if constexpr (has_switching<System>::value) {
+      if (err <= 1.0 && std::isfinite(l1)) {
+        // The field was evaluated on the smooth pieces in force at y. If a pre-activation
+        // crossed its switching surface inside the step, the step is cut back to the first
+        // crossing, located on the dense output, and the flow restarts there on the new
+        // pieces: every accepted step integrates a smooth field (docs/theory.md §H).
+        const DenseStep ds{y, yn, k1, k3, k4, k5, k6, k7, hs};
+        theta = sys.switch_fraction(ds);
+        if (theta < 1.0) {
+          ds.state(theta, n, yn);
+          ++o.events;
+        }
+        if (sys.update_modes(yn, theta == 1.0) || theta < 1.0)
+          l1 = sys.field(yn, k7, watch.want_dloss(), &d1);
+      }
+    }
+    const bool switched = theta < 1.0;
     if (err <= 1.0 && std::isfinite(l1)) {
-      const double t_new = landing ? tj : t + hs;
+      const double t_new = switched ? t + theta * hs : landing ? tj : t + hs;
       ++o.steps;
       watch.after_step(o, t, t_new, l0, l1, d0, d1);
       if constexpr (fused) sys.commit();
@@ -340,7 +406,7 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
       if (last_rejected) fac = std::min(fac, 1.0);
       const double h_next = hs * fac;
       // A step cut short to land on a record time says nothing against the longer one.
-      h = landing ? std::max(h_next, h) : h_next;
+      h = landing && !switched ? std::max(h_next, h) : h_next;
       last_rejected = false;
       if ((o.steps & 63) == 0 && cancel_requested(cancel)) throw Cancelled();
     } else {

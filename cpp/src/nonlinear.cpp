@@ -56,6 +56,20 @@ void reserve_gradient_gemm(Gemm& gemm, Index n, Index m, Index d) {
   gemm.reserve(d, d, m);  // W^T W
 }
 
+/// relu's field jumps where a pre-activation crosses 0; the adaptive solver then integrates
+/// it piece by piece (docs/theory.md §H). Fixed steps and descent step across as they are.
+bool is_piecewise(const Network& net, const Schedule& sched) {
+  return net.act == Activation::relu && sched.solver == Solver::dopri5 && net.eta_w > 0;
+}
+
+// Modes of a (sample, unit) pair under the piecewise integration.
+constexpr std::uint8_t kOff = 0;    // w_i . x_j < 0: relu and relu' are 0
+constexpr std::uint8_t kOn = 1;     // w_i . x_j > 0: relu = z, relu' = 1
+constexpr std::uint8_t kSlide = 2;  // sliding on w_i . x_j = 0 (Filippov equivalent control)
+constexpr std::uint8_t kCrossing = 4;  // flag: located as crossing in this step
+// Sliding pairs of one unit up to this many are solved directly, more iteratively.
+constexpr Index kDirectSlides = 32;
+
 LinearModel recorder_model(const Network& net) {
   LinearModel lm;  // only the fields the Recorder reads when writing
   lm.width = net.width;
@@ -85,7 +99,8 @@ class NetworkThread {
         m_(net.width),
         d_(net.dim),
         T_(sched.n_times),
-        g_(plan_.probe_gram ? kr.n_probe : n_) {
+        g_(plan_.probe_gram ? kr.n_probe : n_),
+        piecewise_(is_piecewise(net, sched)) {
     const bool linear = net.act == Activation::linear;
     // Feature buffers serve the gradient (Z/H and S/B, n x m) and the Gram features.
     Index feat = linear ? 0 : n_ * m_;
@@ -111,6 +126,19 @@ class NetworkThread {
     if (plan_.linearized) {
       eig_.emplace(n_);  // preallocates its n x n storage
       coef_.resize(n_);
+    }
+    if (piecewise_) {
+      z_.resize(static_cast<std::size_t>(n_ * m_));
+      P_.resize(static_cast<std::size_t>(m_ * d_));
+      scratch_.resize(static_cast<std::size_t>(m_ * (1 + d_)));
+      mode_.resize(static_cast<std::size_t>(n_ * m_));
+      slides_.reserve(static_cast<std::size_t>(std::min<Index>(n_ * m_, 4096)));
+      crossing_.reserve(64);
+      const Index cap = std::min<Index>(n_, kDirectSlides);
+      solve_.resize(static_cast<std::size_t>(cap * (cap + 1)));
+      xnorm2_.resize(static_cast<std::size_t>(n_));
+      for (Index j = 0; j < n_; ++j)
+        xnorm2_[j] = ConstVec(data.x + j * d_, d_).squaredNorm();
     }
     reserve_gradient_gemm(gemm_, n_, m_, d_);
     if (plan_.any_gram()) gram_.reserve(net, n_, n_);
@@ -147,6 +175,11 @@ class NetworkThread {
       k0_unit_ = k0_max_ > 0 ? (k0 / k0_max_).norm() : 0.0;  // ||K_0|| / max|K_0|
     }
     if (plan_.linearized) linearised_losses(y);
+    if (piecewise_) {
+      pre_activation(w);
+      for (Index q = 0; q < n_ * m_; ++q) mode_[q] = hs_[q] > 0 ? kOn : kOff;
+      slides_.clear();
+    }
     return *this;
   }
 
@@ -162,7 +195,9 @@ class NetworkThread {
     Vec du(dy, m_);
     Mat dW(dy + m_, m_, d_);
     double loss;
-    if (net_.act == Activation::linear) {
+    if (piecewise_) {
+      loss = field_piecewise(y, dy);
+    } else if (net_.act == Activation::linear) {
       // f = kappa X p with p = W^T u: O((n + m) d), the data never meets the width.
       loss = forward_linear(y);
       Vec c(c_.data(), d_);
@@ -257,6 +292,94 @@ class NetworkThread {
     if (out_.w) std::copy(y + m_, y + m_ * (1 + d_), out_.w + at * m_ * d_);
   }
 
+
+  // ---- switching hooks of integrate_dopri5 (relu only; see is_piecewise) ----
+
+  /// Fraction of the accepted step ds before the first pre-activation crosses out of its
+  /// piece, located on the dense output; 1 when none does. The last field evaluation was
+  /// at ds.yn, so z_ holds its pre-activations.
+  double switch_fraction(const DenseStep& ds) {
+    if (!piecewise_) return 1.0;
+    double first = 1.0;
+    crossing_.clear();
+    for (Index j = 0; j < n_; ++j) {
+      const double* x = data_.x + j * d_;
+      for (Index i = 0; i < m_; ++i) {
+        const Index q = j * m_ + i;
+        if (mode_[q] == kSlide || inside(mode_[q], z_[q])) continue;
+        double c[5] = {0, 0, 0, 0, 0}, ck[5];
+        for (Index k = 0; k < d_; ++k) {
+          ds.coeffs(m_ + i * d_ + k, ck);
+          for (int e = 0; e < 5; ++e) c[e] += ck[e] * x[k];
+        }
+        // Already outside at the start (rounding at a surface just switched): the mode
+        // is repaired at the end of the step by update_modes, with no event.
+        if (!inside(mode_[q], c[0])) continue;
+        const double exit = first_exit(mode_[q], c, first);
+        if (exit > first) continue;
+        if (exit < first) crossing_.clear();
+        crossing_.push_back(q);
+        first = exit;
+      }
+    }
+    return first;
+  }
+
+  /// Brings the modes in line with the state y at the end of a step: pairs outside their
+  /// piece switch (to the other side, or to sliding when both sides push into the surface)
+  /// and sliding pairs whose equivalent control left [0, 1] leave the surface. `fresh`:
+  /// the last field evaluation was at y. True when the field at y changed.
+  bool update_modes(const double* y, bool fresh) {
+    if (!piecewise_) return false;
+    if (!fresh) field_piecewise(y, scratch_.data());
+    bool changed = false;
+    // The pairs located as crossing count as outside whatever the sign of z rounds to at
+    // the located state (it may round back inside, and would then cross again at once).
+    if (!fresh)
+      for (const Index q : crossing_) mode_[q] |= kCrossing;
+    for (std::size_t s = 0; s < slides_.size();) {
+      const Slide& sl = slides_[s];
+      const double z = z_[sl.j * m_ + sl.i];
+      // alpha was clamped to 1 (or 0): the field equals that of the side it leaves to, so
+      // leaving changes nothing (the exit is tangential and needs no event).
+      std::uint8_t to = kSlide;
+      if (sl.raw >= 1.0 && z > 0) to = kOn;
+      if (sl.raw <= 0.0 && z <= 0) to = kOff;
+      if (to == kSlide) {
+        ++s;
+        continue;
+      }
+      mode_[sl.j * m_ + sl.i] = to;
+      slides_.erase(slides_.begin() + static_cast<std::ptrdiff_t>(s));
+    }
+    const ConstVec u(y, m_);
+    const ConstVec r(f_.data(), n_);
+    for (Index j = 0; j < n_; ++j) {
+      const ConstVec x(data_.x + j * d_, d_);
+      for (Index i = 0; i < m_; ++i) {
+        const Index q = j * m_ + i;
+        const bool crossed = (mode_[q] & kCrossing) != 0;
+        mode_[q] &= static_cast<std::uint8_t>(~kCrossing);
+        if (mode_[q] == kSlide || (!crossed && inside(mode_[q], z_[q]))) continue;
+        // d(w_i . x_j)/dt up to the factor eta_w kappa / n > 0, without pair (j, i) (dz_off)
+        // and with it switched on (dz_on).
+        double pj = x.dot(ConstVec(P_.data() + i * d_, d_));
+        if (mode_[q] == kOn) pj -= r[j] * xnorm2_[j];
+        const double dz_off = -u[i] * pj;
+        const double dz_on = dz_off - u[i] * r[j] * xnorm2_[j];
+        if (dz_on < 0 && dz_off > 0) {
+          add_slide(j, i);
+        } else if (crossed) {
+          mode_[q] = mode_[q] == kOn ? kOff : kOn;
+        } else {
+          mode_[q] = z_[q] > 0 ? kOn : kOff;
+        }
+        changed = true;
+      }
+    }
+    return changed;
+  }
+
   void fail_from(Index j) {
     rec_->fail_from(j);  // the common records and the parameters
     for (Index q = j; q < T_; ++q) {
@@ -270,6 +393,155 @@ class NetworkThread {
   }
 
  private:
+  struct Slide {
+    Index j, i;       // sample, unit
+    double raw = 0;   // equivalent control before clamping to [0, 1]
+  };
+
+  static bool inside(std::uint8_t mode, double z) { return mode == kOn ? z > 0 : z <= 0; }
+
+  /// First theta in (0, hi] where the dense-output pre-activation c leaves the piece of
+  /// `mode` (it is inside at 0): the first sampled bracket, then bisection to a relative
+  /// width of 2^-52. Returns the outside end, so the state there has crossed; 2 when c
+  /// stays inside up to hi.
+  static double first_exit(std::uint8_t mode, const double c[5], double hi) {
+    constexpr int kSamples = 16;
+    double lo = 0.0;
+    bool found = false;
+    for (int s = 1; s <= kSamples && !found; ++s) {
+      const double th = hi * s / kSamples;
+      found = !inside(mode, DenseStep::eval(c, th));
+      (found ? hi : lo) = th;
+    }
+    if (!found) return 2.0;  // not before hi
+    for (int it = 0; it < 60 && hi - lo > 0x1p-52 * hi; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      (inside(mode, DenseStep::eval(c, mid)) ? lo : hi) = mid;
+    }
+    return hi;
+  }
+
+  void add_slide(Index j, Index i) {
+    mode_[j * m_ + i] = kSlide;
+    const auto at = std::lower_bound(slides_.begin(), slides_.end(), Slide{j, i},
+                                     [](const Slide& a, const Slide& b) {
+                                       return a.i != b.i ? a.i < b.i : a.j < b.j;
+                                     });
+    slides_.insert(at, Slide{j, i});
+  }
+
+  /// The relu field on the current pieces: pairs kOn and kOff use the smooth field of their
+  /// side (continued past the surface within a step), sliding pairs the Filippov field
+  /// that keeps w_i . x_j = 0. Writes dy; leaves Z in z_, r in f_ and
+  /// P = (diag(r) S)^T X (with the sliding terms) in P_. Returns the loss.
+  double field_piecewise(const double* y, double* dy) {
+    const ConstVec u(y, m_);
+    const Index len = n_ * m_;
+    pre_activation(y + m_);
+    std::copy(hs_.begin(), hs_.begin() + len, z_.begin());
+    double* H = hs_.data();
+    double* S = gs_.data();
+    for (Index q = 0; q < len; ++q) {
+      const std::uint8_t mq = mode_[q];
+      const double z = z_[q];
+      H[q] = mq == kOn ? z : (mq == kSlide && z > 0 ? z : 0.0);
+      S[q] = mq == kOn ? 1.0 : 0.0;
+    }
+    const ConstMat Hm(H, n_, m_);
+    Vec r(f_.data(), n_);
+    r.noalias() = Hm * u;
+    r *= net_.kappa;
+    r -= ConstVec(data_.y, n_);
+    const double loss = 0.5 * r.squaredNorm() / static_cast<double>(n_);
+    const double scale = net_.kappa / static_cast<double>(n_);
+    Vec du(dy, m_);
+    if (net_.eta_u > 0) {
+      du.noalias() = Hm.transpose() * r;
+      du *= -net_.eta_u * scale;
+    } else {
+      du.setZero();
+    }
+    Mat B(S, n_, m_);
+    B.array().colwise() *= r.array();
+    gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(m_, d_, n_, S, m_, data_.x, d_, P_.data(), d_,
+                                                1.0, false);
+    slide_controls();
+    for (Index i = 0; i < m_; ++i) {
+      const double a = -net_.eta_w * scale * u[i];
+      for (Index k = 0; k < d_; ++k) dy[m_ + i * d_ + k] = a * P_[i * d_ + k];
+    }
+    return loss;
+  }
+
+  /// Equivalent controls of the sliding pairs, unit by unit: alpha_j' in [0, 1] with
+  /// sum_{j' sliding} r_j' (x_j . x_j') alpha_j' = -x_j . P_i for every sliding j of unit i,
+  /// so d(w_i . x_j)/dt = 0; their terms alpha r x_j' are then added to P_i.
+  void slide_controls() {
+    const ConstVec r(f_.data(), n_);
+    for (std::size_t s0 = 0; s0 < slides_.size();) {
+      const Index i = slides_[s0].i;
+      std::size_t s1 = s0 + 1;
+      while (s1 < slides_.size() && slides_[s1].i == i) ++s1;
+      const Index k = static_cast<Index>(s1 - s0);
+      Vec Pi(P_.data() + i * d_, d_);
+      double* A = solve_.data();  // (k, k + 1) augmented when k <= kDirectSlides
+      auto x = [&](std::size_t s) { return ConstVec(data_.x + slides_[s].j * d_, d_); };
+      if (k == 1) {
+        const double a = r[slides_[s0].j] * xnorm2_[slides_[s0].j];
+        slides_[s0].raw = a != 0 ? -x(s0).dot(Pi) / a : 0.5;
+      } else if (k <= kDirectSlides) {
+        for (Index a = 0; a < k; ++a) {
+          for (Index b = 0; b < k; ++b)
+            A[a * (k + 1) + b] = r[slides_[s0 + b].j] * x(s0 + a).dot(x(s0 + b));
+          A[a * (k + 1) + k] = -x(s0 + a).dot(Pi);
+        }
+        solve_augmented(A, k);
+        for (Index a = 0; a < k; ++a) slides_[s0 + a].raw = A[a * (k + 1) + k];
+      } else {
+        // Projected Gauss-Seidel: rare (many samples sliding on one unit at once).
+        for (int sweep = 0; sweep < 50; ++sweep)
+          for (Index a = 0; a < k; ++a) {
+            double acc = -x(s0 + a).dot(Pi), diag = 0;
+            for (Index b = 0; b < k; ++b) {
+              const double g = r[slides_[s0 + b].j] * x(s0 + a).dot(x(s0 + b));
+              if (b == a) diag = g;
+              else acc -= g * std::clamp(slides_[s0 + b].raw, 0.0, 1.0);
+            }
+            slides_[s0 + a].raw = diag != 0 ? acc / diag : 0.5;
+          }
+      }
+      for (std::size_t s = s0; s < s1; ++s) {
+        const double alpha = std::isfinite(slides_[s].raw) ? std::clamp(slides_[s].raw, 0.0, 1.0)
+                                                           : 0.5;
+        Pi += (alpha * r[slides_[s].j]) * x(s);
+      }
+      s0 = s1;
+    }
+  }
+
+  /// Gaussian elimination with partial pivoting on the augmented k x (k + 1) system in A;
+  /// the solution replaces the last column. A singular pivot leaves that unknown at 0.5.
+  static void solve_augmented(double* A, Index k) {
+    const Index w = k + 1;
+    for (Index c = 0; c < k; ++c) {
+      Index piv = c;
+      for (Index a = c + 1; a < k; ++a)
+        if (std::abs(A[a * w + c]) > std::abs(A[piv * w + c])) piv = a;
+      if (piv != c)
+        for (Index b = 0; b < w; ++b) std::swap(A[c * w + b], A[piv * w + b]);
+      if (A[c * w + c] == 0) continue;
+      for (Index a = c + 1; a < k; ++a) {
+        const double f = A[a * w + c] / A[c * w + c];
+        for (Index b = c; b < w; ++b) A[a * w + b] -= f * A[c * w + b];
+      }
+    }
+    for (Index c = k - 1; c >= 0; --c) {
+      double acc = A[c * w + k];
+      for (Index b = c + 1; b < k; ++b) acc -= A[c * w + b] * A[b * w + k];
+      A[c * w + k] = A[c * w + c] != 0 ? acc / A[c * w + c] : 0.5;
+    }
+  }
+
   /// M = W^T W into M_; returns its trace ||W||_F^2 (as the Recorder sums it).
   double gram_trace(const double* w) {
     gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(d_, d_, m_, w, d_, w, d_, M_.data(), d_, 1.0,
@@ -431,6 +703,13 @@ class NetworkThread {
   Gemm gemm_;
   GramScratch gram_;
   double u0_norm_ = 0, w0_norm_ = 0, k0_unit_ = 0, k0_max_ = 0, y_norm2_ = 0;
+  // The piecewise (relu + dopri5) integration: pre-activations, P, the mode of every
+  // (sample, unit) pair, the sliding pairs sorted by unit, scratch.
+  const bool piecewise_;
+  AlignedBuffer z_, P_, scratch_, solve_, xnorm2_;
+  std::vector<std::uint8_t> mode_;
+  std::vector<Slide> slides_;
+  std::vector<Index> crossing_;  // pairs (j m + i) crossing first in the current step
 };
 
 }  // namespace detail
@@ -446,6 +725,17 @@ void simulate_network(const Network& net, const TrainingData& data, const InitSp
     throw std::invalid_argument("a probe set needs at least one input");
   detail::run_ensemble<detail::NetworkThread>(net.width, net.dim, init, sched, trajectories,
                                               out, cancel, net, data, sched, out, kernel);
+}
+
+double piecewise_workspace_bytes(const Network& net, Index samples) {
+  const double n = static_cast<double>(samples), m = static_cast<double>(net.width),
+               d = static_cast<double>(net.dim);
+  const double cap = static_cast<double>(std::min<Index>(samples, detail::kDirectSlides));
+  // z, P, a field's scratch, the direct solves, ||x_j||^2; the modes (bytes); the sliding
+  // pairs reserved up front (they grow past that only when more pairs slide at once).
+  const double doubles = n * m + m * d + m * (1.0 + d) + cap * (cap + 1.0) + n;
+  const double slides = std::min(n * m, 4096.0) * (2.0 * sizeof(Index) + sizeof(double));
+  return 8.0 * doubles + n * m + slides + 64.0 * sizeof(Index);
 }
 
 double network_workspace_bytes(const Network& net, Index samples, Index n_probe, bool gram,

@@ -85,9 +85,10 @@ def simulate(
         samples x width x dim.
     train : GradientFlow or GradientDescent
         relu networks: the flow field jumps where a pre-activation ``w_i . x_j`` crosses 0,
-        and the flow can slide along such a surface; there adaptive ``dopri5`` takes tiny
-        steps until ``max_steps`` (status ``step_limit``). Fixed-step ``rk4`` or
-        ``GradientDescent`` do not have this problem.
+        and the flow can slide along such a surface. The default ``dopri5`` integrates
+        them piece by piece, locating every crossing and following the sliding flow
+        (``Result.events`` counts the crossings; see ``GradientFlow``); fixed-step ``rk4``
+        and descent step across with O(dt) error at each crossing.
     init : Gaussian or Params
         Default ``Gaussian(1, 1)``. With ``Params`` the number of trajectories is theirs.
     trajectories : int
@@ -199,7 +200,7 @@ def simulate(
     model.eta_u = train.eta_u
     model.eta_w = train.eta_w
     model.loss_min = float(mom.loss_min)
-    sched = _schedule(train, record, n_threads)
+    sched = _schedule(train, record, n_threads, width, dim, None)
 
     rec = _record_buffers(record, n, T, tp, width, dim, keep_ntk)
 
@@ -227,15 +228,30 @@ def simulate(
                    path="moments", **metrics)
 
 
+FIXED_STEP_LIMIT = 10_000_000
+
+
+def step_limit(train: GradientFlow, width: int, dim: int, samples: int | None) -> int:
+    """``train.max_steps``, or the default that fits the network: for dopri5 about 3e9
+    parameter-sample operations per trajectory (a few seconds of one core), in [1e5, 1e7]."""
+    if train.max_steps is not None:
+        return train.max_steps
+    if train.solver != "dopri5":
+        return FIXED_STEP_LIMIT
+    work = width * (1 + dim) * (samples if samples is not None else dim)
+    return int(min(1e7, max(1e5, 3e9 / work)))
+
+
 def _check_fixed_steps(train: GradientFlow, times: NDArray[np.float64]) -> None:
     """Fixed steps are known before the run: refuse a count over max_steps up front rather
     than run for days (or, past 2^63 steps, not at all)."""
     spans = np.diff(times, prepend=0.0)
     spans = spans[spans > 0]
     steps = float(np.sum(np.maximum(1.0, np.ceil(spans / train.dt * (1.0 - 1e-12)))))
-    require(steps <= train.max_steps, "dt",
+    limit = FIXED_STEP_LIMIT if train.max_steps is None else train.max_steps
+    require(steps <= limit, "dt",
             f"gives {steps:.4g} {train.solver} steps to t_max = {train.t_max:g}, over "
-            f"max_steps = {train.max_steps}; use a larger dt (or raise max_steps if so many "
+            f"max_steps = {limit}; use a larger dt (or raise max_steps if so many "
             "steps are meant)", train.dt)
 
 
@@ -272,6 +288,7 @@ def _record_buffers(record: Record, n: int, T: int, tp: int, width: int, dim: in
         "t_fail": np.full(n, np.nan),
         "steps": np.zeros(n, dtype=np.int64),
         "rejected": np.zeros(n, dtype=np.int64),
+        "events": np.zeros(n, dtype=np.int64),
     }
     if keep_ntk:
         rec["ntk"] = np.empty((n, T, dim, dim))
@@ -309,6 +326,7 @@ def _result(rec: dict[str, Any], times: NDArray[np.float64], dim: int, ntk_mode:
         t_fail=rec["t_fail"],
         steps=rec["steps"],
         rejected=rec["rejected"],
+        events=rec["events"],
         t_hit=rec.get("t_hit"),
         u=u,
         W=W,
@@ -317,7 +335,8 @@ def _result(rec: dict[str, Any], times: NDArray[np.float64], dim: int, ntk_mode:
     )
 
 
-def _schedule(train: Training, record: Record, n_threads: int) -> Any:
+def _schedule(train: Training, record: Record, n_threads: int, width: int, dim: int,
+              samples: int | None) -> Any:
     sched = _core.Schedule()
     sched.threads = n_threads
     if isinstance(train, GradientFlow):
@@ -325,7 +344,7 @@ def _schedule(train: Training, record: Record, n_threads: int) -> Any:
         sched.dt = train.dt
         sched.rtol = train.rtol
         sched.atol = train.atol
-        sched.max_steps = train.max_steps
+        sched.max_steps = step_limit(train, width, dim, samples)
     else:
         sched.solver = _core.Solver.gd
         sched.lr = train.lr
@@ -444,12 +463,14 @@ def _simulate_data(
     workspace = float(_core.network_workspace_bytes(
         cnet, samples, g if probe is not None else 0, record.gram is not None, metrics,
         record.linearized, relu, True))  # move_u / move_w are always recorded
+    if relu and isinstance(train, GradientFlow) and train.solver == "dopri5":
+        workspace += float(_core.piecewise_workspace_bytes(cnet, samples))
     total = 8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes + workspace * teams
     _check_records(total, params_bytes, workspace, teams, record,
                    f"simulating {n} trajectories of width {width} on {samples} samples, "
                    f"recorded at {T} times")
 
-    sched = _schedule(train, record, n_threads)
+    sched = _schedule(train, record, n_threads, width, dim, samples)
     rec = _record_buffers(record, n, T, tp, width, dim, keep_ntk)
     rec["move_u"] = np.empty((n, T))
     rec["move_w"] = np.empty((n, T))

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import xarray
 
 # Arrays every Result has that describe the run rather than record it.
-_RUN_FIELDS = frozenset({"times", "status", "t_fail", "steps", "rejected"})
+_RUN_FIELDS = frozenset({"times", "status", "t_fail", "steps", "rejected", "events"})
 
 STATUS_NAMES: tuple[str, ...] = ("ok", "diverged", "step_limit")
 """Meaning of the codes in ``Result.status``."""
@@ -29,6 +29,7 @@ _DIMS: dict[str, tuple[str, ...]] = {
     "t_fail": ("trajectories",),
     "steps": ("trajectories",),
     "rejected": ("trajectories",),
+    "events": ("trajectories",),
     "t_hit": ("trajectories",),
     "ntk_change": ("trajectories", "times"),
     "kernel_distance": ("trajectories", "times"),
@@ -80,6 +81,9 @@ class Result:
         Time of divergence or of the step limit; NaN when ok.
     steps, rejected : (trajectories,) int64
         Accepted and rejected steps.
+    events : (trajectories,) int64 or None
+        Switching events located by the adaptive solver on a relu network: steps cut short
+        where a pre-activation ``w_i . x_j`` crossed 0 (docs/theory.md §H); 0 otherwise.
     t_hit : (trajectories,) or None
         First time the loss reached ``Record.loss_below`` (NaN if never).
     u, W : arrays or None
@@ -130,6 +134,7 @@ class Result:
     first_trajectory: int
     method: str
     isa: str
+    events: NDArray[np.int64] | None = None
     gram: NDArray[np.float64] | None = None
     ntk_change: NDArray[np.float64] | None = None
     kernel_distance: NDArray[np.float64] | None = None

@@ -228,10 +228,23 @@ class GradientFlow:
         Largest step of the fixed-step solvers, > 0.
     rtol, atol : float
         dopri5 tolerances, > 0.
-    max_steps : int
+    max_steps : int, optional
         Step limit per trajectory. dopri5 counts attempted steps and marks a trajectory
         reaching it ``step_limit``; for rk4 and euler the count is known in advance and a
-        run needing more is refused before it starts.
+        run needing more is refused before it starts. Default (None): for dopri5, as many
+        steps as cost about 3e9 parameter-sample operations (``3e9 / (width (1 + dim)
+        samples)``, samples = dim on moments) clamped to [1e5, 1e7], i.e. a few seconds
+        of one core per trajectory at most; for rk4 and euler 1e7.
+
+    Notes
+    -----
+    relu makes the flow field jump where a pre-activation ``w_i . x_j`` crosses 0. dopri5
+    integrates such a network piece by piece: each step uses the smooth field of the
+    activation pattern it starts from, a crossing inside a step is located on the dense
+    output and the step cut there, and where the flow slides along a switching surface it
+    follows Filippov's sliding field (docs/theory.md §H). So dopri5 keeps its accuracy on
+    relu networks (records within about 10 rtol of the exact flow) and never stalls;
+    rk4 and euler step across the surfaces with O(dt) error there.
     """
 
     eta_u: float = 1.0
@@ -241,7 +254,7 @@ class GradientFlow:
     dt: float = 0.01
     rtol: float = 1e-9
     atol: float = 1e-12
-    max_steps: int = 10_000_000
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         _set(self, "eta_u", real(self.eta_u, "eta_u", low=0.0))
@@ -251,7 +264,8 @@ class GradientFlow:
         _set(self, "dt", real(self.dt, "dt", low=0.0, low_open=True))
         _set(self, "rtol", real(self.rtol, "rtol", low=0.0, low_open=True, high=1.0))
         _set(self, "atol", real(self.atol, "atol", low=0.0, low_open=True))
-        _set(self, "max_steps", integer(self.max_steps, "max_steps", minimum=1))
+        if self.max_steps is not None:
+            _set(self, "max_steps", integer(self.max_steps, "max_steps", minimum=1))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -98,6 +98,7 @@ struct Records {
   double* t_fail = nullptr;         ///< (n,) time of divergence / step limit, NaN if ok
   std::int64_t* steps = nullptr;    ///< (n,) accepted steps
   std::int64_t* rejected = nullptr; ///< (n,) rejected dopri5 steps
+  std::int64_t* events = nullptr;   ///< (n,) switching events located (relu with dopri5)
   double* t_hit = nullptr;          ///< (n,) first time loss <= threshold, NaN if never
 };
 

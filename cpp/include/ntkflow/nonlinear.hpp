@@ -78,6 +78,10 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
 double network_workspace_bytes(const Network& net, Index samples, Index n_probe, bool gram,
                                bool metrics, bool linearized, bool pattern, bool move);
 
+/// Extra bytes of scratch one thread of simulate_network needs when a relu network is
+/// integrated piece by piece (adaptive solver; docs/theory.md §H).
+double piecewise_workspace_bytes(const Network& net, Index samples);
+
 /// Bytes of scratch ntk_gram needs with this many threads.
 double gram_workspace_bytes(const Network& net, Index batch, Index n1, Index n2, int threads);
 
