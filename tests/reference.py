@@ -72,3 +72,126 @@ def assert_close_to_scale(actual, expected, tol, name="", scale=None):
     worst = float(np.nanmax(err)) if err.size else 0.0
     assert np.all(np.isfinite(err)) and worst <= tol, f"{name}: worst scaled error {worst:.3g} > {tol:g}"
     return worst
+
+
+# ------------------------------------------------------------ relu flow in Filippov's sense
+# Written independently of the core's numerics: SciPy's DOP853 stepped by hand on the
+# smooth field of the current activation pattern, crossings found by brentq on DOP853's own
+# dense output, and the sliding controls by scipy.optimize.lsq_linear. The selection is
+# the one docs/theory.md §H defines: for unit i with sliding samples J, beta_j = alpha_j r_j
+# minimises ||P_i + sum_j beta_j x_j|| over alpha in [0, 1]^J (where the pairs can stay
+# on their surfaces this makes every x_j . (P_i + sum beta x) = 0).
+
+OFF, ON, SLIDE = 0, 1, 2
+
+
+def relu_field(state, mode, X, y, kappa, eta_u, eta_w):
+    """Filippov field of the relu network on the pattern `mode` (n, m) of OFF/ON/SLIDE, and
+    the controls {(j, i): alpha} of its sliding pairs."""
+    from scipy.optimize import lsq_linear
+
+    n, d = X.shape
+    m = mode.shape[1]
+    u, W = state[:m], state[m:].reshape(m, d)
+    Z = X @ W.T
+    H = np.where(mode == ON, Z, np.where(mode == SLIDE, np.maximum(Z, 0.0), 0.0))
+    r = kappa * H @ u - y
+    P = ((mode == ON) * r[:, None]).T @ X  # (m, d)
+    alpha = {}
+    for i in np.unique(np.nonzero(mode == SLIDE)[1]):
+        js = np.nonzero(mode[:, i] == SLIDE)[0]
+        lo, hi = np.minimum(0.0, r[js]), np.maximum(0.0, r[js])
+        free = hi > lo
+        beta = np.zeros(js.size)
+        if free.any():
+            sol = lsq_linear(X[js[free]].T, -P[i], bounds=(lo[free], hi[free]),
+                             method="bvls", tol=1e-15)
+            beta[free] = sol.x
+        P[i] += beta @ X[js]
+        for j, b, rj in zip(js, beta, r[js]):
+            alpha[(int(j), int(i))] = b / rj if rj != 0 else 0.5
+    du = -eta_u * kappa / n * H.T @ r
+    dW = -eta_w * kappa / n * u[:, None] * P
+    return np.concatenate([du, dW.ravel()]), alpha, P, r, Z
+
+
+def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, atol=1e-14):
+    """Loss (times,) and parameters (times, m (1 + d)) of one relu trajectory, and how many
+    times a pair started to slide."""
+    from scipy.integrate import DOP853
+    from scipy.optimize import brentq
+
+    n, d = X.shape
+    m = u0.size
+    state = np.concatenate([u0, W0.ravel()])
+    mode = np.where(X @ W0.T > 0, ON, OFF)
+    t, k, T = 0.0, 0, len(times)
+    out_loss, out_state = np.empty(T), np.empty((T, state.size))
+    slides = 0
+
+    def record(s):
+        r = kappa * np.maximum(X @ s[m:].reshape(m, d).T, 0.0) @ s[:m] - y
+        return 0.5 * r @ r / n
+
+    def switch(s, crossing):
+        """New modes at state s: the crossing pair (and any pair found outside its side)
+        goes to the other side or slides; sliding pairs whose control sits on a bound with z
+        on that side leave."""
+        nonlocal slides
+        new = mode.copy()
+        _, alpha, P, r, Z = relu_field(s, mode, X, y, kappa, eta_u, eta_w)
+        for (j, i), a in alpha.items():
+            if a >= 1.0 and Z[j, i] > 0:
+                new[j, i] = ON
+            elif a <= 0.0 and Z[j, i] <= 0:
+                new[j, i] = OFF
+        outside = ((mode == ON) & (Z <= 0)) | ((mode == OFF) & (Z > 0))
+        if crossing is not None:
+            outside[crossing] = True
+        u = s[:m]
+        for j, i in zip(*np.nonzero(outside)):
+            pj = X[j] @ P[i] - (r[j] * X[j] @ X[j] if mode[j, i] == ON else 0.0)
+            dz_off = -u[i] * pj
+            dz_on = dz_off - u[i] * r[j] * X[j] @ X[j]
+            if dz_on < 0 < dz_off:
+                new[j, i] = SLIDE
+                slides += 1
+            elif crossing is not None and (j, i) == crossing:
+                new[j, i] = OFF if mode[j, i] == ON else ON
+            else:
+                new[j, i] = ON if Z[j, i] > 0 else OFF
+        return new
+
+    while k < T:
+        while k < T and times[k] <= t:
+            out_loss[k], out_state[k] = record(state), state
+            k += 1
+        if k == T:
+            break
+        solver = DOP853(lambda _t, s: relu_field(s, mode, X, y, kappa, eta_u, eta_w)[0],
+                        t, state, float(times[-1]), rtol=rtol, atol=atol)
+        while True:
+            msg = solver.step()
+            assert msg is None, msg
+            dense = solver.dense_output()
+            t0, t1 = solver.t_old, solver.t
+            first, crossing = np.inf, None
+            Z1 = X @ solver.y[m:].reshape(m, d).T
+            for j, i in zip(*np.nonzero(((mode == ON) & (Z1 <= 0)) | ((mode == OFF) & (Z1 > 0)))):
+                z = lambda tt, j=j, i=i: X[j] @ dense(tt)[m:].reshape(m, d)[i]
+                if (z(t0) > 0) != (mode[j, i] == ON):
+                    continue  # outside at both ends (rounding at a surface just switched)
+                te = brentq(z, t0, t1, xtol=1e-15, rtol=1e-15)
+                if te < first:
+                    first, crossing = te, (int(j), int(i))
+            stop = t1 if crossing is None else first
+            while k < T and times[k] <= stop:
+                s = dense(times[k])
+                out_loss[k], out_state[k] = record(s), s
+                k += 1
+            state, t = (solver.y, t1) if crossing is None else (dense(first), first)
+            new = switch(state, crossing)
+            if crossing is not None or not np.array_equal(new, mode) or solver.status == "finished":
+                mode = new
+                break
+    return out_loss, out_state, slides

@@ -67,8 +67,8 @@ constexpr std::uint8_t kOff = 0;    // w_i . x_j < 0: relu and relu' are 0
 constexpr std::uint8_t kOn = 1;     // w_i . x_j > 0: relu = z, relu' = 1
 constexpr std::uint8_t kSlide = 2;  // sliding on w_i . x_j = 0 (Filippov equivalent control)
 constexpr std::uint8_t kCrossing = 4;  // flag: located as crossing in this step
-// Sliding pairs of one unit up to this many are solved directly, more iteratively.
-constexpr Index kDirectSlides = 32;
+// Sweeps of the coordinate descent for the controls of several sliding pairs of one unit.
+constexpr int kSweeps = 500;
 
 LinearModel recorder_model(const Network& net) {
   LinearModel lm;  // only the fields the Recorder reads when writing
@@ -134,8 +134,6 @@ class NetworkThread {
       mode_.resize(static_cast<std::size_t>(n_ * m_));
       slides_.reserve(static_cast<std::size_t>(std::min<Index>(n_ * m_, 4096)));
       crossing_.reserve(64);
-      const Index cap = std::min<Index>(n_, kDirectSlides);
-      solve_.resize(static_cast<std::size_t>(cap * (cap + 1)));
       xnorm2_.resize(static_cast<std::size_t>(n_));
       for (Index j = 0; j < n_; ++j)
         xnorm2_[j] = ConstVec(data.x + j * d_, d_).squaredNorm();
@@ -396,6 +394,7 @@ class NetworkThread {
   struct Slide {
     Index j, i;       // sample, unit
     double raw = 0;   // equivalent control before clamping to [0, 1]
+    double beta = 0;  // alpha r_j: its term in P_i is beta x_j
   };
 
   static bool inside(std::uint8_t mode, double z) { return mode == kOn ? z > 0 : z <= 0; }
@@ -473,72 +472,42 @@ class NetworkThread {
     return loss;
   }
 
-  /// Equivalent controls of the sliding pairs, unit by unit: alpha_j' in [0, 1] with
-  /// sum_{j' sliding} r_j' (x_j . x_j') alpha_j' = -x_j . P_i for every sliding j of unit i,
-  /// so d(w_i . x_j)/dt = 0; their terms alpha r x_j' are then added to P_i.
+  /// Equivalent controls of the sliding pairs, unit by unit. With beta_j = alpha_j r_j the
+  /// sliding part of unit i's field is P_i + sum_j beta_j x_j; the controls minimise its
+  /// norm over alpha in [0, 1] (cyclic coordinate descent on a convex quadratic, exact in
+  /// one pass for one pair). Where that minimum is reached inside the box, every
+  /// x_j . (P_i + sum beta x) = 0: the pairs stay on their surfaces, d(w_i . x_j)/dt = 0.
+  /// Otherwise (more sliding pairs than the data can hold, e.g. w_i pinned at 0) it is the
+  /// least-motion selection of Filippov's set. `raw` is the unclamped coordinate optimum,
+  /// which says when a pair leaves (update_modes). Always from alpha = 0: the field stays a
+  /// function of the state alone.
   void slide_controls() {
     const ConstVec r(f_.data(), n_);
     for (std::size_t s0 = 0; s0 < slides_.size();) {
       const Index i = slides_[s0].i;
       std::size_t s1 = s0 + 1;
       while (s1 < slides_.size() && slides_[s1].i == i) ++s1;
-      const Index k = static_cast<Index>(s1 - s0);
-      Vec Pi(P_.data() + i * d_, d_);
-      double* A = solve_.data();  // (k, k + 1) augmented when k <= kDirectSlides
-      auto x = [&](std::size_t s) { return ConstVec(data_.x + slides_[s].j * d_, d_); };
-      if (k == 1) {
-        const double a = r[slides_[s0].j] * xnorm2_[slides_[s0].j];
-        slides_[s0].raw = a != 0 ? -x(s0).dot(Pi) / a : 0.5;
-      } else if (k <= kDirectSlides) {
-        for (Index a = 0; a < k; ++a) {
-          for (Index b = 0; b < k; ++b)
-            A[a * (k + 1) + b] = r[slides_[s0 + b].j] * x(s0 + a).dot(x(s0 + b));
-          A[a * (k + 1) + k] = -x(s0 + a).dot(Pi);
+      Vec v(P_.data() + i * d_, d_);
+      const double scale = v.norm();
+      for (std::size_t s = s0; s < s1; ++s) slides_[s].beta = 0.0;
+      for (int sweep = 0; sweep < kSweeps; ++sweep) {
+        double change = 0.0, size = scale;
+        for (std::size_t s = s0; s < s1; ++s) {
+          Slide& sl = slides_[s];
+          const ConstVec x(data_.x + sl.j * d_, d_);
+          const double rj = r[sl.j];
+          v -= sl.beta * x;
+          const double best = xnorm2_[sl.j] > 0 ? -x.dot(v) / xnorm2_[sl.j] : 0.0;
+          sl.raw = rj != 0 ? best / rj : 0.5;
+          const double beta = std::clamp(best, std::min(0.0, rj), std::max(0.0, rj));
+          v += beta * x;
+          change = std::max(change, std::abs(beta - sl.beta) * std::sqrt(xnorm2_[sl.j]));
+          size = std::max(size, std::abs(beta) * std::sqrt(xnorm2_[sl.j]));
+          sl.beta = beta;
         }
-        solve_augmented(A, k);
-        for (Index a = 0; a < k; ++a) slides_[s0 + a].raw = A[a * (k + 1) + k];
-      } else {
-        // Projected Gauss-Seidel: rare (many samples sliding on one unit at once).
-        for (int sweep = 0; sweep < 50; ++sweep)
-          for (Index a = 0; a < k; ++a) {
-            double acc = -x(s0 + a).dot(Pi), diag = 0;
-            for (Index b = 0; b < k; ++b) {
-              const double g = r[slides_[s0 + b].j] * x(s0 + a).dot(x(s0 + b));
-              if (b == a) diag = g;
-              else acc -= g * std::clamp(slides_[s0 + b].raw, 0.0, 1.0);
-            }
-            slides_[s0 + a].raw = diag != 0 ? acc / diag : 0.5;
-          }
-      }
-      for (std::size_t s = s0; s < s1; ++s) {
-        const double alpha = std::isfinite(slides_[s].raw) ? std::clamp(slides_[s].raw, 0.0, 1.0)
-                                                           : 0.5;
-        Pi += (alpha * r[slides_[s].j]) * x(s);
+        if (s1 - s0 == 1 || change <= 1e-15 * size) break;
       }
       s0 = s1;
-    }
-  }
-
-  /// Gaussian elimination with partial pivoting on the augmented k x (k + 1) system in A;
-  /// the solution replaces the last column. A singular pivot leaves that unknown at 0.5.
-  static void solve_augmented(double* A, Index k) {
-    const Index w = k + 1;
-    for (Index c = 0; c < k; ++c) {
-      Index piv = c;
-      for (Index a = c + 1; a < k; ++a)
-        if (std::abs(A[a * w + c]) > std::abs(A[piv * w + c])) piv = a;
-      if (piv != c)
-        for (Index b = 0; b < w; ++b) std::swap(A[c * w + b], A[piv * w + b]);
-      if (A[c * w + c] == 0) continue;
-      for (Index a = c + 1; a < k; ++a) {
-        const double f = A[a * w + c] / A[c * w + c];
-        for (Index b = c; b < w; ++b) A[a * w + b] -= f * A[c * w + b];
-      }
-    }
-    for (Index c = k - 1; c >= 0; --c) {
-      double acc = A[c * w + k];
-      for (Index b = c + 1; b < k; ++b) acc -= A[c * w + b] * A[b * w + k];
-      A[c * w + k] = A[c * w + c] != 0 ? acc / A[c * w + c] : 0.5;
     }
   }
 
@@ -706,7 +675,7 @@ class NetworkThread {
   // The piecewise (relu + dopri5) integration: pre-activations, P, the mode of every
   // (sample, unit) pair, the sliding pairs sorted by unit, scratch.
   const bool piecewise_;
-  AlignedBuffer z_, P_, scratch_, solve_, xnorm2_;
+  AlignedBuffer z_, P_, scratch_, xnorm2_;
   std::vector<std::uint8_t> mode_;
   std::vector<Slide> slides_;
   std::vector<Index> crossing_;  // pairs (j m + i) crossing first in the current step
@@ -730,11 +699,10 @@ void simulate_network(const Network& net, const TrainingData& data, const InitSp
 double piecewise_workspace_bytes(const Network& net, Index samples) {
   const double n = static_cast<double>(samples), m = static_cast<double>(net.width),
                d = static_cast<double>(net.dim);
-  const double cap = static_cast<double>(std::min<Index>(samples, detail::kDirectSlides));
-  // z, P, a field's scratch, the direct solves, ||x_j||^2; the modes (bytes); the sliding
-  // pairs reserved up front (they grow past that only when more pairs slide at once).
-  const double doubles = n * m + m * d + m * (1.0 + d) + cap * (cap + 1.0) + n;
-  const double slides = std::min(n * m, 4096.0) * (2.0 * sizeof(Index) + sizeof(double));
+  // z, P, a field's scratch, ||x_j||^2; the modes (bytes); the sliding pairs reserved up
+  // front (they grow past that only when more pairs slide at once).
+  const double doubles = n * m + m * d + m * (1.0 + d) + n;
+  const double slides = std::min(n * m, 4096.0) * (2.0 * sizeof(Index) + 2.0 * sizeof(double));
   return 8.0 * doubles + n * m + slides + 64.0 * sizeof(Index);
 }
 
