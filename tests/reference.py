@@ -140,26 +140,27 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
         nonlocal slides
         new = mode.copy()
         _, alpha, P, r, Z = relu_field(s, mode, X, y, kappa, eta_u, eta_w)
-        for (j, i), a in alpha.items():
-            if a >= 1.0 and Z[j, i] > 0:
+        for (j, i), a in alpha.items():  # carried off the surface beyond atol
+            off = atol * np.linalg.norm(X[j])
+            if a >= 1.0 and Z[j, i] > off:
                 new[j, i] = ON
-            elif a <= 0.0 and Z[j, i] <= 0:
+            elif a <= 0.0 and Z[j, i] < -off:
                 new[j, i] = OFF
-        outside = ((mode == ON) & (Z <= 0)) | ((mode == OFF) & (Z > 0))
-        if crossing is not None:
-            outside[crossing] = True
+        outside = ((new == ON) & (Z <= 0)) | ((new == OFF) & (Z > 0))
+        for jc, ic in crossing:
+            outside[jc, ic] = True
+        moved = list(zip(*np.nonzero(outside)))
+        for j, i in moved:  # all to their other side first, then sliding on that field
+            new[j, i] = OFF if new[j, i] == ON else ON
+        _, _, P, r, _ = relu_field(s, new, X, y, kappa, eta_u, eta_w)
         u = s[:m]
-        for j, i in zip(*np.nonzero(outside)):
-            pj = X[j] @ P[i] - (r[j] * X[j] @ X[j] if mode[j, i] == ON else 0.0)
+        for j, i in moved:
+            pj = X[j] @ P[i] - (r[j] * X[j] @ X[j] if new[j, i] == ON else 0.0)
             dz_off = -u[i] * pj
             dz_on = dz_off - u[i] * r[j] * X[j] @ X[j]
             if dz_on < 0 < dz_off:
                 new[j, i] = SLIDE
                 slides += 1
-            elif crossing is not None and (j, i) == crossing:
-                new[j, i] = OFF if mode[j, i] == ON else ON
-            else:
-                new[j, i] = ON if Z[j, i] > 0 else OFF
         return new
 
     while k < T:
@@ -175,23 +176,25 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
             assert msg is None, msg
             dense = solver.dense_output()
             t0, t1 = solver.t_old, solver.t
-            first, crossing = np.inf, None
+            found = []
             Z1 = X @ solver.y[m:].reshape(m, d).T
             for j, i in zip(*np.nonzero(((mode == ON) & (Z1 <= 0)) | ((mode == OFF) & (Z1 > 0)))):
                 z = lambda tt, j=j, i=i: X[j] @ dense(tt)[m:].reshape(m, d)[i]
                 if (z(t0) > 0) != (mode[j, i] == ON):
                     continue  # outside at both ends (rounding at a surface just switched)
-                te = brentq(z, t0, t1, xtol=1e-15, rtol=1e-15)
-                if te < first:
-                    first, crossing = te, (int(j), int(i))
-            stop = t1 if crossing is None else first
+                found.append((brentq(z, t0, t1, xtol=1e-15, rtol=1e-15), int(j), int(i)))
+            first = min((f[0] for f in found), default=np.inf)
+            # Crossings within 1e-9 of a step of the first are one event (pairs of one unit
+            # crossing together, as when w_i passes through 0 in one dimension).
+            crossing = [(j, i) for te, j, i in found if te <= first + 1e-9 * (t1 - t0)]
+            stop = t1 if not crossing else first
             while k < T and times[k] <= stop:
                 s = dense(times[k])
                 out_loss[k], out_state[k] = record(s), s
                 k += 1
-            state, t = (solver.y, t1) if crossing is None else (dense(first), first)
+            state, t = (solver.y, t1) if not crossing else (dense(first), first)
             new = switch(state, crossing)
-            if crossing is not None or not np.array_equal(new, mode) or solver.status == "finished":
+            if crossing or not np.array_equal(new, mode) or solver.status == "finished":
                 mode = new
                 break
     return out_loss, out_state, slides

@@ -66,7 +66,8 @@ bool is_piecewise(const Network& net, const Schedule& sched) {
 constexpr std::uint8_t kOff = 0;    // w_i . x_j < 0: relu and relu' are 0
 constexpr std::uint8_t kOn = 1;     // w_i . x_j > 0: relu = z, relu' = 1
 constexpr std::uint8_t kSlide = 2;  // sliding on w_i . x_j = 0 (Filippov equivalent control)
-constexpr std::uint8_t kCrossing = 4;  // flag: located as crossing in this step
+// Crossings closer than this fraction of a step to the first are handled as one event.
+constexpr double kTogether = 1e-9;
 // Sweeps of the coordinate descent for the controls of several sliding pairs of one unit.
 constexpr int kSweeps = 500;
 
@@ -134,6 +135,7 @@ class NetworkThread {
       mode_.resize(static_cast<std::size_t>(n_ * m_));
       slides_.reserve(static_cast<std::size_t>(std::min<Index>(n_ * m_, 4096)));
       crossing_.reserve(64);
+      switched_.reserve(64);
       xnorm2_.resize(static_cast<std::size_t>(n_));
       for (Index j = 0; j < n_; ++j)
         xnorm2_[j] = ConstVec(data.x + j * d_, d_).squaredNorm();
@@ -313,36 +315,42 @@ class NetworkThread {
         // Already outside at the start (rounding at a surface just switched): the mode
         // is repaired at the end of the step by update_modes, with no event.
         if (!inside(mode_[q], c[0])) continue;
-        const double exit = first_exit(mode_[q], c, first);
-        if (exit > first) continue;
-        if (exit < first) crossing_.clear();
-        crossing_.push_back(q);
-        first = exit;
+        const double exit = first_exit(mode_[q], c, std::min(1.0, first + kTogether));
+        if (exit > first + kTogether) continue;
+        crossing_.push_back({q, exit});
+        first = std::min(first, exit);
       }
     }
+    // Crossings within kTogether of the first are one event (several pairs of one unit
+    // cross at once when w_i passes through 0 in one dimension, or by symmetry).
+    crossing_.erase(std::remove_if(crossing_.begin(), crossing_.end(),
+                                   [&](const Crossing& c) { return c.at > first + kTogether; }),
+                    crossing_.end());
     return first;
   }
 
   /// Brings the modes in line with the state y at the end of a step: pairs outside their
   /// piece switch (to the other side, or to sliding when both sides push into the surface)
-  /// and sliding pairs whose equivalent control left [0, 1] leave the surface. `fresh`:
+  /// and sliding pairs that the flow has carried off their surface leave it. `fresh`:
   /// the last field evaluation was at y. True when the field at y changed.
   bool update_modes(const double* y, bool fresh) {
     if (!piecewise_) return false;
     if (!fresh) field_piecewise(y, scratch_.data());
-    bool changed = false;
-    // The pairs located as crossing count as outside whatever the sign of z rounds to at
-    // the located state (it may round back inside, and would then cross again at once).
-    if (!fresh)
-      for (const Index q : crossing_) mode_[q] |= kCrossing;
+    const ConstVec r_now(f_.data(), n_);
     for (std::size_t s = 0; s < slides_.size();) {
       const Slide& sl = slides_[s];
       const double z = z_[sl.j * m_ + sl.i];
-      // alpha was clamped to 1 (or 0): the field equals that of the side it leaves to, so
-      // leaving changes nothing (the exit is tangential and needs no event).
+      // A pair leaves its surface once the flow has carried z off it by more than the
+      // absolute tolerance of the weights, with its control on the bound of that side
+      // (alpha = 1 above, 0 below): the sliding field then equals that side's field, so
+      // the exit is tangential and needs no event. Rounding noise (a unit pinned at w = 0
+      // by more surfaces than dimensions) stays below the threshold.
+      const double off = sched_.atol * std::sqrt(xnorm2_[sl.j]);
+      const double rj = r_now[sl.j];
+      const double alpha = rj != 0 ? sl.beta / rj : 0.5;
       std::uint8_t to = kSlide;
-      if (sl.raw >= 1.0 && z > 0) to = kOn;
-      if (sl.raw <= 0.0 && z <= 0) to = kOff;
+      if (alpha >= 1.0 && z > off) to = kOn;
+      if (alpha <= 0.0 && z < -off) to = kOff;
       if (to == kSlide) {
         ++s;
         continue;
@@ -350,32 +358,40 @@ class NetworkThread {
       mode_[sl.j * m_ + sl.i] = to;
       slides_.erase(slides_.begin() + static_cast<std::ptrdiff_t>(s));
     }
+    // Every pair outside its piece moves to the other side: the located crossings whatever
+    // z rounds to there (it may round back inside, and would cross again at once), the
+    // rest by the sign of z. All at once, so that pairs crossing together see each other.
+    switched_.clear();
+    if (!fresh)
+      for (const Crossing& c : crossing_) {
+        mode_[c.q] = mode_[c.q] == kOn ? kOff : kOn;
+        switched_.push_back(c.q);
+      }
+    for (Index q = 0; q < n_ * m_; ++q) {
+      if (mode_[q] == kSlide || inside(mode_[q], z_[q])) continue;
+      if (!switched_.empty() && std::find(switched_.begin(), switched_.end(), q) !=
+                                    switched_.end())
+        continue;
+      mode_[q] = z_[q] > 0 ? kOn : kOff;
+      switched_.push_back(q);
+    }
+    if (switched_.empty()) return false;
+    // Then sliding, on the field of the new pattern: a switched pair slides when the flow
+    // pushes into its surface from both sides. d(w_i . x_j)/dt up to the factor
+    // eta_w kappa / n > 0: dz_off without the pair, dz_on with it.
+    field_piecewise(y, scratch_.data());
     const ConstVec u(y, m_);
     const ConstVec r(f_.data(), n_);
-    for (Index j = 0; j < n_; ++j) {
+    for (const Index q : switched_) {
+      const Index j = q / m_, i = q % m_;
       const ConstVec x(data_.x + j * d_, d_);
-      for (Index i = 0; i < m_; ++i) {
-        const Index q = j * m_ + i;
-        const bool crossed = (mode_[q] & kCrossing) != 0;
-        mode_[q] &= static_cast<std::uint8_t>(~kCrossing);
-        if (mode_[q] == kSlide || (!crossed && inside(mode_[q], z_[q]))) continue;
-        // d(w_i . x_j)/dt up to the factor eta_w kappa / n > 0, without pair (j, i) (dz_off)
-        // and with it switched on (dz_on).
-        double pj = x.dot(ConstVec(P_.data() + i * d_, d_));
-        if (mode_[q] == kOn) pj -= r[j] * xnorm2_[j];
-        const double dz_off = -u[i] * pj;
-        const double dz_on = dz_off - u[i] * r[j] * xnorm2_[j];
-        if (dz_on < 0 && dz_off > 0) {
-          add_slide(j, i);
-        } else if (crossed) {
-          mode_[q] = mode_[q] == kOn ? kOff : kOn;
-        } else {
-          mode_[q] = z_[q] > 0 ? kOn : kOff;
-        }
-        changed = true;
-      }
+      double pj = x.dot(ConstVec(P_.data() + i * d_, d_));
+      if (mode_[q] == kOn) pj -= r[j] * xnorm2_[j];
+      const double dz_off = -u[i] * pj;
+      const double dz_on = dz_off - u[i] * r[j] * xnorm2_[j];
+      if (dz_on < 0 && dz_off > 0) add_slide(j, i);
     }
-    return changed;
+    return true;
   }
 
   void fail_from(Index j) {
@@ -393,8 +409,7 @@ class NetworkThread {
  private:
   struct Slide {
     Index j, i;       // sample, unit
-    double raw = 0;   // equivalent control before clamping to [0, 1]
-    double beta = 0;  // alpha r_j: its term in P_i is beta x_j
+    double beta = 0;  // alpha_j r_j, alpha_j in [0, 1] the control: its term in P_i
   };
 
   static bool inside(std::uint8_t mode, double z) { return mode == kOn ? z > 0 : z <= 0; }
@@ -478,8 +493,7 @@ class NetworkThread {
   /// one pass for one pair). Where that minimum is reached inside the box, every
   /// x_j . (P_i + sum beta x) = 0: the pairs stay on their surfaces, d(w_i . x_j)/dt = 0.
   /// Otherwise (more sliding pairs than the data can hold, e.g. w_i pinned at 0) it is the
-  /// least-motion selection of Filippov's set. `raw` is the unclamped coordinate optimum,
-  /// which says when a pair leaves (update_modes). Always from alpha = 0: the field stays a
+  /// least-motion selection of Filippov's set. Always from alpha = 0: the field stays a
   /// function of the state alone.
   void slide_controls() {
     const ConstVec r(f_.data(), n_);
@@ -498,7 +512,6 @@ class NetworkThread {
           const double rj = r[sl.j];
           v -= sl.beta * x;
           const double best = xnorm2_[sl.j] > 0 ? -x.dot(v) / xnorm2_[sl.j] : 0.0;
-          sl.raw = rj != 0 ? best / rj : 0.5;
           const double beta = std::clamp(best, std::min(0.0, rj), std::max(0.0, rj));
           v += beta * x;
           change = std::max(change, std::abs(beta - sl.beta) * std::sqrt(xnorm2_[sl.j]));
@@ -678,7 +691,12 @@ class NetworkThread {
   AlignedBuffer z_, P_, scratch_, xnorm2_;
   std::vector<std::uint8_t> mode_;
   std::vector<Slide> slides_;
-  std::vector<Index> crossing_;  // pairs (j m + i) crossing first in the current step
+  struct Crossing {
+    Index q;    // pair j m + i
+    double at;  // fraction of the step
+  };
+  std::vector<Crossing> crossing_;  // the pairs crossing first in the current step
+  std::vector<Index> switched_;     // pairs switched by update_modes
 };
 
 }  // namespace detail
