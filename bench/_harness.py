@@ -1,9 +1,9 @@
 """Timing, agreement checks and the table: shared by every workload.
 
-The protocol (STYLE.md §8): an implementation is run once as a warm-up, and that run's
-answer is checked against the reference (ntkflow, or the NumPy reference where ntkflow
-cannot run the workload yet) *before* any time of it is reported; then it is timed
-``repeats`` times and the median, min and max are printed.
+The protocol (bench/README.md): an implementation is run once as a warm-up, and that
+run's answer is checked against the reference (ntkflow, or the NumPy reference where
+ntkflow cannot run the workload yet) *before* any time of it is reported; then it is
+timed ``repeats`` times and the median, min and max are printed.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """W1: an ensemble of linear two-layer networks on one-dimensional population data
-(model A of THEORY §A): the job ntkflow exists for.
+(model A of docs/theory.md §A): the job ntkflow exists for.
 
     du/dt = eta_u r w,   dw/dt = eta_w r u,   r = Sigma kappa (beta* - kappa u.w)
     loss  = Sigma/2 (kappa u.w - beta*)^2

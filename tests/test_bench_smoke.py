@@ -1,7 +1,7 @@
 """The benchmark harness runs end to end: W1 at tiny sizes, in a subprocess (as a user
 runs it), exits 0, and every implementation that ran agrees with ntkflow. Peers are
 optional: with none installed the NumPy references alone must pass. No timing is
-checked (STYLE §7)."""
+checked: unit tests never assert on time."""
 
 from __future__ import annotations
 

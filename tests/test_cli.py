@@ -30,7 +30,7 @@ def test_demo_small(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     _png(tmp_path / "fig" / "ntkflow_demo.png")
     assert "largest relative deviation from the exact solution" in r.stdout
-    # every setting 100% correct with 50 seeds (THEORY §E.4 reports 1.00 for all rows)
+    # every setting 100% correct with 50 seeds (the labels of docs/theory.md §E.4)
     assert "K1 1.000, A1 1.000, D1 1.000, R2 1.000" in r.stdout
     assert r.stderr == ""
 

@@ -1,4 +1,4 @@
-"""Tests of the closed-form model-A solution (THEORY.md §A) against independent
+"""Tests of the closed-form model-A solution (docs/theory.md §A) against independent
 references: the same physics evaluated at 60 digits with mpmath (straightforward
 formulas, no stability tricks), DOP853 integration of the full 2m-dimensional ODE, the
 logistic solution of the stuck case, the conserved quantities and the t = inf limits.
@@ -65,7 +65,7 @@ def _hyper(rng: np.random.Generator) -> dict[str, float]:
 
 
 def make_setting(kind: str, width: int, seed: int) -> Setting:
-    """The init kinds of THEORY §A.7, each as a one-trajectory ensemble."""
+    """The init kinds of docs/theory.md §A.7, each as a one-trajectory ensemble."""
     rng = np.random.default_rng(seed)
     h = _hyper(rng)
     scale = float(10 ** rng.uniform(-1, 0.3))
@@ -170,8 +170,9 @@ MP_SETTINGS = [
 
 
 def time_grid(sol: LineSolution, n: int = 16) -> FloatArray:
-    """0, then log-spread from 1e-3/Gamma to past the escape time (THEORY §A.7), then
-    inf. Unreachable targets (no escape) run to 1000/Gamma, i.e. into underflow."""
+    """0, then log-spread from 1e-3/Gamma to past the escape time
+    (docs/theory.md §A.7), then inf. Unreachable targets (no escape) run to 1000/Gamma,
+    i.e. into underflow."""
     gamma = sol.rate
     esc = sol.escape_time
     pos = gamma > 0
@@ -364,8 +365,8 @@ def _rel(num: FloatArray, ref: FloatArray, scale: FloatArray) -> float:
     return float(np.max(r))
 
 
-# Closed form vs the same closed form at 60 digits (THEORY §A.7 saw <= 1.6e-14, §F
-# recommends 1e-12): the float recipe is cancellation free, so errors are a few ulps
+# Closed form vs the same closed form at 60 digits (docs/theory.md §F: 1e-12 for closed
+# forms): the float recipe is cancellation free, so errors are a few ulps
 # times the condition of the observable, which grows like Gamma t in the exponential
 # tails (E = e^{-Gamma t} with Gamma t rounded): ~3e-14 seen at Gamma t ~ 700.
 TOL_MP = 1e-12
@@ -436,8 +437,9 @@ def test_against_mpmath(setting: Setting) -> None:
             assert err <= TOL_MP, (key, row, err)
         err = _rel(path.C[row], C, sc)
         assert err <= TOL_MP, ("C", row, err)
-        # ... and relative to |C| itself wherever |cos| > 1e-3 (THEORY §A.7; with G = 0
-        # cos = +-1 throughout, so there: wherever |C| > 1e-3 of its rounding scale).
+        # ... and relative to |C| itself wherever |cos| > 1e-3 (docs/theory.md §A.7;
+        # with G = 0 cos = +-1 throughout, so there: wherever |C| > 1e-3 of its rounding
+        # scale).
         cos_ref = _f(ref["cos"])
         big = np.abs(C) > 1e-3 * sc if parallel else np.abs(cos_ref) > 1e-3
         err = _rel(path.C[row][big], C[big], np.abs(C[big]))
@@ -478,9 +480,9 @@ def _full_ode(
     return rhs
 
 
-# DOP853 at rtol 1e-12 (THEORY §A.7 saw 2e-11 against the closed form, the ODE being the
-# less accurate side); 1e-8 relative to each quantity's scale allows for the global
-# error growth over an escape from a small init.
+# DOP853 at rtol 1e-12 (docs/theory.md §A.7: the ODE is the less accurate side, as it
+# forms kappa C - beta* by cancellation); 1e-8 relative to each quantity's scale allows
+# for the global error growth over an escape from a small init.
 TOL_ODE = 1e-8
 
 
@@ -610,7 +612,8 @@ def test_stuck_against_logistic(
     path = sol.at(t)
     # Dyadic inputs make Gamma exact; what remains is a few ulps plus the rounding of
     # the product Gamma t, <= eps/2 * Gamma t = 4e-14 relative in E = e^{-Gamma t} at
-    # Gamma t <= 745 (beyond, A underflows). THEORY A.5 saw 6e-15 at smaller Gamma t.
+    # Gamma t <= 745 (beyond, A underflows). The logistic reference is
+    # docs/theory.md §A.5's.
     for key, num, r in [
         ("A", path.norm_u2[0], A),
         ("B", path.norm_w2[0], A),

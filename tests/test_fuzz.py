@@ -116,7 +116,7 @@ def test_exact_solution_is_finite_everywhere(width, kappa, eta_u, eta_w, s_u, s_
     for name in ("C", "norm_u2", "norm_w2", "ntk", "alignment", "loss", "residual"):
         assert np.isfinite(getattr(path, name)).all(), name
     assert ((path.alignment >= 0) & (path.alignment <= 1)).all()
-    # The loss never increases along gradient flow (THEORY §A.5: no overshoot).
+    # The loss never increases along gradient flow (docs/theory.md §A.5: no overshoot).
     assert (np.diff(path.loss, axis=1) <= 1e-12 * path.loss[:, :1] + 1e-300).all()
     assert set(nf.classify_exact(sol).labels) <= LABELS
 
@@ -127,7 +127,8 @@ ACTS = ("linear", "relu", "tanh", "erf")
 
 
 def act_slope_curve(act: str, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """act(Z), act'(Z) and |act''(Z)| (THEORY §C.1: relu' = 1[z > 0], erf is plain erf(z))."""
+    """act(Z), act'(Z) and |act''(Z)| (docs/theory.md §C.1: relu' = 1[z > 0], erf is
+    plain erf(z))."""
     if act == "relu":
         return np.maximum(Z, 0.0), (Z > 0).astype(float), np.zeros_like(Z)
     if act == "tanh":

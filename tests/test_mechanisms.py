@@ -1,5 +1,6 @@
-"""Mechanism classification (THEORY §E): the reference settings of §E.4 get their labels,
-records and the exact extremes agree, scores match independent NumPy formulas."""
+"""Mechanism classification (docs/theory.md §E): the reference settings of §E.4 get
+their labels, records and the exact extremes agree, scores match independent NumPy
+formulas."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _reversal(setting, n, seed):
 
 @pytest.mark.parametrize("name", PLAIN)
 def test_exact_labels_of_reference_settings_1000_seeds(name: str) -> None:
-    # THEORY §E.4 reports 1.00 for every row (200 seeds); we ask >= 0.95 of 1000 seeds.
+    # docs/theory.md §E.4: each row's expected label; we ask >= 0.95 of 1000 seeds.
     s = REFERENCE_SETTINGS[name]
     sol = nf.exact.line(draw_initial(s.init(), s.width, 1, 1000, seed=11), s.net(), s.data(),
                         nf.GradientFlow())

@@ -1,5 +1,6 @@
-"""NTK Gram matrices (THEORY §C): ntk_gram against finite differences of the network
-function, its infinite-width limit, exact.ntk_infinite and exact.kernel_regime."""
+"""NTK Gram matrices (docs/theory.md §C): ntk_gram against finite differences of the
+network function, its infinite-width limit, exact.ntk_infinite and
+exact.kernel_regime."""
 
 from __future__ import annotations
 
@@ -151,8 +152,8 @@ def test_finite_width_gram_converges_at_rate_one_half(act: str) -> None:
         errors.append(np.mean(np.linalg.norm(K - K_inf, axis=(1, 2))) / np.linalg.norm(K_inf))
     slope = np.polyfit(np.log(widths), np.log(errors), 1)[0]
     # Fluctuations of a sum of m i.i.d. terms: error ~ m^(-1/2). With 12 fixed seeds per
-    # width the fitted slope is -0.5 up to ~0.03 (THEORY §C.2 saw -0.476 for relu and
-    # -0.501 for erf with 30 seeds); [-0.6, -0.4] is the required band.
+    # width the fitted slope is -0.5 up to ~0.03 (docs/theory.md §C.2);
+    # [-0.6, -0.4] is the required band.
     assert -0.6 <= slope <= -0.4, (slope, errors)
     assert errors[-1] < 0.05
 

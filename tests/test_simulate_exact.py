@@ -1,4 +1,5 @@
-"""Simulated ensembles against the closed-form solution of THEORY §A (model A)."""
+"""Simulated ensembles against the closed-form solution of docs/theory.md §A
+(model A)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ FIELDS = (("loss", "loss"), ("p", "C"), ("norm_u2", "norm_u2"), ("norm_w2", "nor
 
 
 def horizon(sol, cap: float) -> float:
-    """Past the escape of every trajectory (THEORY §A.5: t_esc + 20/Gamma), capped."""
+    """Past the escape of every trajectory (docs/theory.md §A.5: t_esc + 20/Gamma),
+    capped."""
     t = np.asarray(sol.escape_time) + 20.0 / np.asarray(sol.rate)
     t = t[np.isfinite(t)]
     return float(min(cap, np.max(t))) if t.size else cap
@@ -25,8 +27,8 @@ def horizon(sol, cap: float) -> float:
 def check_against_exact(net, data, init, trajectories=3, seed=0, eta_u=1.0, eta_w=1.0,
                         cap=2e3, tol=1e-7, times=60):
     """dopri5 at rtol 1e-11 vs the closed form at every record time. Errors are relative
-    to each quantity's largest size over the run (THEORY §A.7 saw 2e-11 for DOP853 at rtol
-    1e-12; 1e-7 leaves room for the looser rtol and long runs)."""
+    to each quantity's largest size over the run (ODE results: 1e-9 in
+    docs/theory.md §F; 1e-7 leaves room for the looser rtol and long runs)."""
     if isinstance(init, nf.Params):
         params = init
     else:

@@ -1,4 +1,4 @@
-"""Parametrizations, width studies and phase diagrams (THEORY §D)."""
+"""Parametrizations, width studies and phase diagrams (docs/theory.md §D)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from ntkflow.studies import derive_seed, fit_scaling
 
 WIDTHS = [2**k for k in range(4, 13)]
 
-# THEORY §D table: (alpha, beta_u, beta_w, c_u, c_w) and predicted (rho, delta_cos) exponents
+# docs/theory.md §D presets: (alpha, beta_u, beta_w, c_u, c_w) and predicted
+# (rho, delta_cos) exponents
 TABLE_D = {
     "ntk": ((0.5, 0, 0, 0, 0), (-1.0, -0.5)),
     "mean_field": ((1, 0, 0, 1, 1), (0.0, 0.0)),
@@ -66,7 +67,8 @@ def test_bad_input(make, name: str) -> None:
 
 
 def test_ntk_exponents_within_bootstrap_intervals() -> None:
-    # THEORY §D, NTK parametrization: rho ~ m^-1, |Delta |cos|| ~ m^-1/2 (t = inf, exact).
+    # docs/theory.md §D, NTK parametrization: rho ~ m^-1, |Delta |cos|| ~ m^-1/2
+    # (t = inf, exact).
     # Observed (256 seeds/width, seeds 0-2): rho* -1.003..-1.007, |da| -0.488..-0.505,
     # each interval containing the prediction.
     st = nf.width_study(WIDTHS, "ntk", trajectories=256, seed=0, exact=True, n_boot=500)
@@ -78,7 +80,8 @@ def test_ntk_exponents_within_bootstrap_intervals() -> None:
 
 
 def test_mean_field_exponent_within_bootstrap_interval() -> None:
-    # THEORY §D, mean field: rho ~ m^0 (feature learning); observed -0.002..+0.003.
+    # docs/theory.md §D, mean field: rho ~ m^0 (feature learning); observed
+    # -0.002..+0.003.
     st = nf.width_study(WIDTHS, "mean_field", trajectories=256, seed=0, exact=True,
                         n_boot=500, fit=("rho_star",))
     f = st.fits["rho_star"]

@@ -66,7 +66,7 @@ class Recorder {
     if (out_.p) std::copy(p, p + d_, out_.p + at * d_);
     if (out_.alignment) {
       // u = 0 or W = 0 makes the Gram determinant zero: the layers count as parallel, so
-      // a = 1 (THEORY §E.1, and what exact.line reports). One neuron is aligned by
+      // a = 1 (docs/theory.md §E.1, and what exact.line reports). One neuron is aligned by
       // definition; computing it would only show the integration error of the reduced
       // system. Rounding can push the ratio a hair above 1.
       const double den = a * trM;

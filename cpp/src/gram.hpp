@@ -1,7 +1,7 @@
 // NTK Gram matrices, block by block (private header, shared by ntk_gram and the records of
 // simulate_network so that both give the same bits).
 //
-// K(X1, X2) = kappa^2 [eta_u H1 H2^T + eta_w (G1 G2^T) o (X1 X2^T)] (THEORY §C.1) with
+// K(X1, X2) = kappa^2 [eta_u H1 H2^T + eta_w (G1 G2^T) o (X1 X2^T)] (docs/theory.md §C.1) with
 // H = act(X W^T), G = act'(X W^T) diag(u). The scalars are folded into the features,
 // Hs = kappa sqrt(eta_u) H and Gs = kappa sqrt(eta_w) G, and K is computed in square blocks
 // of kGramBlock rows: K_IJ = Hs_I Hs_J^T + (Gs_I Gs_J^T) o (X_I X_J^T). The Hadamard factor

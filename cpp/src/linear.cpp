@@ -1,5 +1,5 @@
 // Linear two-layer networks on population moments: the full m(1 + d)-parameter flow and
-// the width-independent reduced flow of THEORY §B.1, both driven by one ensemble loop.
+// the width-independent reduced flow of docs/theory.md §B.1, both driven by one ensemble loop.
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -100,7 +100,7 @@ class LinearFull {
   double *p_, *r_, *sr_, *g_, *M_, *wg_;
 };
 
-/// Reduced state y = [p (d), M (d x d, row-major), a] (THEORY §B.1).
+/// Reduced state y = [p (d), M (d x d, row-major), a] (docs/theory.md §B.1).
 class LinearReduced {
  public:
   static Index scratch_size(const LinearModel& md) { return 4 * md.dim; }

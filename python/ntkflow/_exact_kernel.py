@@ -1,5 +1,5 @@
-"""Kernel-side exact results: the infinite-width NTK (THEORY §C.2) and the linearised
-(kernel-regime) training trajectory. Public through ``ntkflow.exact``."""
+"""Kernel-side exact results: the infinite-width NTK (docs/theory.md §C.2) and the
+linearised (kernel-regime) training trajectory. Public through ``ntkflow.exact``."""
 
 from __future__ import annotations
 

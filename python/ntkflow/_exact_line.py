@@ -1,5 +1,5 @@
-"""Closed-form gradient flow of model A (THEORY.md §A): a linear two-layer network on
-one-dimensional data, any width, evaluated for a whole ensemble at once.
+"""Closed-form gradient flow of model A (docs/theory.md §A): a linear two-layer network
+on one-dimensional data, any width, evaluated for a whole ensemble at once.
 
 The flow ``du/dt = eta_u r w``, ``dw/dt = eta_w r u`` with
 ``r = Sigma kappa (beta* - kappa u.w)`` is a hyperbolic rotation of the initial pair
@@ -172,7 +172,7 @@ def _log_ratio(
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LinePath:
-    """Observables of model A along a time grid (THEORY.md §A).
+    """Observables of model A along a time grid (docs/theory.md §A).
 
     Every array except ``times`` has shape (trajectories, times).
 
@@ -195,8 +195,8 @@ class LinePath:
         undefined there).
     alignment : ndarray
         Layer alignment in [0, 1]: ``|cos theta|`` when ``G > 0`` and 1.0 when ``G = 0``
-        (width 1 or parallel layers, THEORY §E.1), including an instant where ``u`` or
-        ``w`` passes through 0.
+        (width 1 or parallel layers, docs/theory.md §E.1), including an instant where
+        ``u`` or ``w`` passes through 0.
     residual : ndarray
         Slope error ``e = kappa C - beta*``; it never changes sign (§A.5).
     loss : ndarray
@@ -244,7 +244,7 @@ class _Core(NamedTuple):
 
 
 class LineSolution:
-    """Exact gradient flow of an ensemble of model-A networks (THEORY.md §A.4-A.6).
+    """Exact gradient flow of an ensemble of model-A networks (docs/theory.md §A.4-A.6).
 
     Build it with :func:`line_solution`; the constructor assumes validated input.
     Read-only: the parameters (``kappa``, ``eta_u``, ``eta_w``, ``sigma``, ``beta``,
@@ -688,7 +688,7 @@ def line_solution(
 ) -> LineSolution:
     """Closed-form gradient flow of linear two-layer networks on one-dimensional data.
 
-    Model A of THEORY.md §A: ``f(x) = kappa (u . w) x`` with loss
+    Model A of docs/theory.md §A: ``f(x) = kappa (u . w) x`` with loss
     ``L = L* + (Sigma / 2) (kappa u.w - beta*)^2``, flow ``du/dt = eta_u r w``,
     ``dw/dt = eta_w r u``, ``r = Sigma kappa (beta* - kappa u.w)``.
 

@@ -34,7 +34,8 @@ def ntk_gram(
     X2: Any = None,
     threads: int | None = None,
 ) -> NDArray[np.float64]:
-    """The learning-rate-weighted NTK Gram matrix of one network or a batch (THEORY §C.1).
+    """The learning-rate-weighted NTK Gram matrix of one network or a batch
+    (docs/theory.md §C.1).
 
     ``K(x, x') = kappa^2 [eta_u sum_i act(w_i.x) act(w_i.x')
     + eta_w (x.x') sum_i u_i^2 act'(w_i.x) act'(w_i.x')]``, so that gradient flow moves the

@@ -109,9 +109,10 @@ def simulate(
         <= 4096, eight trajectories at once in SIMD lanes). "stagewise" integrates the same
         parameters with the same method the textbook way (one field evaluation per stage,
         several passes per step): slower, kept as a cross-check and a benchmark reference.
-        "reduced" integrates the width-independent closed system of THEORY §B.1 for
-        ``(W^T u, W^T W, ||u||^2)``: the same records (no parameters), exact for any width,
-        O(dim^2) per step. "stagewise" and "reduced" are for the moments path only.
+        "reduced" integrates the width-independent closed system of docs/theory.md §B.1
+        for ``(W^T u, W^T W, ||u||^2)``: the same records (no parameters), exact for any
+        width, O(dim^2) per step. "stagewise" and "reduced" are for the moments path
+        only.
     path : {"auto", "moments", "data"}
         A linear network on a ``Dataset`` is the same model on the samples and on their
         moments. "moments" integrates the moment form (O(width dim^2) per step; on a

@@ -58,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the four mechanisms of feature learning, simulated, checked against the "
         "exact solution and classified",
         description="Simulate ensembles of linear two-layer networks in four settings of "
-        "THEORY §E.4 (K1 kernel, A1 alignment, D1 disalignment, R2 rescaling), compare "
-        "every trajectory with the closed-form solution, classify each one, print a table "
-        "and write ntkflow_demo.png.",
+        "docs/theory.md §E.4 (K1 kernel, A1 alignment, D1 disalignment, R2 "
+        "rescaling), compare every trajectory with the closed-form solution, classify "
+        "each one, print a table and write ntkflow_demo.png.",
     )
     demo.add_argument("--out", default=".", metavar="DIR",
                       help="folder for the figure (default: .)")

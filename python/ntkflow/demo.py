@@ -1,5 +1,5 @@
-"""``ntkflow demo``: the four regimes of THEORY §E.4 side by side, every trajectory checked
-against the exact solution and classified."""
+"""``ntkflow demo``: the four regimes of docs/theory.md §E.4 side by side, every
+trajectory checked against the exact solution and classified."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._exact_line import LineSolution
 
 DEMO_SETTINGS: tuple[str, ...] = ("K1", "A1", "D1", "R2")
-"""One setting per mechanism (THEORY §E.4)."""
+"""One setting per mechanism (docs/theory.md §E.4)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class Row:
 
 
 def horizon(sol: LineSolution) -> float:
-    """Long enough for every trajectory to converge (THEORY §A.5: t_esc + 40 / Gamma)."""
+    """Long enough for every trajectory to converge (docs/theory.md §A.5:
+    t_esc + 40 / Gamma)."""
     t = np.asarray(sol.escape_time) + 40.0 / np.asarray(sol.rate)
     return float(np.max(t[np.isfinite(t)]))
 

@@ -1,11 +1,12 @@
 """Exact solutions to compare simulations with.
 
-- ``line``: the closed form of THEORY §A for linear networks on one-dimensional data, any
-  width, learning rates, output scale and init, evaluated for a whole ensemble at once and
-  stable for large times, tiny inits and C0 = 0.
-- ``reduced``: the width-independent reduced flow of THEORY §B.1 for any input dimension.
-- ``ntk_infinite``: the infinite-width NTK of THEORY §C.2 (linear, relu, erf in closed form,
-  tanh by Gauss-Hermite quadrature).
+- ``line``: the closed form of docs/theory.md §A for linear networks on one-dimensional
+  data, any width, learning rates, output scale and init, evaluated for a whole ensemble
+  at once and stable for large times, tiny inits and C0 = 0.
+- ``reduced``: the width-independent reduced flow of docs/theory.md §B.1 for any input
+  dimension.
+- ``ntk_infinite``: the infinite-width NTK of docs/theory.md §C.2 (linear, relu, erf in
+  closed form, tanh by 2-D quadrature).
 - ``kernel_regime``: the linearised (kernel-regime) training trajectory with a fixed kernel.
 """
 
@@ -88,7 +89,8 @@ def reduced(
     train: Training,
     times: ArrayLike | None = None,
 ) -> Result:
-    """The width-independent reduced flow (THEORY §B.1) from the same initial parameters.
+    """The width-independent reduced flow (docs/theory.md §B.1) from the same initial
+    parameters.
 
     Integrates ``(p, M, a) = (W^T u, W^T W, ||u||^2)`` with the training's solver and
     returns a ``Result`` with the same records as ``simulate`` (no parameters), at
@@ -112,7 +114,8 @@ def ntk_infinite(
     eta_w: float = 1.0,
     X2: ArrayLike | None = None,
 ) -> NDArray[np.float64]:
-    """The infinite-width limit of the learning-rate-weighted NTK Gram matrix (THEORY §C.2).
+    """The infinite-width limit of the learning-rate-weighted NTK Gram matrix
+    (docs/theory.md §C.2).
 
     For ``kappa = 1/sqrt(width)``, ``u_i ~ N(0, s_u^2)`` and ``W_ik ~ N(0, s_w^2/d)`` --
     ntkflow's ``Gaussian(s_u, s_w)`` initialisation -- the finite-width Gram matrix
@@ -125,9 +128,9 @@ def ntk_infinite(
     tanh has none: a 2-D product trapezoidal rule on the Cholesky factor of each 2 x 2
     covariance, written out so that (anti)parallel and zero inputs need no special case,
     with a step shrinking as 1/sqrt(variance); accurate to ~1e-14 relative at any
-    variance. (A fixed 60 x 60 Gauss-Hermite rule, as THEORY §C.2 suggests, is off by
-    2e-7 at unit pre-activation variance and by 1e-2 at variance 5: tanh's poles at
-    +-i pi/2 come close to the real axis.)
+    variance. (A fixed 60 x 60 Gauss-Hermite rule, the textbook choice discussed in
+    docs/theory.md §C.2, is off by 2e-7 at unit pre-activation variance and by 1e-2 at
+    variance 5: tanh's poles at +-i pi/2 come close to the real axis.)
 
     Parameters
     ----------
@@ -162,8 +165,9 @@ def kernel_regime(
     ``dr/dt = -(1/n) K0 r`` (gradient flow) or ``r <- (I - lr/n K0) r`` (gradient descent,
     ``lr`` given, times counted in steps), solved through ``K0 = V diag(lambda) V^T``:
     ``r(t) = V g(lambda, t) V^T r(0)`` with ``g = exp(-lambda t/n)`` or
-    ``(1 - lr lambda/n)^t``. This is the kernel-regime baseline of THEORY §0 with the
-    learning-rate-weighted kernel; ``Record(linearized=True)`` records its loss in-run.
+    ``(1 - lr lambda/n)^t``. This is the kernel-regime baseline of docs/theory.md §0
+    with the learning-rate-weighted kernel; ``Record(linearized=True)`` records its loss
+    in-run.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Which mechanism of feature learning a run shows (THEORY.md §E).
+"""Which mechanism of feature learning a run shows (docs/theory.md §E).
 
 ``classify(result)`` scores every trajectory of a simulated ensemble from its records;
 ``classify_exact(solution)`` does the same for model A from the closed form at t = inf,
@@ -40,7 +40,7 @@ FAILED = "failed"
 SCORE_NAMES: tuple[str, ...] = (
     "rho_T", "rho_star", "a_0", "a_T", "a_min", "drop", "rise", "delta_a", "log_scale",
 )
-"""Scores every classification has (THEORY §E.1), each of shape (trajectories,):
+"""Scores every classification has (docs/theory.md §E.1), each of shape (trajectories,):
 
 rho_T      relative NTK change at the end, ``||K_T - K_0||_F / ||K_0||_F``
 rho_star   its path maximum over the record times (exact extreme for classify_exact)
@@ -77,7 +77,7 @@ def label_scores(
     eps: float,
     tau: float,
 ) -> NDArray[np.str_]:
-    """The rule of THEORY §E.2 applied element-wise (no status handling)."""
+    """The rule of docs/theory.md §E.2 applied element-wise (no status handling)."""
     lab = np.where(
         rho_star < eps,
         "kernel",
@@ -121,7 +121,7 @@ class Classification:
     source : str
         "record" (from a simulated Result's record times) or "exact" (model A at t = inf).
     rule : str
-        "path" (THEORY §E.2) or "endpoint".
+        "path" (docs/theory.md §E.2) or "endpoint".
     """
 
     labels: NDArray[np.str_]
@@ -301,15 +301,15 @@ def classify(
         Any ensemble with an NTK record. Scores are taken over its record times, so path
         extremes are only as good as the grid: record on a log grid fine enough to
         resolve the NTK and alignment dip (e.g. ``Record(times=200, spacing="log")``) and
-        run until the loss has converged (THEORY §E.2). For model A, ``classify_exact``
-        gives the exact extremes at t = inf instead.
+        run until the loss has converged (docs/theory.md §E.2). For model A,
+        ``classify_exact`` gives the exact extremes at t = inf instead.
     eps : float
         NTK threshold: ``rho* < eps`` is the kernel regime, > 0.
     tau : float
         Alignment threshold in [0, 1].
     rule : {"path", "endpoint"}
-        "path" is THEORY §E.2 (``rho*`` and the alignment dip); "endpoint" the simple rule
-        on ``rho_T`` and ``a_T - a_0`` it is compared with.
+        "path" is docs/theory.md §E.2 (``rho*`` and the alignment dip); "endpoint" the
+        simple rule on ``rho_T`` and ``a_T - a_0`` it is compared with.
 
     Returns
     -------
@@ -361,7 +361,8 @@ def classify(
 
 def exact_scores(solution: LineSolution) -> tuple[dict[str, NDArray[np.float64]],
                                                   NDArray[np.bool_]]:
-    """Scores of THEORY §E.1 for model A at t = inf, with the exact extremes of §E.3.
+    """Scores of docs/theory.md §E.1 for model A at t = inf, with the exact extremes of
+    §E.3.
 
     C(t) runs monotonically from C0 to C_inf (§A.5), and ``a = |C|/sqrt(C^2 + G)``,
     ``K = 2 kappa^2 lambda sqrt(c_D^2 + C^2)`` depend on C only, so the extremes along
@@ -410,7 +411,7 @@ def classify_exact(
     *,
     rule: Rule = "path",
 ) -> Classification:
-    """Label model-A trajectories from the closed form at t = inf (THEORY §E.3).
+    """Label model-A trajectories from the closed form at t = inf (docs/theory.md §E.3).
 
     Parameters
     ----------
@@ -445,7 +446,7 @@ def agreement(a: Classification, b: Classification) -> float:
 
 @dataclass(frozen=True)
 class ReferenceSetting:
-    """A row of THEORY §E.4's table (model A, Sigma = 1, eta_u = eta_w = 1).
+    """A row of docs/theory.md §E.4's table (model A, Sigma = 1, eta_u = eta_w = 1).
 
     ``beta = None`` is case X: a per-trajectory target ``beta* = -kappa C0`` (exact
     reversal of the initial function), which needs one dataset per trajectory.
@@ -487,4 +488,4 @@ REFERENCE_SETTINGS: dict[str, ReferenceSetting] = {
         ReferenceSetting("X", "disalignment", 256, 1 / 256, 1.0, 1.0, 0.9, None),
     )
 }
-"""THEORY §E.4's demo and test settings by id (K1 ... R2, X)."""
+"""docs/theory.md §E.4's demo and test settings by id (K1 ... R2, X)."""

@@ -1,5 +1,5 @@
-"""Width parametrizations (THEORY §D): how the output scale, init scales and learning
-rates of model A scale with the width m."""
+"""Width parametrizations (docs/theory.md §D): how the output scale, init scales and
+learning rates of model A scale with the width m."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Hyper(NamedTuple):
 
 
 _PRESETS: dict[str, tuple[float, float, float, float, float]] = {
-    # name: (alpha, beta_u, beta_w, c_u, c_w)  -- THEORY §D table
+    # name: (alpha, beta_u, beta_w, c_u, c_w)  -- docs/theory.md §D table
     "ntk": (0.5, 0.0, 0.0, 0.0, 0.0),
     "mean_field": (1.0, 0.0, 0.0, 1.0, 1.0),
     "standard": (0.0, 0.5, 0.0, -1.0, -1.0),
@@ -37,7 +37,7 @@ EXPONENTS: tuple[str, ...] = ("alpha", "beta_u", "beta_w", "c_u", "c_w", "kappa0
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Parametrization:
     """``kappa = kappa0 m^-alpha``, ``s_u = m^-beta_u``, ``s_w = m^-beta_w``,
-    ``eta_u = eta0 m^c_u``, ``eta_w = eta0 m^c_w`` (THEORY §D, d = 1).
+    ``eta_u = eta0 m^c_u``, ``eta_w = eta0 m^c_w`` (docs/theory.md §D, d = 1).
 
     Parameters
     ----------
@@ -46,7 +46,7 @@ class Parametrization:
     kappa0, eta0 : float
         Prefactors, > 0. A common factor of both learning rates only rescales time.
     correlation : float in [-1, 1] or "copy"
-        Init correlation of the two layers (THEORY §E.4's rho0), default 0.
+        Init correlation of the two layers (docs/theory.md §E.4's rho0), default 0.
     name : str
         A label for tables ("custom" unless built by ``named``).
 
@@ -78,9 +78,9 @@ class Parametrization:
 
     @classmethod
     def named(cls, name: str, **overrides: Any) -> Parametrization:
-        """A preset of THEORY §D's table: "ntk", "mean_field", "standard", "small_init",
-        "ntk_fast_w" (eta_w = m eta_u), "mean_field_imbalanced" (eta_w = m^2 eta_u).
-        Keyword arguments override fields (e.g. ``kappa0=2``)."""
+        """A preset of docs/theory.md §D: "ntk", "mean_field", "standard",
+        "small_init", "ntk_fast_w" (eta_w = m eta_u), "mean_field_imbalanced"
+        (eta_w = m^2 eta_u). Keyword arguments override fields (e.g. ``kappa0=2``)."""
         require(name in _PRESETS, "parametrization", f"must be one of {tuple(_PRESETS)}", name)
         a, bu, bw, cu, cw = _PRESETS[name]
         base = cls(alpha=a, beta_u=bu, beta_w=bw, c_u=cu, c_w=cw, name=name)
@@ -125,8 +125,9 @@ class Parametrization:
         return GradientFlow(eta_u=h.eta_u, eta_w=h.eta_w, **kwargs)
 
     def predicted_exponents(self) -> dict[str, float]:
-        """Width exponents THEORY §D predicts for model A at t = inf (i.i.d. init):
-        ``rho`` for the median relative NTK change and ``delta_cos`` for |Delta |cos||.
+        """Width exponents docs/theory.md §D predicts for model A at t = inf (i.i.d.
+        init): ``rho`` for the median relative NTK change and ``delta_cos`` for
+        |Delta |cos||.
         0 means Theta(1) (feature learning)."""
         r = self.c_w - self.c_u
         e_D = 1 + max(-2 * self.beta_u + r / 2, -2 * self.beta_w - r / 2)

@@ -64,7 +64,7 @@ class Result:
         ``||u||^2`` and ``||W||_F^2``.
     alignment : (trajectories, times)
         ``||W^T u|| / (||u|| ||W||_F)`` in [0, 1]; 1 when u = 0 or W = 0 (no angle:
-        the layers count as parallel, THEORY §E.1).
+        the layers count as parallel, docs/theory.md §E.1).
     ntk : (trajectories, times[, dim, dim]) or None
         ``kappa^2 (eta_u W^T W + eta_w ||u||^2 I)``: the learning-rate-weighted NTK is
         ``K(x, x') = x^T ntk x'``; for dim = 1 the scalar kernel per unit ``x x'``.
@@ -91,8 +91,8 @@ class Result:
         (trajectories[, times], width, dim).
     gram : (trajectories, times, samples, samples) or (..., probes, probes) or None
         The learning-rate-weighted NTK Gram matrix
-        ``kappa^2 [eta_u H H^T + eta_w (G G^T) o (X X^T)]`` (THEORY §C.1) on the training
-        inputs or on ``Record.probe``, kept on request (``Record.gram``).
+        ``kappa^2 [eta_u H H^T + eta_w (G G^T) o (X X^T)]`` (docs/theory.md §C.1) on the
+        training inputs or on ``Record.probe``, kept on request (``Record.gram``).
     ntk_change, kernel_distance, kta : (trajectories, times) or None
         Metrics of the training Gram matrix ``K_t`` against ``K_0``, computed whether or
         not ``gram`` keeps it (``Record.ntk != "none"``, data on samples):

@@ -22,7 +22,7 @@ def _set(obj: object, name: str, value: object) -> None:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TwoLayer:
-    """Two-layer network ``f(x) = kappa * sum_i u_i act(w_i . x)`` (THEORY §0).
+    """Two-layer network ``f(x) = kappa * sum_i u_i act(w_i . x)`` (docs/theory.md §0).
 
     Parameters
     ----------
@@ -56,7 +56,8 @@ class MomentData(NamedTuple):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LatentLine:
-    """One-dimensional population data (THEORY §A): ``Sigma = sigma``, ``b = sigma * beta``.
+    """One-dimensional population data (docs/theory.md §A): ``Sigma = sigma``,
+    ``b = sigma * beta``.
 
     Parameters
     ----------
@@ -306,8 +307,9 @@ class Gaussian:
     s_u, s_w : float
         Standard deviations, >= 0.
     correlation : float in [-1, 1] or "copy"
-        ``corr(u_i, W_ik)`` (THEORY §E.4's rho0). "copy" sets ``W_ik = s_w/(s_u sqrt d) u_i``
-        exactly, an init with ``u`` parallel to every column of ``W``.
+        ``corr(u_i, W_ik)`` (rho0 of docs/theory.md §E.4). "copy" sets
+        ``W_ik = s_w/(s_u sqrt d) u_i`` exactly, an init with ``u`` parallel to every
+        column of ``W``.
     """
 
     s_u: float = 1.0
@@ -402,8 +404,8 @@ class Record:
     linearized : bool
         Also train the linearised (kernel-regime) network from the same initialisation and
         record its loss, ``loss_lin``: exact, through the eigendecomposition of the
-        initial training Gram matrix (THEORY §0: df/dt = -(1/n) K_0 (f - y)). Needs a
-        ``Dataset``.
+        initial training Gram matrix (docs/theory.md §0: df/dt = -(1/n) K_0 (f - y)).
+        Needs a ``Dataset``.
     """
 
     times: Any = 101

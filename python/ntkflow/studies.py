@@ -151,7 +151,7 @@ class ScalingFit(NamedTuple):
     low: float
     high: float
     prefactor: float
-    predicted: float  # THEORY §D at t = inf (NaN when it makes no statement)
+    predicted: float  # docs/theory.md §D at t = inf (NaN when it makes no statement)
 
 
 FIT_SCORES: tuple[str, ...] = ("rho_star", "rho_T", "abs_delta_a", "t_hit")
@@ -253,7 +253,8 @@ class WidthStudy:
                 f"{t['median_t_hit'][i]:>11.3g}")
         lines.append("scaling of the median with width (95% bootstrap interval):")
         for f in self.fits.values():
-            pred = "" if math.isnan(f.predicted) else f"   THEORY §D: {f.predicted:+.3g}"
+            pred = ("" if math.isnan(f.predicted)
+                    else f"   docs/theory.md §D: {f.predicted:+.3g}")
             lines.append(f"  {f.score:<12} {f.exponent:+.3f}  [{f.low:+.3f}, {f.high:+.3f}]"
                          f"{pred}")
         return "\n".join(lines)
@@ -301,7 +302,7 @@ def width_study(
     widths : sequence of int
         Distinct widths >= 1 (at least two for a fit).
     parametrization : Parametrization or preset name
-        Maps each width to (kappa, s_u, s_w, eta_u, eta_w) (THEORY §D).
+        Maps each width to (kappa, s_u, s_w, eta_u, eta_w) (docs/theory.md §D).
     trajectories : int
         Per width.
     seed : int

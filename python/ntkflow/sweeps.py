@@ -73,7 +73,8 @@ _RECORDS = ("times", "loss", "p", "norm_u2", "norm_w2", "alignment", "ntk",
 
 
 def _horizon(sol: Any) -> float:
-    """THEORY §A.5: t_esc + 40 / Gamma, the largest over the ensemble (finite ones)."""
+    """docs/theory.md §A.5: t_esc + 40 / Gamma, the largest over the ensemble (finite
+    ones)."""
     t = np.asarray(sol.escape_time) + 40.0 / np.asarray(sol.rate)
     t = t[np.isfinite(t)]
     require(t.size > 0, "t_max", '"auto" found no finite horizon (Gamma = 0); give a number',
@@ -173,8 +174,9 @@ class Task:
         (linear, dim 1, Gaussian init, both learning rates > 0), the final loss at
         ``train.t_max`` (at t = inf with ``horizon="auto"``).
     horizon : {"train", "auto"}
-        "auto" replaces ``train.t_max`` by THEORY §A.5's t_esc + 40/Gamma from the closed
-        form of this ensemble (linear, dim 1); ``train.t_max`` is then ignored.
+        "auto" replaces ``train.t_max`` by t_esc + 40/Gamma (docs/theory.md §A.5) from
+        the closed form of this ensemble (linear, dim 1); ``train.t_max`` is then
+        ignored.
     eps, tau : float
         Classification thresholds.
 

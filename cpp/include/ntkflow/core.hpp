@@ -40,7 +40,7 @@ struct CancelToken {
 
 /// Linear two-layer network f(x) = kappa u^T W x trained on population moments.
 /// The loss is written as L = loss_min + 1/2 r^T Sigma r with r = kappa p - beta,
-/// p = W^T u, beta = Sigma^+ b: algebraically the dataset loss of THEORY §0 but free of
+/// p = W^T u, beta = Sigma^+ b: algebraically the dataset loss of docs/theory.md §0 but free of
 /// the cancellation in 1/2 kappa^2 p^T Sigma p - kappa p^T b + const near the minimum.
 struct LinearModel {
   Index width = 1;           ///< m >= 1
@@ -106,7 +106,7 @@ struct Records {
 ///  fused:     all m(1 + d) parameters, whole Runge-Kutta steps as one pass over them
 ///             (every stage state is the parameter matrix times a small matrix).
 ///  stagewise: all m(1 + d) parameters, one field evaluation per stage (textbook form).
-///  reduced:   the width-independent system of THEORY §B.1 for (W^T u, W^T W, ||u||^2);
+///  reduced:   the width-independent system of docs/theory.md §B.1 for (W^T u, W^T W, ||u||^2);
 ///             out.u / out.w must be null (the reduced state holds no parameters).
 enum class LinearMethod : std::int32_t { fused = 0, stagewise = 1, reduced = 2 };
 

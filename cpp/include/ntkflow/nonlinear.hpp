@@ -1,5 +1,5 @@
 // Two-layer networks with an activation, trained on a dataset, and their NTK Gram matrices
-// (THEORY §0 and §C.1). Plain C++17 + Eigen, no Python; conventions as in core.hpp.
+// (docs/theory.md §0 and §C.1). Plain C++17 + Eigen, no Python; conventions as in core.hpp.
 #pragma once
 
 #include <cstdint>
@@ -8,8 +8,8 @@
 
 namespace ntkflow {
 
-/// act and its derivative (THEORY §C.1): relu' = 1[z > 0] (0 at z = 0), tanh' = 1 - tanh^2,
-/// erf' = 2/sqrt(pi) exp(-z^2), linear' = 1.
+/// act and its derivative (docs/theory.md §C.1): relu' = 1[z > 0] (0 at z = 0),
+/// tanh' = 1 - tanh^2, erf' = 2/sqrt(pi) exp(-z^2), linear' = 1.
 enum class Activation : std::int32_t { linear = 0, relu = 1, tanh = 2, erf = 3 };
 
 /// f(x) = kappa * sum_i u_i act(w_i . x), trained with layer-wise learning rates.
