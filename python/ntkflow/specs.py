@@ -95,9 +95,11 @@ def _pinv_solve(Sigma: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[n
     return beta
 
 
-@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False)
 class Moments:
     """Population moments ``Sigma = E[x x^T]``, ``b = E[x y]`` and optionally ``y2 = E[y^2]``.
+
+    The arrays may be given positionally, ``Moments(Sigma, b)``, or by keyword.
 
     Parameters
     ----------
@@ -156,9 +158,11 @@ class Moments:
         return self._moments
 
 
-@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False)
 class Dataset:
-    """A training set ``X`` (samples, dim) and targets ``y`` (samples,).
+    """A training (or test) set ``X`` (samples, dim) and targets ``y`` (samples,).
+
+    The arrays may be given positionally, ``Dataset(X, y)``, or by keyword.
 
     A linear network sees it only through its moments, which are computed once (the loss
     reported is this dataset's own ``1/(2n) sum_j (f(x_j) - y_j)^2``).
