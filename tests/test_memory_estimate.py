@@ -24,13 +24,17 @@ CHILD = textwrap.dedent(
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field))
 
-    kind, width, samples, act, gram = {args!r}
+    kind, width, samples, act, gram, *held_out = {args!r}
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(samples, 3)), rng.normal(size=samples)
     if kind == "simulate":
         net = nf.TwoLayer(width=width, act=act, kappa=width ** -0.5)
         train = nf.GradientFlow(t_max=0.02, solver="rk4", dt=0.01)
-        rec = nf.Record(times=11, gram=gram, probe=X[:7] if gram == "probe" else None)
+        test = None  # optional 6th argument: a test set of that size, with the twin
+        if held_out:
+            test = nf.Dataset(rng.normal(size=(held_out[0], 3)), np.sign(rng.normal(size=held_out[0])))
+        rec = nf.Record(times=11, gram=gram, probe=X[:7] if gram == "probe" else None,
+                        test=test, linearized=test is not None)
         call = lambda: nf.simulate(net, nf.Dataset(X=X, y=y), train, trajectories=2,
                                    record=rec, threads=2)
     else:
@@ -57,6 +61,10 @@ CHILD = textwrap.dedent(
         ("simulate", 300_000, 2, "tanh", None),
         ("simulate", 4096, 600, "relu", "train"),
         ("simulate", 20_000, 300, "erf", "probe"),
+        # A large test set with the linearised twin: the (n_test, samples) cross Gram and
+        # the features of both of its sides.
+        ("simulate", 64, 400, "tanh", None, 4000),
+        ("simulate", 2048, 200, "relu", None, 3000),
         ("ntk_gram", 100_000, 40, "tanh", None),
         ("ntk_gram", 2048, 1500, "relu", None),
     ],

@@ -13,7 +13,9 @@ void simulate_network_py(const Network& net, const CArray& x, const CArray& y, I
                          const std::optional<CArray>& u0, const std::optional<CArray>& w0,
                          Schedule sched, const CArray& times, Index trajectories,
                          const py::dict& records, bool params_all,
-                         const std::optional<CArray>& probe) {
+                         const std::optional<CArray>& probe,
+                         const std::optional<CArray>& test_x,
+                         const std::optional<CArray>& test_y) {
   const Index n = trajectories, m = net.width, d = net.dim, T = times.size();
   if (n < 1 || m < 1 || d < 1) throw py::value_error("trajectories, width and dim must be >= 1");
   if (x.ndim() != 2 || x.shape(1) != d || x.shape(0) < 1)
@@ -44,6 +46,21 @@ void simulate_network_py(const Network& net, const CArray& x, const CArray& y, I
   kr.move_w = out_buffer<double>(records, "move_w", {n, T});
   kr.pattern_change = out_buffer<double>(records, "pattern_change", {n, T});
   kr.loss_lin = out_buffer<double>(records, "loss_lin", {n, T});
+  if (test_x) {
+    if (test_x->ndim() != 2 || test_x->shape(1) != d || test_x->shape(0) < 1)
+      throw py::value_error("test_x must have shape (test samples, dim)");
+    if (!test_y) throw py::value_error("test_x needs test_y");
+    kr.test_x = test_x->data();
+    kr.n_test = test_x->shape(0);
+    kr.test_y = in_buffer(*test_y, kr.n_test, "test_y");
+  }
+  kr.error = out_buffer<double>(records, "error", {n, T});
+  kr.test_loss = out_buffer<double>(records, "test_loss", {n, T});
+  kr.test_error = out_buffer<double>(records, "test_error", {n, T});
+  kr.test_loss_lin = out_buffer<double>(records, "test_loss_lin", {n, T});
+  kr.test_error_lin = out_buffer<double>(records, "test_error_lin", {n, T});
+  kr.lin_gap = out_buffer<double>(records, "lin_gap", {n, T});
+  kr.test_lin_gap = out_buffer<double>(records, "test_lin_gap", {n, T});
   run_cancellable([&](CancelToken* token) {
     simulate_network(net, data, init, sched, n, out, kr, token);
   });
@@ -98,6 +115,7 @@ void bind_nonlinear(py::module_& m) {
         py::arg("w0").noconvert() = py::none(), py::arg("schedule"),
         py::arg("times").noconvert(), py::arg("trajectories"), py::arg("records"),
         py::arg("params_all") = false, py::arg("probe").noconvert() = py::none(),
+        py::arg("test_x").noconvert() = py::none(), py::arg("test_y").noconvert() = py::none(),
         "Integrate an ensemble of two-layer networks on a dataset into caller-owned buffers.");
   m.def("ntk_gram", &ntk_gram_py, py::arg("net"), py::arg("u").noconvert(),
         py::arg("w").noconvert(), py::arg("batch"), py::arg("x1").noconvert(),
@@ -105,7 +123,7 @@ void bind_nonlinear(py::module_& m) {
         "NTK Gram matrices (batch, n1, n2) of a batch of networks.");
   m.def("network_workspace_bytes", &network_workspace_bytes, py::arg("net"),
         py::arg("samples"), py::arg("n_probe"), py::arg("gram"), py::arg("metrics"),
-        py::arg("linearized"), py::arg("pattern"), py::arg("move"));
+        py::arg("linearized"), py::arg("pattern"), py::arg("move"), py::arg("n_test") = 0);
   m.def("piecewise_workspace_bytes", &piecewise_workspace_bytes, py::arg("net"),
         py::arg("samples"));
   m.def("gram_workspace_bytes", &gram_workspace_bytes, py::arg("net"), py::arg("batch"),

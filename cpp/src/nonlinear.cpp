@@ -34,7 +34,9 @@ struct Plan {
   bool probe_gram = false;  // kernel.gram on the probe set
   bool move = false;
   bool pattern = false;
-  bool linearized = false;
+  bool linearized = false;  // the linearised twin (loss_lin, lin_gap, its test records)
+  bool test = false;        // a test set: the network's outputs on it at every record time
+  bool test_lin = false;    // the twin on the test set: the cross Gram K_0(X_test, X)
   bool k0() const { return metrics || linearized; }
   bool any_gram() const { return metrics || train_gram || probe_gram || linearized; }
 
@@ -44,7 +46,9 @@ struct Plan {
     train_gram = kr.gram && !kr.probe;
     move = kr.move_u || kr.move_w;
     pattern = kr.pattern_change && net.act == Activation::relu;
-    linearized = kr.loss_lin != nullptr;
+    test = kr.test_x != nullptr && kr.n_test > 0;
+    test_lin = test && (kr.test_loss_lin || kr.test_error_lin || kr.test_lin_gap);
+    linearized = kr.loss_lin || kr.lin_gap || test_lin;
   }
 };
 
@@ -56,6 +60,18 @@ void reserve_gradient_gemm(Gemm& gemm, Index n, Index m, Index d) {
   gemm.reserve(d, d, m);  // W^T W
 }
 
+// The same for the network's outputs on n_test test inputs (Z = X_test W^T).
+void reserve_test_gemm(Gemm& gemm, const Network& net, Index n_test) {
+  if (net.act != Activation::linear && n_test > 0) gemm.reserve(n_test, net.width, net.dim);
+}
+
+/// Fraction of f (n) whose sign differs from the +-1 target y; f = 0 (and NaN) counts as
+/// an error, as sign(0) = 0 matches neither label.
+double sign_error(const double* f, const double* y, Index n) {
+  Index wrong = 0;
+  for (Index j = 0; j < n; ++j) wrong += (y[j] > 0 ? !(f[j] > 0) : !(f[j] < 0)) ? 1 : 0;
+  return static_cast<double>(wrong) / static_cast<double>(n);
+}
 /// relu's field jumps where a pre-activation crosses 0; the adaptive solver then integrates
 /// it piece by piece (docs/theory.md §H). Fixed steps and descent step across as they are.
 bool is_piecewise(const Network& net, const Schedule& sched) {
@@ -101,12 +117,16 @@ class NetworkThread {
         d_(net.dim),
         T_(sched.n_times),
         g_(plan_.probe_gram ? kr.n_probe : n_),
+        nt_(plan_.test ? kr.n_test : 0),
         piecewise_(is_piecewise(net, sched)) {
     const bool linear = net.act == Activation::linear;
     // Feature buffers serve the gradient (Z/H and S/B, n x m) and the Gram features.
     Index feat = linear ? 0 : n_ * m_;
     if (plan_.any_gram()) feat = std::max(feat, gram_feature_size(net, n_));
     if (plan_.probe_gram) feat = std::max(feat, gram_feature_size(net, kr.n_probe));
+    if (plan_.test && !linear) feat = std::max(feat, nt_ * m_);  // test pre-activations
+    if (plan_.test_lin)  // features of both sides of the cross Gram K_0(X_test, X)
+      feat = std::max(feat, gram_feature_size(net, nt_) + gram_feature_size(net, n_));
     hs_.resize(static_cast<std::size_t>(feat));
     gs_.resize(static_cast<std::size_t>(linear ? 0 : feat));
     f_.resize(static_cast<std::size_t>(n_));
@@ -127,6 +147,16 @@ class NetworkThread {
     if (plan_.linearized) {
       eig_.emplace(n_);  // preallocates its n x n storage
       coef_.resize(n_);
+      twin_g_.resize(static_cast<std::size_t>(n_));
+      twin_r_.resize(static_cast<std::size_t>(n_));
+    }
+    if (plan_.test) ft_.resize(static_cast<std::size_t>(nt_));
+    if (plan_.test_lin) {
+      ft0_.resize(static_cast<std::size_t>(nt_));
+      ftl_.resize(static_cast<std::size_t>(nt_));
+      kx_.resize(static_cast<std::size_t>(nt_ * n_));
+      twin_h_.resize(static_cast<std::size_t>(n_));
+      twin_w_.resize(static_cast<std::size_t>(n_));
     }
     if (piecewise_) {
       z_.resize(static_cast<std::size_t>(n_ * m_));
@@ -141,8 +171,10 @@ class NetworkThread {
         xnorm2_[j] = ConstVec(data.x + j * d_, d_).squaredNorm();
     }
     reserve_gradient_gemm(gemm_, n_, m_, d_);
+    if (plan_.test) reserve_test_gemm(gemm_, net, nt_);
     if (plan_.any_gram()) gram_.reserve(net, n_, n_);
     if (plan_.probe_gram) gram_.reserve(net, kr.n_probe, kr.n_probe);
+    if (plan_.test_lin) gram_.reserve(net, nt_, n_);
     const Eigen::Map<const Eigen::VectorXd> yv(data.y, n_);
     y_norm2_ = yv.squaredNorm();
   }
@@ -173,6 +205,15 @@ class NetworkThread {
       const Eigen::Map<const Eigen::VectorXd> k0(k0_.data(), n_ * n_);
       k0_max_ = k0.cwiseAbs().maxCoeff();
       k0_unit_ = k0_max_ > 0 ? (k0 / k0_max_).norm() : 0.0;  // ||K_0|| / max|K_0|
+    }
+    if (plan_.test_lin) {
+      // K_0(X_test, X) (n_test x n) and f_0 on the test set, once per trajectory.
+      gram_serial(net_, u, w, kr_.test_x, nt_, data_.x, n_, hs_.data(), gs_.data(), gram_,
+                  kx_.data());
+      test_outputs(y, ft0_.data());
+      Vec r0t(ftl_.data(), nt_);  // scratch: the test residual at t = 0
+      r0t = ConstVec(ft0_.data(), nt_) - ConstVec(kr_.test_y, nt_);
+      r0t_norm_ = r0t.norm();
     }
     if (plan_.linearized) linearised_losses(y);
     if (piecewise_) {
@@ -257,16 +298,24 @@ class NetworkThread {
     const Index at = row_ * T_ + j;
     double loss;
     if (net_.act == Activation::linear) {
-      loss = forward_linear(y);
+      loss = forward_linear(y, kr_.error ? kr_.error + at : nullptr);
     } else {
       pre_activation(y + m_);
       if (plan_.pattern) record_pattern(at);
-      loss = forward(y, false, /*have_z=*/true);
+      loss = forward(y, false, /*have_z=*/true, kr_.error ? kr_.error + at : nullptr);
     }
     Vec p(p_.data(), d_);
     p.noalias() = W.transpose() * u;
     gram_trace(y + m_);  // M = W^T W into M_
     rec_->write(j, p_.data(), u.squaredNorm(), M_.data(), loss);
+    if (plan_.linearized) {
+      twin_at(j);  // f_ still holds r_t = f_t(X) - y
+      if (kr_.lin_gap) {
+        const double gap = (ConstVec(f_.data(), n_) - ConstVec(twin_r_.data(), n_)).norm();
+        kr_.lin_gap[at] = r0_norm_ > 0 ? gap / r0_norm_ : kNaN;
+      }
+    }
+    if (plan_.test) record_test(y, at);
     if (plan_.move) {
       const ConstVec u0(u0_.data(), m_);
       const ConstMat W0(w0_.data(), m_, d_);
@@ -399,11 +448,15 @@ class NetworkThread {
     for (Index q = j; q < T_; ++q) {
       const Index at = row_ * T_ + q;
       for (double* rec : {kr_.ntk_change, kr_.kernel_distance, kr_.kta, kr_.move_u,
-                          kr_.move_w, plan_.pattern ? kr_.pattern_change : nullptr})
+                          kr_.move_w, plan_.pattern ? kr_.pattern_change : nullptr,
+                          kr_.error, kr_.lin_gap, kr_.test_loss, kr_.test_error,
+                          kr_.test_lin_gap})
         if (rec) rec[at] = kNaN;
       if (kr_.gram) std::fill(kr_.gram + at * g_ * g_, kr_.gram + (at + 1) * g_ * g_, kNaN);
+      // The twin's own records stay: the linearised run depends on the initial state only
+      // (loss_lin is written in start(); its test loss and error are written here).
+      if (plan_.test_lin) twin_at(q);
     }
-    // loss_lin stays: the linearised run depends on the initial state only.
   }
 
  private:
@@ -541,11 +594,21 @@ class NetworkThread {
 
   /// From Z (computed here unless have_z): H = act(Z) in hs_, S = act'(Z) in gs_ (when
   /// want_s), then r = kappa H u - y in f_. Returns the loss.
-  double forward(const double* y, bool want_s, bool have_z = false) {
+  /// With `error`, also writes there the sign error of f on the training targets.
+  double forward(const double* y, bool want_s, bool have_z = false, double* error = nullptr) {
     if (!have_z) pre_activation(y + m_);
-    double* Z = hs_.data();
-    double* S = gs_.data();
-    const Index len = n_ * m_;
+    activate(hs_.data(), gs_.data(), n_ * m_, want_s);
+    const ConstMat H(hs_.data(), n_, m_);
+    Vec r(f_.data(), n_);
+    r.noalias() = H * ConstVec(y, m_);
+    r *= net_.kappa;
+    if (error) *error = sign_error(f_.data(), data_.y, n_);
+    r -= ConstVec(data_.y, n_);
+    return 0.5 * r.squaredNorm() / static_cast<double>(n_);
+  }
+
+  /// H = act(Z) in place over len entries, and S = act'(Z) when want_s.
+  void activate(double* Z, double* S, Index len, bool want_s) {
     switch (net_.act) {
       case Activation::relu:
         if (want_s)
@@ -569,23 +632,50 @@ class NetworkThread {
       case Activation::linear:
         break;
     }
-    const ConstMat H(hs_.data(), n_, m_);
-    Vec r(f_.data(), n_);
-    r.noalias() = H * ConstVec(y, m_);
-    r *= net_.kappa;
-    r -= ConstVec(data_.y, n_);
-    return 0.5 * r.squaredNorm() / static_cast<double>(n_);
   }
 
-  /// Linear activation: r = kappa X W^T u - y in f_, p in p_. Returns the loss.
-  double forward_linear(const double* y) {
+  /// Linear activation: r = kappa X W^T u - y in f_, p in p_. Returns the loss; with
+  /// `error`, also writes there the sign error of f on the training targets.
+  double forward_linear(const double* y, double* error = nullptr) {
     Vec p(p_.data(), d_);
     p.noalias() = ConstMat(y + m_, m_, d_).transpose() * ConstVec(y, m_);
     Vec r(f_.data(), n_);
     r.noalias() = ConstMat(data_.x, n_, d_) * p;
     r *= net_.kappa;
+    if (error) *error = sign_error(f_.data(), data_.y, n_);
     r -= ConstVec(data_.y, n_);
     return 0.5 * r.squaredNorm() / static_cast<double>(n_);
+  }
+
+  /// The network's outputs f(x) on the test inputs into out (n_test); uses hs_ (nonlinear)
+  /// or p_ (linear) as scratch.
+  void test_outputs(const double* y, double* out) {
+    const ConstVec u(y, m_);
+    Vec f(out, nt_);
+    if (net_.act == Activation::linear) {
+      Vec p(p_.data(), d_);
+      p.noalias() = ConstMat(y + m_, m_, d_).transpose() * u;
+      f.noalias() = ConstMat(kr_.test_x, nt_, d_) * p;
+    } else {
+      gemm_.run<Eigen::RowMajor, Eigen::ColMajor>(nt_, m_, d_, kr_.test_x, d_, y + m_, d_,
+                                                  hs_.data(), m_, 1.0, false);
+      activate(hs_.data(), nullptr, nt_ * m_, false);
+      f.noalias() = ConstMat(hs_.data(), nt_, m_) * u;
+    }
+    f *= net_.kappa;
+  }
+
+  /// test_loss, test_error and test_lin_gap at record slot `at` (after twin_at for it).
+  void record_test(const double* y, Index at) {
+    test_outputs(y, ft_.data());
+    const ConstVec f(ft_.data(), nt_), yt(kr_.test_y, nt_);
+    if (kr_.test_loss)
+      kr_.test_loss[at] = 0.5 * (f - yt).squaredNorm() / static_cast<double>(nt_);
+    if (kr_.test_error) kr_.test_error[at] = sign_error(ft_.data(), kr_.test_y, nt_);
+    if (kr_.test_lin_gap) {
+      const double gap = (f - ConstVec(ftl_.data(), nt_)).norm();
+      kr_.test_lin_gap[at] = r0t_norm_ > 0 ? gap / r0t_norm_ : kNaN;
+    }
   }
 
   /// Fraction of hidden units whose sign pattern on the data differs from t = 0 (Z in hs_).
@@ -641,15 +731,21 @@ class NetworkThread {
     const double loss0 =
         net_.act == Activation::linear ? forward_linear(y) : forward(y, false);
     (void)loss0;
+    r0_norm_ = ConstVec(f_.data(), n_).norm();
     // Eigen's tridiagonalisation takes one n-vector from the heap: once per trajectory,
     // outside the time loop.
     eig_->compute(Eigen::Map<const Eigen::MatrixXd>(k0_.data(), n_, n_),
                   Eigen::ComputeEigenvectors);
-    if (eig_->info() != Eigen::Success) {
-      for (Index j = 0; j < T_; ++j) kr_.loss_lin[row_ * T_ + j] = kNaN;
+    twin_ok_ = eig_->info() == Eigen::Success;
+    if (!twin_ok_) {
+      if (kr_.loss_lin)
+        for (Index j = 0; j < T_; ++j) kr_.loss_lin[row_ * T_ + j] = kNaN;
       return;
     }
+    // The projection of the initial residual on the eigenvectors: every later twin
+    // prediction is a diagonal scaling of it (twin_at).
     coef_.noalias() = eig_->eigenvectors().transpose() * ConstVec(f_.data(), n_);
+    if (!kr_.loss_lin) return;
     const Eigen::VectorXd& lam = eig_->eigenvalues();
     const double inv_n = 1.0 / static_cast<double>(n_);
     const bool gd = sched_.solver == Solver::gd;
@@ -666,6 +762,66 @@ class NetworkThread {
     }
   }
 
+  /// The twin at record slot j: its training residual r_lin,t = V g V^T r_0 into twin_r_
+  /// and, with a test set, its test outputs f_lin,t(X_test) = f_0(X_test) - K_0(X_test, X)
+  /// V h V^T r_0 into ftl_ and their loss and error into the records. Per mode lambda
+  /// (K_0 is PSD: round-off below 0 is clipped), with x = lambda t / n:
+  ///   flow:    g = exp(-x),      h = (1 - exp(-x)) / lambda = (t / n) (-expm1(-x) / x)
+  ///   descent: g = (1 - a)^t,    h = (lr / n) sum_{k<t} (1 - a)^k,  a = lr lambda / n
+  /// written so that lambda -> 0 gives h = t / n (lr t / n) without dividing by zero.
+  /// O(n^2 + n_test n), no allocation.
+  void twin_at(Index j) {
+    const Index at = row_ * T_ + j;
+    if (!twin_ok_) {
+      std::fill(twin_r_.begin(), twin_r_.end(), kNaN);
+      if (plan_.test_lin) std::fill(ftl_.begin(), ftl_.end(), kNaN);
+      if (kr_.test_loss_lin) kr_.test_loss_lin[at] = kNaN;
+      if (kr_.test_error_lin) kr_.test_error_lin[at] = kNaN;
+      return;
+    }
+    const Eigen::VectorXd& lam = eig_->eigenvalues();
+    const double inv_n = 1.0 / static_cast<double>(n_);
+    const bool gd = sched_.solver == Solver::gd;
+    const double t = sched_.times[j];
+    for (Index i = 0; i < n_; ++i) {
+      double g = 0.0, h = 0.0;
+      if (coef_[i] != 0.0) {  // an unstable mode with no residual adds 0, not inf * 0
+        const double l = std::max(lam[i], 0.0);
+        if (gd) {
+          const double a = sched_.lr * l * inv_n;
+          g = std::pow(1.0 - a, t);
+          double s;  // sum_{k<t} (1 - a)^k
+          if (a == 0.0)
+            s = t;
+          else if (a < 1.0)
+            s = -std::expm1(t * std::log1p(-a)) / a;  // no cancellation for small a
+          else
+            s = (1.0 - g) / a;
+          h = sched_.lr * inv_n * s;
+        } else {
+          const double x = l * t * inv_n;
+          g = std::exp(-x);
+          h = t * inv_n * (x > 0 ? -std::expm1(-x) / x : 1.0);
+        }
+      }
+      twin_g_[i] = g * coef_[i];
+      if (plan_.test_lin) twin_h_[i] = h * coef_[i];
+    }
+    const Eigen::MatrixXd& V = eig_->eigenvectors();
+    Vec r(twin_r_.data(), n_);
+    r.noalias() = V * ConstVec(twin_g_.data(), n_);
+    if (!plan_.test_lin) return;
+    Vec w(twin_w_.data(), n_);
+    w.noalias() = V * ConstVec(twin_h_.data(), n_);
+    Vec f(ftl_.data(), nt_);
+    f = ConstVec(ft0_.data(), nt_);
+    f.noalias() -= ConstMat(kx_.data(), nt_, n_) * w;
+    const ConstVec yt(kr_.test_y, nt_);
+    if (kr_.test_loss_lin)
+      kr_.test_loss_lin[at] = 0.5 * (f - yt).squaredNorm() / static_cast<double>(nt_);
+    if (kr_.test_error_lin) kr_.test_error_lin[at] = sign_error(ftl_.data(), kr_.test_y, nt_);
+  }
+
   const Network net_;
   const LinearModel lm_;
   const TrainingData data_;
@@ -673,18 +829,22 @@ class NetworkThread {
   const Records& out_;
   const KernelRecords& kr_;
   const Plan plan_;
-  const Index n_, m_, d_, T_, g_;
+  const Index n_, m_, d_, T_, g_, nt_;
   Index row_ = 0;
   std::optional<Recorder> rec_;
   AlignedBuffer hs_, gs_;
   AlignedBuffer f_, p_, c_, M_, ky_;
   AlignedBuffer u0_, w0_, k0_, kt_;
+  AlignedBuffer ft_, ft0_, ftl_, kx_;                  // test outputs, twin's, cross Gram
+  AlignedBuffer twin_g_, twin_h_, twin_r_, twin_w_;    // twin coefficients and vectors
   std::vector<std::uint8_t> pattern0_, changed_;
   std::optional<Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>> eig_;
   Eigen::VectorXd coef_;
   Gemm gemm_;
   GramScratch gram_;
   double u0_norm_ = 0, w0_norm_ = 0, k0_unit_ = 0, k0_max_ = 0, y_norm2_ = 0;
+  double r0_norm_ = 0, r0t_norm_ = 0;  // ||f_0 - y|| on the training and the test set
+  bool twin_ok_ = false;
   // The piecewise (relu + dopri5) integration: pre-activations, P, the mode of every
   // (sample, unit) pair, the sliding pairs sorted by unit, scratch.
   const bool piecewise_;
@@ -710,6 +870,11 @@ void simulate_network(const Network& net, const TrainingData& data, const InitSp
     throw std::invalid_argument("the (dim, dim) NTK record exists for the linear activation only");
   if (kernel.probe && kernel.n_probe < 1)
     throw std::invalid_argument("a probe set needs at least one input");
+  if (kernel.test_x && (kernel.n_test < 1 || !kernel.test_y))
+    throw std::invalid_argument("a test set needs at least one input and its targets");
+  if (!kernel.test_x && (kernel.test_loss || kernel.test_error || kernel.test_loss_lin ||
+                         kernel.test_error_lin || kernel.test_lin_gap))
+    throw std::invalid_argument("test records need a test set");
   detail::run_ensemble<detail::NetworkThread>(net.width, net.dim, init, sched, trajectories,
                                               out, cancel, net, data, sched, out, kernel);
 }
@@ -725,14 +890,19 @@ double piecewise_workspace_bytes(const Network& net, Index samples) {
 }
 
 double network_workspace_bytes(const Network& net, Index samples, Index n_probe, bool gram,
-                               bool metrics, bool linearized, bool pattern, bool move) {
+                               bool metrics, bool linearized, bool pattern, bool move,
+                               Index n_test) {
   const double n = static_cast<double>(samples), m = static_cast<double>(net.width),
-               d = static_cast<double>(net.dim), np = static_cast<double>(n_probe);
+               d = static_cast<double>(net.dim), np = static_cast<double>(n_probe),
+               nt = static_cast<double>(n_test);
   const bool linear = net.act == Activation::linear;
   const bool any_gram = gram || metrics || linearized;
   double feat = linear ? 0.0 : n * m;
   if (any_gram) feat = std::max(feat, linear ? n * d : n * m);
   if (gram && n_probe > 0) feat = std::max(feat, linear ? np * d : np * m);
+  const bool test_lin = linearized && n_test > 0;
+  if (n_test > 0 && !linear) feat = std::max(feat, nt * m);
+  if (test_lin) feat = std::max(feat, (linear ? d : m) * (nt + n));
   double doubles = (linear ? 1.0 : 2.0) * feat + n + 3.0 * d + d * d;
   doubles += 10.0 * m * (1.0 + d);  // state and integrator stages
   doubles += m * (1.0 + d);         // initial parameters
@@ -740,19 +910,24 @@ double network_workspace_bytes(const Network& net, Index samples, Index n_probe,
   if (metrics || linearized) doubles += n * n;
   if (metrics) doubles += n * n;
   if (linearized) doubles += 2.0 * n * n + 4.0 * n;  // eigenvectors and work
+  if (linearized) doubles += 2.0 * n;                // twin coefficients and residual
+  if (n_test > 0) doubles += nt;                     // test outputs
+  if (test_lin) doubles += nt * n + 2.0 * nt + 2.0 * n;  // cross Gram, twin's test outputs
   double bytes = 8.0 * doubles;
   if (pattern) bytes += n * m + m;
   // GEMM packing space, measured on the same reservations the thread makes.
   const bool probe_gram = gram && n_probe > 0;
   detail::Gemm gradient = detail::Gemm::meter();
   detail::reserve_gradient_gemm(gradient, samples, net.width, net.dim);
+  detail::reserve_test_gemm(gradient, net, n_test);
   detail::GramScratch scratch;
   scratch.gemm = detail::Gemm::meter();
   if (any_gram) scratch.reserve_gemm(net, samples, samples);
   if (probe_gram) scratch.reserve_gemm(net, n_probe, n_probe);
+  if (test_lin) scratch.reserve_gemm(net, n_test, samples);
   bytes += 8.0 * static_cast<double>(gradient.reserved_doubles() +
                                      scratch.gemm.reserved_doubles());
-  if (any_gram || probe_gram) bytes += detail::GramScratch::buffer_bytes(net);
+  if (any_gram || probe_gram || test_lin) bytes += detail::GramScratch::buffer_bytes(net);
   return bytes;
 }
 

@@ -117,8 +117,8 @@ def simulate(
         A linear network on a ``Dataset`` is the same model on the samples and on their
         moments. "moments" integrates the moment form (O(width dim^2) per step; on a
         ``Dataset`` the kernel metrics then come from the (dim, dim) NTK records, exactly).
-        "data" integrates on the samples, which Gram records (``Record.gram``) and the
-        linearised run (``Record.linearized``) need, and which also records ``move_u`` and
+        "data" integrates on the samples, which Gram records (``Record.gram``), the
+        linearised run (``Record.linearized``) and a test set (``Record.test``) need, and which also records ``move_u`` and
         ``move_w``. "auto": "moments" for a linear network unless a record needs the
         samples; always "data" with an activation.
 
@@ -358,7 +358,8 @@ def _choose_path(net: TwoLayer, data: Data, record: Record, method: str, path: s
     """The integration path, or a ValueError naming what prevents the one asked for."""
     on_samples = isinstance(data, Dataset)
     needs = [name for name, on in (("record.gram", record.gram is not None),
-                                   ("record.linearized", record.linearized)) if on]
+                                   ("record.linearized", record.linearized),
+                                   ("record.test", record.test is not None)) if on]
     if net.act != "linear":
         require(on_samples, "data",
                 f'must be a Dataset for act="{net.act}" (a network with an activation '
@@ -441,6 +442,17 @@ def _simulate_data(
     if probe is not None:
         require(probe.shape[1] == dim, "record.probe",
                 f"must have {dim} columns, the data's dim", probe)
+    test = record.test
+    n_test = 0
+    if test is not None:
+        require(test.dim == dim, "record.test",
+                f"must have dim {dim}, the training data's (X with {dim} columns)",
+                f"dim {test.dim}")
+        n_test = test.samples
+    # Classification error only where the targets are labels: all exactly +-1.
+    train_labels = _labels(data.y)
+    test_labels = test is not None and _labels(test.y)
+    test_lin = test is not None and record.linearized
     metrics = ntk_mode != "none"
     keep_ntk = linear and metrics
     relu = net.act == "relu"
@@ -456,14 +468,17 @@ def _simulate_data(
                       "record fewer times or trajectories, use a smaller probe set, or run "
                       "the ensemble in chunks with first_trajectory")
     per_time = (5 + dim + (dim * dim if keep_ntk else 0) + (3 if metrics else 0) + 2
-                + (1 if relu else 0) + (1 if record.linearized else 0))
+                + (1 if relu else 0) + (2 if record.linearized else 0)
+                + (1 if train_labels else 0) + (1 if test is not None else 0)
+                + (1 if test_labels else 0) + (2 if test_lin else 0)
+                + (1 if test_lin and test_labels else 0))
     params_bytes = 8.0 * n * tp * width * (1 + dim) if record.params else 0.0
     gram_bytes = 8.0 * n * T * g * g if record.gram is not None else 0.0
     cnet = core_network(width, dim, net.act, net.kappa, train.eta_u, train.eta_w)
     teams = min(n_threads or int(_core.max_threads()), n)
     workspace = float(_core.network_workspace_bytes(
         cnet, samples, g if probe is not None else 0, record.gram is not None, metrics,
-        record.linearized, relu, True))  # move_u / move_w are always recorded
+        record.linearized, relu, True, n_test))  # move_u / move_w are always recorded
     if relu and isinstance(train, GradientFlow) and train.solver == "dopri5":
         workspace += float(_core.piecewise_workspace_bytes(cnet, samples))
     total = 8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes + workspace * teams
@@ -482,6 +497,15 @@ def _simulate_data(
         rec["pattern_change"] = np.empty((n, T))
     if record.linearized:
         rec["loss_lin"] = np.empty((n, T))
+        rec["lin_gap"] = np.empty((n, T))
+    held_out = ["error"] if train_labels else []
+    if test is not None:
+        held_out += ["test_loss"] + (["test_error"] if test_labels else [])
+        if test_lin:
+            held_out += ["test_loss_lin", "test_lin_gap"]
+            held_out += ["test_error_lin"] if test_labels else []
+    for name in held_out:
+        rec[name] = np.empty((n, T))
     if record.gram is not None:
         rec["gram"] = np.empty((n, T, g, g))
 
@@ -498,6 +522,8 @@ def _simulate_data(
         rec,
         params_all=record.params == "all",
         probe=probe,
+        test_x=None if test is None else test.X,
+        test_y=None if test is None else test.y,
     )
 
     return _result(rec, times, dim, ntk_mode, record, net=net, data=data, train=train,
@@ -506,7 +532,16 @@ def _simulate_data(
                    kernel_distance=rec.get("kernel_distance"), kta=rec.get("kta"),
                    move_u=rec["move_u"], move_w=rec["move_w"],
                    pattern_change=rec.get("pattern_change"), loss_lin=rec.get("loss_lin"),
-                   path="data")
+                   lin_gap=rec.get("lin_gap"), error=rec.get("error"),
+                   test_loss=rec.get("test_loss"), test_error=rec.get("test_error"),
+                   test_loss_lin=rec.get("test_loss_lin"),
+                   test_error_lin=rec.get("test_error_lin"),
+                   test_lin_gap=rec.get("test_lin_gap"), path="data")
+
+
+def _labels(y: NDArray[np.float64]) -> bool:
+    """Whether targets are class labels: every one exactly +1 or -1."""
+    return bool(np.all((y == 1.0) | (y == -1.0)))
 
 
 def core_network(width: int, dim: int, act: str, kappa: float, eta_u: float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,21 @@ _DIMS: dict[str, tuple[str, ...]] = {
     "move_w": ("trajectories", "times"),
     "pattern_change": ("trajectories", "times"),
     "loss_lin": ("trajectories", "times"),
+    "lin_gap": ("trajectories", "times"),
+    "error": ("trajectories", "times"),
+    "test_loss": ("trajectories", "times"),
+    "test_error": ("trajectories", "times"),
+    "test_loss_lin": ("trajectories", "times"),
+    "test_error_lin": ("trajectories", "times"),
+    "test_lin_gap": ("trajectories", "times"),
 }
+
+
+def _erf(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    """erf elementwise, as the core computes it (C's erf, through Python's math.erf):
+    NumPy has none and SciPy is not a dependency."""
+    out: NDArray[np.float64] = np.asarray(np.frompyfunc(math.erf, 1, 1)(z), dtype=np.float64)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +122,31 @@ class Result:
     loss_lin : (trajectories, times) or None
         Loss of the linearised network trained from the same initialisation with the
         initial training Gram matrix (``Record.linearized``), exact at each record time.
+        It depends on the initial state only, so it stays finite after ``t_fail``.
+    lin_gap : (trajectories, times) or None
+        ``||f_t(X) - f_lin,t(X)|| / ||f_0(X) - y||`` over the training inputs: the
+        network's distance from its linearised twin (``Record.linearized``); its maximum
+        over the run is THEORY §E.5's ``delta_lin`` (see ``delta_lin()``). NaN when
+        ``f_0(X) = y``.
+    error : (trajectories, times) or None
+        Training classification error, the fraction of samples with
+        ``sign(f(x)) != y``; ``f(x) = 0`` counts as an error. Recorded on the data path
+        when every training target is exactly +1 or -1.
+    test_loss : (trajectories, times) or None
+        ``1/(2 n_test) sum_j (f(x_j) - y_j)^2`` on ``Record.test``.
+    test_error : (trajectories, times) or None
+        Classification error on ``Record.test`` (as ``error``), when every test target is
+        exactly +1 or -1.
+    test_loss_lin, test_error_lin : (trajectories, times) or None
+        Test loss and error of the linearised twin (``Record.test`` with
+        ``Record.linearized``): its test outputs are exactly
+        ``f_lin,t(x) = f_0(x) - K_0(x, X) V diag((1 - exp(-lam t / n)) / lam) V^T r_0``
+        (flow; for descent ``(lr/n) sum_{k<t} (1 - lr lam / n)^k`` in place of the
+        diagonal) with ``K_0 = V diag(lam) V^T`` and ``r_0 = f_0(X) - y``. Like
+        ``loss_lin`` they stay finite after ``t_fail``.
+    test_lin_gap : (trajectories, times) or None
+        ``lin_gap`` on the test inputs: ``||f_t - f_lin,t|| / ||f_0 - y||``, both norms
+        over ``Record.test``.
     path : {"moments", "data"} or None
         Which integration path produced the run.
     """
@@ -143,6 +183,13 @@ class Result:
     move_w: NDArray[np.float64] | None = None
     pattern_change: NDArray[np.float64] | None = None
     loss_lin: NDArray[np.float64] | None = None
+    lin_gap: NDArray[np.float64] | None = None
+    error: NDArray[np.float64] | None = None
+    test_loss: NDArray[np.float64] | None = None
+    test_error: NDArray[np.float64] | None = None
+    test_loss_lin: NDArray[np.float64] | None = None
+    test_error_lin: NDArray[np.float64] | None = None
+    test_lin_gap: NDArray[np.float64] | None = None
     path: str | None = None
     _initial: list[Params] = field(default_factory=list, repr=False)
 
@@ -176,6 +223,84 @@ class Result:
                              seed=self.seed, first_trajectory=self.first_trajectory)
             )
         return self._initial[0]
+
+    def delta_lin(self, test: bool = False) -> NDArray[np.float64]:
+        """THEORY §E.5's ``delta_lin`` up to each record time: the running maximum over
+        times of ``lin_gap`` (``test_lin_gap`` with ``test=True``).
+
+        Returns
+        -------
+        array (trajectories, times)
+            ``[:, -1]`` is the path maximum over the whole run. NaN from ``t_fail`` on
+            (the gap is NaN there); a NaN gap at t = 0 (``f_0 = y``) makes every later
+            value NaN.
+        """
+        name = "test_lin_gap" if test else "lin_gap"
+        gap = getattr(self, name)
+        if gap is None:
+            need = "Record(linearized=True" + (", test=...)" if test else ")")
+            raise ValueError(f"{name} was not recorded: run with {need}")
+        out: NDArray[np.float64] = np.fmax.accumulate(gap, axis=1)
+        # fmax skips NaN: put it back where the gap itself is NaN (after a failure).
+        out[np.isnan(gap)] = np.nan
+        return out
+
+    def predict(self, X: Any, at: int = -1) -> NDArray[np.float64]:
+        """The network's outputs ``f(x) = kappa sum_i u_i act(w_i . x)`` on new inputs,
+        from the kept parameters (NumPy; the core's activations, ``relu'(0) = 0``).
+
+        Parameters
+        ----------
+        X : array (samples, dim)
+            Inputs; for dim = 1 also (samples,).
+        at : int
+            Index into ``times`` (negative counts from the end). With
+            ``Record(params="all")`` any record time; with ``params="final"`` only the
+            last (-1 or ``len(times) - 1``).
+
+        Returns
+        -------
+        array (trajectories, samples)
+            A trajectory that did not finish (``status != 0``) gives NaN from ``t_fail``
+            on with ``params="all"``, and the outputs of its last state with
+            ``params="final"``.
+        """
+        from ._validate import array, integer, require
+
+        if self.u is None or self.W is None:
+            raise ValueError(
+                'predict needs the parameters: run with record.params="final" or "all" '
+                "(record.params was None)")
+        d = self.dim
+        x = array(X, "X", ndim=(1, 2), copy=False)
+        if x.ndim == 1:
+            require(d == 1, "X", f"must have shape (samples, {d})", x)
+            x = x.reshape(-1, 1)
+        require(x.shape[1] == d, "X", f"must have shape (samples, {d}) (dim = {d})", x)
+        T = self.times.size
+        at = integer(at, "at")
+        require(-T <= at < T, "at", f"must index the {T} record times", at)
+        if self.u.ndim == 2:  # params="final": the end of the run only
+            require(at % T == T - 1, "at",
+                    'must be -1 (the last record time) with record.params="final"', at)
+            u, W = self.u, self.W
+        else:
+            u, W = self.u[:, at], self.W[:, at]
+        # Contiguous copies: the same bits for params="final" and the last of "all".
+        u = np.ascontiguousarray(u)
+        W = np.ascontiguousarray(W.reshape(W.shape[0], W.shape[1], d))
+        Z = np.einsum("sd,kmd->ksm", x, W)
+        act = self.net.act
+        if act == "relu":
+            H = np.maximum(Z, 0.0)
+        elif act == "tanh":
+            H = np.tanh(Z)
+        elif act == "erf":
+            H = _erf(Z)
+        else:
+            H = Z
+        out: NDArray[np.float64] = self.net.kappa * np.einsum("ksm,km->ks", H, u)
+        return out
 
     def summary(self) -> str:
         """A few lines for a terminal."""

@@ -96,9 +96,11 @@ def _pinv_solve(Sigma: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[n
     return beta
 
 
-@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False)
 class Moments:
     """Population moments ``Sigma = E[x x^T]``, ``b = E[x y]`` and optionally ``y2 = E[y^2]``.
+
+    The arrays may be given positionally, ``Moments(Sigma, b)``, or by keyword.
 
     Parameters
     ----------
@@ -157,9 +159,11 @@ class Moments:
         return self._moments
 
 
-@dataclass(frozen=True, kw_only=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False)
 class Dataset:
-    """A training set ``X`` (samples, dim) and targets ``y`` (samples,).
+    """A training (or test) set ``X`` (samples, dim) and targets ``y`` (samples,).
+
+    The arrays may be given positionally, ``Dataset(X, y)``, or by keyword.
 
     A linear network sees it only through its moments, which are computed once (the loss
     reported is this dataset's own ``1/(2n) sum_j (f(x_j) - y_j)^2``).
@@ -404,8 +408,13 @@ class Record:
     linearized : bool
         Also train the linearised (kernel-regime) network from the same initialisation and
         record its loss, ``loss_lin``: exact, through the eigendecomposition of the
-        initial training Gram matrix (docs/theory.md §0: df/dt = -(1/n) K_0 (f - y)).
-        Needs a ``Dataset``.
+        initial training Gram matrix (docs/theory.md §0: df/dt = -(1/n) K_0 (f - y)), and its gap
+        to the network, ``lin_gap``; with ``test``, also the twin's ``test_loss_lin``,
+        ``test_error_lin`` and ``test_lin_gap``. Needs a ``Dataset``.
+    test : Dataset, optional
+        A held-out set with the training data's dim, evaluated at every record time; it
+        never affects training. Records ``test_loss``, and ``test_error`` when its targets
+        are all exactly +-1. Needs the samples: the run takes ``path="data"``.
     """
 
     times: Any = 101
@@ -416,6 +425,7 @@ class Record:
     gram: Literal["train", "probe"] | None = None
     probe: Any = None
     linearized: bool = False
+    test: Dataset | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.times, (int, np.integer)) and not isinstance(self.times, bool):
@@ -450,6 +460,8 @@ class Record:
         require(isinstance(self.linearized, (bool, np.bool_)), "linearized",
                 "must be True or False", self.linearized)
         _set(self, "linearized", bool(self.linearized))
+        require(self.test is None or isinstance(self.test, Dataset), "test",
+                "must be a Dataset (the held-out X and y) or None", type(self.test).__name__)
 
     def resolve_times(self, train: Training) -> NDArray[np.float64]:
         """The record times for this training run (validated against its horizon)."""

@@ -123,6 +123,8 @@ def _value(v: Any) -> Any:
         return float(v)
     if v is None or isinstance(v, str):
         return v
+    if isinstance(v, Dataset):  # Record.test
+        return _describe(v)
     raise TypeError(f"cannot describe a spec field of type {type(v).__name__}")
 
 
@@ -255,7 +257,9 @@ class Task:
             "trajectories": self.trajectories,
             "first_trajectory": self.first_trajectory,
             "seed": self.seed,
-            "record": _describe(self.record),
+            # A record without a test set describes itself as before Record.test existed,
+            # so the keys of stored tasks stay valid.
+            "record": _describe(self.record, ("test",) if self.record.test is None else ()),
             "method": self.method,
             "compute": self.compute,
             "horizon": self.horizon,

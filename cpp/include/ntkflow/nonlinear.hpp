@@ -52,6 +52,28 @@ struct KernelRecords {
   /// residual obeys dr/dt = -(1/n) K_0 r (flow) or r <- (I - lr/n K_0) r (descent), solved
   /// exactly through the eigendecomposition of K_0 at the record times.
   double* loss_lin = nullptr;
+
+  /// A held-out test set, evaluated at the record times; it never affects training.
+  const double* test_x = nullptr;  ///< (n_test, dim), or null
+  const double* test_y = nullptr;  ///< (n_test,)
+  Index n_test = 0;
+  /// (n, T) 1/(2 n_test) sum_j (f(x_j) - y_j)^2 on the test set (needs test_x).
+  double* test_loss = nullptr;
+  /// (n, T) classification error: the fraction of samples with sign(f(x_j)) != y_j, f = 0
+  /// counting as an error. Meant for targets that are all +-1 (the caller decides).
+  double* error = nullptr;       ///< on the training set
+  double* test_error = nullptr;  ///< on the test set (needs test_x)
+  /// (n, T) the linearised network on the test set: f_lin,t(x) = f_0(x) -
+  /// K_0(x, X) V diag(h(lambda, t)) V^T r_0 with K_0 = V diag(lambda) V^T and
+  /// h = (1 - exp(-lambda t / n)) / lambda (flow) or (lr / n) sum_{k<t} (1 - lr lambda / n)^k
+  /// (descent); its test loss and error (needs test_x).
+  double* test_loss_lin = nullptr;
+  double* test_error_lin = nullptr;
+  /// (n, T) twin gaps ||f_t - f_lin,t|| / ||f_0 - y|| over the training inputs and, for
+  /// test_lin_gap, over the test inputs (numerator and denominator both on the test set);
+  /// NaN where the denominator is 0.
+  double* lin_gap = nullptr;
+  double* test_lin_gap = nullptr;
 };
 
 /// Integrate `trajectories` independent runs of the full m(1 + d)-parameter network on a
@@ -74,9 +96,11 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
               const double* x1, Index n1, const double* x2, Index n2, double* out,
               int threads, CancelToken* cancel = nullptr);
 
-/// Bytes of scratch one thread of simulate_network needs (for the memory budget).
+/// Bytes of scratch one thread of simulate_network needs (for the memory budget);
+/// n_test = 0 without a test set.
 double network_workspace_bytes(const Network& net, Index samples, Index n_probe, bool gram,
-                               bool metrics, bool linearized, bool pattern, bool move);
+                               bool metrics, bool linearized, bool pattern, bool move,
+                               Index n_test = 0);
 
 /// Extra bytes of scratch one thread of simulate_network needs when a relu network is
 /// integrated piece by piece (adaptive solver; docs/theory.md §H).
