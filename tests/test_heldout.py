@@ -1,6 +1,6 @@
 """Held-out evaluation on the data path: the test set's records, the linearised twin's test
 predictions and the twin gaps against an independent NumPy reference written from the
-network's definition and THEORY §0 / §C.1 / §E.5; Result.predict; positional data
+network's definition and docs/theory.md §0 / §C.1 / §E.5; Result.predict; positional data
 containers."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def outputs(u: np.ndarray, W: np.ndarray, X: np.ndarray, act: str, kappa: float)
 
 
 def gram(u, W, X1, X2, act, kappa, eta_u, eta_w) -> np.ndarray:
-    """THEORY §C.1: K = kappa^2 [eta_u H1 H2^T + eta_w (G1 G2^T) o (X1 X2^T)]."""
+    """docs/theory.md §C.1: K = kappa^2 [eta_u H1 H2^T + eta_w (G1 G2^T) o (X1 X2^T)]."""
     H1, S1 = act_and_slope(act, X1 @ W.T)
     H2, S2 = act_and_slope(act, X2 @ W.T)
     G1, G2 = S1 * u, S2 * u

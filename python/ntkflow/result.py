@@ -126,7 +126,7 @@ class Result:
     lin_gap : (trajectories, times) or None
         ``||f_t(X) - f_lin,t(X)|| / ||f_0(X) - y||`` over the training inputs: the
         network's distance from its linearised twin (``Record.linearized``); its maximum
-        over the run is THEORY §E.5's ``delta_lin`` (see ``delta_lin()``). NaN when
+        over the run is docs/theory.md §E.5's ``delta_lin`` (see ``delta_lin()``). NaN when
         ``f_0(X) = y``.
     error : (trajectories, times) or None
         Training classification error, the fraction of samples with
@@ -225,7 +225,7 @@ class Result:
         return self._initial[0]
 
     def delta_lin(self, test: bool = False) -> NDArray[np.float64]:
-        """THEORY §E.5's ``delta_lin`` up to each record time: the running maximum over
+        """docs/theory.md §E.5's ``delta_lin`` up to each record time: the running maximum over
         times of ``lin_gap`` (``test_lin_gap`` with ``test=True``).
 
         Returns
