@@ -160,6 +160,7 @@ class NetworkThread {
     }
     if (piecewise_) {
       z_.resize(static_cast<std::size_t>(n_ * m_));
+      on_.resize(static_cast<std::size_t>(n_ * m_));
       P_.resize(static_cast<std::size_t>(m_ * d_));
       scratch_.resize(static_cast<std::size_t>(m_ * (1 + d_)));
       mode_.resize(static_cast<std::size_t>(n_ * m_));
@@ -218,7 +219,7 @@ class NetworkThread {
     if (plan_.linearized) linearised_losses(y);
     if (piecewise_) {
       pre_activation(w);
-      for (Index q = 0; q < n_ * m_; ++q) mode_[q] = hs_[q] > 0 ? kOn : kOff;
+      for (Index q = 0; q < n_ * m_; ++q) set_mode(q, hs_[q] > 0 ? kOn : kOff);
       slides_.clear();
     }
     return *this;
@@ -352,6 +353,7 @@ class NetworkThread {
     double first = 1.0;
     crossing_.clear();
     for (Index j = 0; j < n_; ++j) {
+      if (!row_outside(j)) continue;
       const double* x = data_.x + j * d_;
       for (Index i = 0; i < m_; ++i) {
         const Index q = j * m_ + i;
@@ -384,7 +386,8 @@ class NetworkThread {
   /// the last field evaluation was at y. True when the field at y changed.
   bool update_modes(const double* y, bool fresh) {
     if (!piecewise_) return false;
-    if (!fresh) field_piecewise(y, scratch_.data());
+    switched_.clear();
+    if (!fresh) field_piecewise(y, scratch_.data());  // z, r and the controls at y
     const ConstVec r_now(f_.data(), n_);
     for (std::size_t s = 0; s < slides_.size();) {
       const Slide& sl = slides_[s];
@@ -404,31 +407,40 @@ class NetworkThread {
         ++s;
         continue;
       }
-      mode_[sl.j * m_ + sl.i] = to;
+      set_mode(sl.j * m_ + sl.i, to);
       slides_.erase(slides_.begin() + static_cast<std::ptrdiff_t>(s));
     }
-    // Every pair outside its piece moves to the other side: the located crossings whatever
-    // z rounds to there (it may round back inside, and would cross again at once), the
-    // rest by the sign of z. All at once, so that pairs crossing together see each other.
-    switched_.clear();
+    // The located crossings move to their other side whatever z rounds to at the located
+    // state (it may round back inside, and would cross again at once); all of them at
+    // once, so that pairs crossing together see each other. Sliding pairs were released
+    // above on the controls before the switch, as the SciPy reference does: deciding them
+    // on the switched pattern instead gave 6e-6 relative from rk4's converged answer on
+    // one test problem, against 1e-8 this way.
     if (!fresh)
       for (const Crossing& c : crossing_) {
-        mode_[c.q] = mode_[c.q] == kOn ? kOff : kOn;
+        set_mode(c.q, mode_[c.q] == kOn ? kOff : kOn);
         switched_.push_back(c.q);
       }
+    // Pairs found outside their piece without a located crossing (a crossing and a return
+    // within one step's rounding) move by the sign of z.
+    const std::size_t located = switched_.size();
     for (Index q = 0; q < n_ * m_; ++q) {
-      if (mode_[q] == kSlide || inside(mode_[q], z_[q])) continue;
-      if (!switched_.empty() && std::find(switched_.begin(), switched_.end(), q) !=
-                                    switched_.end())
+      if (q % m_ == 0 && !row_outside(q / m_)) {
+        q += m_ - 1;
         continue;
-      mode_[q] = z_[q] > 0 ? kOn : kOff;
+      }
+      if (mode_[q] == kSlide || inside(mode_[q], z_[q])) continue;
+      if (std::find(switched_.begin(), switched_.begin() + static_cast<std::ptrdiff_t>(located),
+                    q) != switched_.begin() + static_cast<std::ptrdiff_t>(located))
+        continue;
+      set_mode(q, z_[q] > 0 ? kOn : kOff);
       switched_.push_back(q);
     }
     if (switched_.empty()) return false;
+    field_piecewise(y, scratch_.data());  // P on the new pattern, for the sliding test
     // Then sliding, on the field of the new pattern: a switched pair slides when the flow
     // pushes into its surface from both sides. d(w_i . x_j)/dt up to the factor
     // eta_w kappa / n > 0: dz_off without the pair, dz_on with it.
-    field_piecewise(y, scratch_.data());
     const ConstVec u(y, m_);
     const ConstVec r(f_.data(), n_);
     for (const Index q : switched_) {
@@ -489,7 +501,7 @@ class NetworkThread {
   }
 
   void add_slide(Index j, Index i) {
-    mode_[j * m_ + i] = kSlide;
+    set_mode(j * m_ + i, kSlide);
     const auto at = std::lower_bound(slides_.begin(), slides_.end(), Slide{j, i},
                                      [](const Slide& a, const Slide& b) {
                                        return a.i != b.i ? a.i < b.i : a.j < b.j;
@@ -504,16 +516,12 @@ class NetworkThread {
   double field_piecewise(const double* y, double* dy) {
     const ConstVec u(y, m_);
     const Index len = n_ * m_;
-    pre_activation(y + m_);
-    std::copy(hs_.begin(), hs_.begin() + len, z_.begin());
+    pre_activation(y + m_, z_.data());
+    // H = z on the pairs switched on and 0 elsewhere (one vectorisable pass); sliding pairs
+    // (a short list) take relu(z), which is 0 up to the drift off their surface.
     double* H = hs_.data();
-    double* S = gs_.data();
-    for (Index q = 0; q < len; ++q) {
-      const std::uint8_t mq = mode_[q];
-      const double z = z_[q];
-      H[q] = mq == kOn ? z : (mq == kSlide && z > 0 ? z : 0.0);
-      S[q] = mq == kOn ? 1.0 : 0.0;
-    }
+    for (Index q = 0; q < len; ++q) H[q] = z_[q] * on_[q];
+    for (const Slide& sl : slides_) H[sl.j * m_ + sl.i] = std::max(z_[sl.j * m_ + sl.i], 0.0);
     const ConstMat Hm(H, n_, m_);
     Vec r(f_.data(), n_);
     r.noalias() = Hm * u;
@@ -528,9 +536,10 @@ class NetworkThread {
     } else {
       du.setZero();
     }
-    Mat B(S, n_, m_);
-    B.array().colwise() *= r.array();
-    gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(m_, d_, n_, S, m_, data_.x, d_, P_.data(), d_,
+    double* B = gs_.data();  // diag(r) S with S = relu' on the pieces (sliding: 0 here)
+    for (Index j = 0; j < n_; ++j)
+      for (Index i = 0; i < m_; ++i) B[j * m_ + i] = on_[j * m_ + i] * r[j];
+    gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(m_, d_, n_, B, m_, data_.x, d_, P_.data(), d_,
                                                 1.0, false);
     slide_controls();
     for (Index i = 0; i < m_; ++i) {
@@ -587,9 +596,27 @@ class NetworkThread {
   }
 
   /// Z = X W^T into hs_ (n x m).
-  void pre_activation(const double* w) {
-    gemm_.run<Eigen::RowMajor, Eigen::ColMajor>(n_, m_, d_, data_.x, d_, w, d_, hs_.data(), m_,
-                                                1.0, false);
+  void pre_activation(const double* w) { pre_activation(w, hs_.data()); }
+  void pre_activation(const double* w, double* z) {
+    gemm_.run<Eigen::RowMajor, Eigen::ColMajor>(n_, m_, d_, data_.x, d_, w, d_, z, m_, 1.0,
+                                                false);
+  }
+
+  /// Whether some pair of sample j may be outside its piece (a branch-free pass over the
+  /// row; sliding pairs with z > 0 also answer yes, and are sorted out by the caller).
+  bool row_outside(Index j) const {
+    const double* z = z_.data() + j * m_;
+    const double* on = on_.data() + j * m_;
+    int any = 0;
+    for (Index i = 0; i < m_; ++i) any |= static_cast<int>((z[i] > 0) != (on[i] != 0));
+    return any != 0;
+  }
+
+  /// The piece of pair q, kept twice: as a code for the logic and as relu' (1 on, else 0)
+  /// for the field's vectorised passes.
+  void set_mode(Index q, std::uint8_t mode) {
+    mode_[q] = mode;
+    on_[q] = mode == kOn ? 1.0 : 0.0;
   }
 
   /// From Z (computed here unless have_z): H = act(Z) in hs_, S = act'(Z) in gs_ (when
@@ -848,7 +875,7 @@ class NetworkThread {
   // The piecewise (relu + dopri5) integration: pre-activations, P, the mode of every
   // (sample, unit) pair, the sliding pairs sorted by unit, scratch.
   const bool piecewise_;
-  AlignedBuffer z_, P_, scratch_, xnorm2_;
+  AlignedBuffer z_, on_, P_, scratch_, xnorm2_;
   std::vector<std::uint8_t> mode_;
   std::vector<Slide> slides_;
   struct Crossing {
@@ -882,9 +909,9 @@ void simulate_network(const Network& net, const TrainingData& data, const InitSp
 double piecewise_workspace_bytes(const Network& net, Index samples) {
   const double n = static_cast<double>(samples), m = static_cast<double>(net.width),
                d = static_cast<double>(net.dim);
-  // z, P, a field's scratch, ||x_j||^2; the modes (bytes); the sliding pairs reserved up
-  // front (they grow past that only when more pairs slide at once).
-  const double doubles = n * m + m * d + m * (1.0 + d) + n;
+  // z, relu' on the pieces, P, a field's scratch, ||x_j||^2; the modes (bytes); the sliding
+  // pairs reserved up front (they grow past that only when more pairs slide at once).
+  const double doubles = 2.0 * n * m + m * d + m * (1.0 + d) + n;
   const double slides = std::min(n * m, 4096.0) * (2.0 * sizeof(Index) + 2.0 * sizeof(double));
   return 8.0 * doubles + n * m + slides + 64.0 * sizeof(Index);
 }
