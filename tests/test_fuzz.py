@@ -220,7 +220,9 @@ def test_ntk_gram_matches_numpy_and_is_a_kernel(act, width, dim, samples, sample
 
 DATA_RECORDS = ("loss", "p", "norm_u2", "norm_w2", "alignment", "balance_drift", "move_u",
                 "move_w", "ntk_change", "kernel_distance", "kta", "pattern_change", "loss_lin",
-                "gram", "u", "W", "status", "t_fail", "steps", "rejected", "t_hit")
+                "gram", "u", "W", "status", "t_fail", "steps", "rejected", "t_hit", "events",
+                "test_loss", "test_error", "test_loss_lin", "test_error_lin", "lin_gap",
+                "test_lin_gap")
 
 
 def frobenius(K: np.ndarray) -> np.ndarray:
@@ -323,7 +325,10 @@ def test_simulate_on_data_marks_failures_and_isolates_trajectories(
     else:  # dt >= 1e-3 on [0, 2]: at most 2000 fixed steps; dopri5 bounded by max_steps
         train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=2.0, solver=solver,
                                 dt=max(step, 1e-3), max_steps=2000)
-    record = nf.Record(times=6, params="all", gram="train", linearized=True, loss_below=1e-8)
+    X_test = s_x * rng.normal(size=(5, dim))  # +-1 labels: test_error is recorded too
+    test = nf.Dataset(X_test, np.where(rng.normal(size=5) > 0, 1.0, -1.0))
+    record = nf.Record(times=6, params="all", gram="train", linearized=True, loss_below=1e-8,
+                       test=test)
     res = nf.simulate(net, data, train, init=init, trajectories=n, seed=seed, record=record,
                       threads=2)
     assert res.path == "data" and res.times[0] == 0
@@ -374,7 +379,7 @@ def test_simulate_on_data_marks_failures_and_isolates_trajectories(
         **{name: d == 0 for name, d in den.items()},
     }
     for name in ("loss", "norm_u2", "norm_w2", "alignment", "balance_drift", "p", "u", "W",
-                 "gram", "pattern_change", *zero_den):
+                 "gram", "pattern_change", "test_loss", "test_error", *zero_den):
         v = getattr(res, name)
         if v is None:
             assert name == "pattern_change" and act != "relu"
@@ -392,6 +397,8 @@ def test_simulate_on_data_marks_failures_and_isolates_trajectories(
                          kernel_metrics(res.gram, y), strict=True):
         v, fine = getattr(res, name), written & (den[name] > 1e-150)
         np.testing.assert_allclose(v[fine], ref[fine], rtol=1e-10, atol=1e-12, err_msg=name)
+    te = res.test_error[written]
+    assert ((te >= 0) & (te <= 1)).all()
     if act == "relu":
         pc = res.pattern_change[written]
         assert ((pc >= 0) & (pc <= 1)).all()
