@@ -118,3 +118,20 @@ def test_default_flow_on_a_suite_of_problems(act: str, width: int, samples: int,
         # dimension: rk4 at dt = 1e-3, 1e-4 and 1e-5 agreed with us to 1e-8 relative.
         rk4 = run(nf.GradientFlow(t_max=2.0, solver="rk4", dt=2e-3 if act == "tanh" else 1e-3))
         np.testing.assert_allclose(ours.loss, rk4.loss, rtol=1e-7)
+
+
+def test_an_unreachable_tolerance_is_marked_stalled_not_diverged() -> None:
+    # rtol 1e-18 is below double rounding: the error estimate is noise above 1, the step
+    # collapses with a finite loss. That is "stalled" (the tolerance cannot be met), within
+    # a few thousand steps, with the parameters reached kept and the records after NaN.
+    rng = np.random.default_rng(0)
+    data = nf.Dataset(rng.normal(size=(10, 2)), np.arange(10.0))
+    res = nf.simulate(nf.TwoLayer(width=16, act="tanh", kappa=0.25), data,
+                      nf.GradientFlow(rtol=1e-18, atol=1e-300), trajectories=3,
+                      record=nf.Record(times=11, params="final"))
+    stalled = res.status == nf.STATUS_NAMES.index("stalled")
+    assert stalled.any() and not (res.status == nf.STATUS_NAMES.index("diverged")).any()
+    assert (res.steps + res.rejected < 20_000).all()
+    after = res.times[None, :] > res.t_fail[:, None]
+    assert np.isnan(res.loss[after]).all() and after[stalled].any()
+    assert np.isfinite(res.u).all() and np.isfinite(res.W).all()

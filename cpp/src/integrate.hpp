@@ -414,9 +414,14 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
       const double fac = std::isfinite(err) ? std::max(0.2, 0.9 * std::pow(err, -0.2)) : 0.1;
       h = hs * fac;
       last_rejected = true;
-      // A step this small no longer resolves anything: the flow is blowing up.
+      // A step this small no longer resolves anything. Trial steps that overflow mean the
+      // flow is blowing up; finite errors that stay above tolerance mean the tolerance
+      // cannot be met here (rounding noise above atol, a non-smooth field): said apart.
       if (!(h > 1e-14 * std::max(1.0, std::abs(t))))
-        return fail(sys, o, Status::diverged, t, j, y, params_all);
+        return fail(sys, o,
+                    std::isfinite(err) && std::isfinite(l1) ? Status::stalled
+                                                            : Status::diverged,
+                    t, j, y, params_all);
     }
   }
   if (!params_all) sys.record_params(y, 0);

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # Arrays every Result has that describe the run rather than record it.
 _RUN_FIELDS = frozenset({"times", "status", "t_fail", "steps", "rejected", "events"})
 
-STATUS_NAMES: tuple[str, ...] = ("ok", "diverged", "step_limit")
+STATUS_NAMES: tuple[str, ...] = ("ok", "diverged", "step_limit", "stalled")
 """Meaning of the codes in ``Result.status``."""
 
 _DIMS: dict[str, tuple[str, ...]] = {
@@ -90,10 +90,13 @@ class Result:
         linear and relu activations (1-homogeneous): then it is integration error made
         visible. For tanh and erf Delta is not conserved and this is physics.
     status : (trajectories,) int8
-        Codes of ``STATUS_NAMES``: ok, diverged (non-finite loss or step size collapse),
-        step_limit. Records after ``t_fail`` are NaN.
+        Codes of ``STATUS_NAMES``: ok; diverged (a non-finite loss, or the adaptive step
+        collapsing on overflowing trial steps); step_limit (``max_steps`` reached);
+        stalled (the adaptive step collapsed below 1e-14 t with finite errors above
+        tolerance: the tolerance cannot be met there, e.g. rounding noise above atol).
+        Records after ``t_fail`` are NaN; the parameters reached are kept.
     t_fail : (trajectories,)
-        Time of divergence or of the step limit; NaN when ok.
+        Time of the failure; NaN when ok.
     steps, rejected : (trajectories,) int64
         Accepted and rejected steps.
     events : (trajectories,) int64 or None

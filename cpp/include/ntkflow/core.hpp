@@ -18,8 +18,9 @@ using Index = std::int64_t;
 using RowMatrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using Vector = Eigen::VectorXd;
 
-/// Per-trajectory outcome codes stored in `Records::status`.
-enum class Status : std::int8_t { ok = 0, diverged = 1, step_limit = 2 };
+/// Per-trajectory outcome codes stored in `Records::status`. stalled: the adaptive step
+/// size collapsed with finite errors above tolerance (the tolerance cannot be met there).
+enum class Status : std::int8_t { ok = 0, diverged = 1, step_limit = 2, stalled = 3 };
 
 /// Time steppers. `gd` is gradient descent: explicit Euler whose clock counts steps.
 enum class Solver : std::int32_t { euler = 0, rk4 = 1, dopri5 = 2, gd = 3 };
