@@ -85,7 +85,8 @@ class NetworkThread {
         m_(net.width),
         d_(net.dim),
         T_(sched.n_times),
-        g_(plan_.probe_gram ? kr.n_probe : n_) {
+        g_(plan_.probe_gram ? kr.n_probe : n_),
+        neurons_(out, net.width, sched.n_times, net.eta_u, net.eta_w) {
     const bool linear = net.act == Activation::linear;
     // Feature buffers serve the gradient (Z/H and S/B, n x m) and the Gram features.
     Index feat = linear ? 0 : n_ * m_;
@@ -129,6 +130,7 @@ class NetworkThread {
     const ConstVec uu(u, m_);
     const ConstMat W(w, m_, d_);
     rec_->set_reference(uu.squaredNorm(), gram_trace(w));
+    neurons_.reference(contiguous_neurons(u, w, d_));
     if (plan_.move) {
       std::copy(u, u + m_, u0_.begin());
       std::copy(w, w + m_ * d_, w0_.begin());
@@ -232,6 +234,7 @@ class NetworkThread {
     p.noalias() = W.transpose() * u;
     gram_trace(y + m_);  // M = W^T W into M_
     rec_->write(j, p_.data(), u.squaredNorm(), M_.data(), loss);
+    neurons_.write(row_, j, contiguous_neurons(y, y + m_, d_));
     if (plan_.move) {
       const ConstVec u0(u0_.data(), m_);
       const ConstMat W0(w0_.data(), m_, d_);
@@ -422,6 +425,7 @@ class NetworkThread {
   const Index n_, m_, d_, T_, g_;
   Index row_ = 0;
   std::optional<Recorder> rec_;
+  NeuronRecorder neurons_;
   AlignedBuffer hs_, gs_;
   AlignedBuffer f_, p_, c_, M_, ky_;
   AlignedBuffer u0_, w0_, k0_, kt_;
@@ -460,6 +464,7 @@ double network_workspace_bytes(const Network& net, Index samples, Index n_probe,
   double doubles = (linear ? 1.0 : 2.0) * feat + n + 3.0 * d + d * d;
   doubles += 10.0 * m * (1.0 + d);  // state and integrator stages
   doubles += m * (1.0 + d);         // initial parameters
+  doubles += 2.0 * m;               // per-neuron delta_i(0) and delta_i(t)
   if (move) doubles += m * (1.0 + d);  // their copy, the reference of move_u / move_w
   if (metrics || linearized) doubles += n * n;
   if (metrics) doubles += n * n;

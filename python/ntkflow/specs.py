@@ -390,6 +390,12 @@ class Record:
         record its loss, ``loss_lin``: exact, through the eigendecomposition of the
         initial training Gram matrix (THEORY §0: df/dt = -(1/n) K_0 (f - y)). Needs a
         ``Dataset``.
+    deltas : bool
+        Also keep every per-neuron conserved quantity
+        ``delta_i = eta_w u_i^2 - eta_u ||w_i||^2`` (THEORY §E.5) at every record time,
+        (trajectories, times, width) doubles, checked against the memory budget. Their
+        summaries (``delta_mean``, ``delta_std``, ``delta_drift``) are always recorded when
+        the parameters are integrated (not with ``method="reduced"``, which refuses this).
     """
 
     times: Any = 101
@@ -400,6 +406,7 @@ class Record:
     gram: Literal["train", "probe"] | None = None
     probe: Any = None
     linearized: bool = False
+    deltas: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.times, (int, np.integer)) and not isinstance(self.times, bool):
@@ -434,6 +441,9 @@ class Record:
         require(isinstance(self.linearized, (bool, np.bool_)), "linearized",
                 "must be True or False", self.linearized)
         _set(self, "linearized", bool(self.linearized))
+        require(isinstance(self.deltas, (bool, np.bool_)), "deltas", "must be True or False",
+                self.deltas)
+        _set(self, "deltas", bool(self.deltas))
 
     def resolve_times(self, train: Training) -> NDArray[np.float64]:
         """The record times for this training run (validated against its horizon)."""

@@ -253,7 +253,9 @@ class Task:
             "trajectories": self.trajectories,
             "first_trajectory": self.first_trajectory,
             "seed": self.seed,
-            "record": _describe(self.record),
+            # Record fields added later are described only when set, so that the keys of
+            # existing stores stay valid (deltas=False records no more than before).
+            "record": _describe(self.record, () if self.record.deltas else ("deltas",)),
             "method": self.method,
             "compute": self.compute,
             "horizon": self.horizon,
@@ -308,7 +310,7 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
             train = dataclasses.replace(train, t_max=_horizon(sol))
         res = simulate(net, data, train, init=init, trajectories=n, seed=task.seed,
                        record=task.record, threads=threads, method=task.method,
-                       first_trajectory=task.first_trajectory)
+                       first_trajectory=task.first_trajectory, progress=False)
         c = classify(res, task.eps, task.tau)
         out.update(status=res.status, final_loss=res.loss[:, -1].copy(),
                    t_hit=(res.t_hit.copy() if res.t_hit is not None else np.full(n, np.nan)),
