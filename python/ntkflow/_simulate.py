@@ -59,6 +59,73 @@ def draw_initial(
     return Params(u, W)
 
 
+def initial_params(
+    net: TwoLayer,
+    init: Init | None = None,
+    *,
+    trajectories: int | None = None,
+    seed: int = 0,
+    dim: int | None = None,
+    data: Data | None = None,
+    first_trajectory: int = 0,
+) -> Params:
+    """An initialisation without training: the parameters ``simulate`` starts from.
+
+    ``initial_params(net, init, trajectories=n, seed=s, dim=d, first_trajectory=k)`` equals,
+    bit for bit, ``simulate(net, data, train, init=init, trajectories=n, seed=s,
+    first_trajectory=k).initial_params()`` for any data of dimension d and any training.
+
+    Parameters
+    ----------
+    net : TwoLayer
+        Only its width is used.
+    init : Gaussian or Params
+        Default ``Gaussian(1, 1)``. Given ``Params`` are checked against width and dim and
+        returned as they are.
+    trajectories : int
+        Number of trajectories, >= 1 (default 1, or the number of given ``Params``).
+    seed : int
+        As in ``simulate``: trajectory k of a seed never depends on chunking.
+    dim, data : int or LatentLine / Moments / Dataset
+        The input dimension, given directly or as the data it belongs to; exactly one.
+    first_trajectory : int
+        Global index of the first trajectory, as in ``simulate``.
+
+    Returns
+    -------
+    Params
+        ``u0`` (trajectories, width) and ``W0`` (trajectories, width, dim).
+    """
+    init = Gaussian() if init is None else init
+    require(isinstance(net, TwoLayer), "net", "must be a TwoLayer", net)
+    require(isinstance(init, (Gaussian, Params)), "init", "must be a Gaussian or Params", init)
+    require((dim is None) != (data is None), "dim",
+            "give exactly one of dim and data (the input dimension)", dim)
+    if data is not None:
+        require(hasattr(data, "moments"), "data", "must be a LatentLine, Moments or Dataset",
+                data)
+        d = int(data.dim)
+    else:
+        d = integer(dim, "dim", minimum=1)
+    seed = integer(seed, "seed", minimum=0)
+    require(seed < 2**64, "seed", "must be < 2**64", seed)
+    first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
+    if isinstance(init, Params):
+        n = init.trajectories if trajectories is None else integer(
+            trajectories, "trajectories", minimum=1)
+        require(n == init.trajectories, "trajectories",
+                f"must equal the number of given Params ({init.trajectories})", trajectories)
+        require(init.width == net.width, "init",
+                f"Params width must be net.width = {net.width}", init.width)
+        require(init.dim == d, "init", f"Params dim must be dim = {d}", init.dim)
+        return init
+    n = 1 if trajectories is None else integer(trajectories, "trajectories", minimum=1)
+    require(first_trajectory + n <= 2**63, "first_trajectory",
+            f"+ trajectories must be <= 2**63 (int64 trajectory indices; trajectories = {n})",
+            first_trajectory)
+    return draw_initial(init, net.width, d, n, seed=seed, first_trajectory=first_trajectory)
+
+
 def simulate(
     net: TwoLayer,
     data: Data,

@@ -183,7 +183,7 @@ class Result:
 
     def initial_params(self) -> Params:
         """The initial parameters, regenerated bit for bit from (seed, trajectory index)
-        rather than stored."""
+        rather than stored (``ntkflow.initial_params`` draws them without a run)."""
         if isinstance(self.init, Params):
             return self.init
         if not self._initial:
