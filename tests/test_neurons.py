@@ -225,3 +225,17 @@ def test_to_xarray_names_the_width_dimension() -> None:
     ds = res.to_xarray()
     assert ds["deltas"].dims == ("trajectories", "times", "width")
     assert ds["delta_drift"].dims == ("trajectories", "times")
+
+
+def test_spread_of_huge_but_finite_deltas_does_not_overflow() -> None:
+    # u_i ~ 1e150: delta_i ~ 1e300 is finite, its square is not. The spread is formed from
+    # deviations scaled by the largest one (the fuzz tests found this with diverging gd).
+    u0 = np.array([[1e150, 2e150, 3e150]])
+    W0 = np.zeros((1, 3, 1))  # with beta = 0 a stationary point: nothing moves
+    res = nf.simulate(nf.TwoLayer(width=3), nf.LatentLine(beta=0.0),
+                      nf.GradientFlow(t_max=1e-3, solver="rk4", dt=1e-3),
+                      init=nf.Params(u0, W0), record=nf.Record(times=2, deltas=True))
+    assert res.ok.all()
+    d = res.deltas / 1e300
+    np.testing.assert_allclose(res.delta_std / 1e300, d.std(axis=-1), rtol=1e-14)
+    np.testing.assert_allclose(res.delta_mean / 1e300, d.mean(axis=-1), rtol=1e-14)

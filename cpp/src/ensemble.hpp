@@ -171,12 +171,32 @@ class NeuronRecorder {
       const double s = a + b;
       if (!(s <= scale)) scale = s;
     }
-    const double mean = sum / static_cast<double>(m_);
-    double var = 0.0;  // two passes: no cancellation when |mean| >> spread
-    for (Index i = 0; i < m_; ++i) var += (delta_[i] - mean) * (delta_[i] - mean);
+    const double inv_m = 1.0 / static_cast<double>(m_);
+    double mean = sum * inv_m;
+    if (std::isinf(mean)) {  // the sum overflowed, not the deltas: average scaled terms
+      mean = 0.0;
+      for (Index i = 0; i < m_; ++i) mean += delta_[i] * inv_m;
+    }
+    // Two passes (no cancellation when |mean| >> spread), and squares of the deviations
+    // scaled by the largest one: parameters of 1e160 square to a finite delta_i, but its
+    // square would overflow while the run is still finite.
+    double big = 0.0;
+    for (Index i = 0; i < m_; ++i) {
+      const double dev_i = std::abs(delta_[i] - mean);
+      if (!(dev_i <= big)) big = dev_i;
+    }
+    double spread = big;  // 0 or non-finite: already the answer
+    if (big > 0 && std::isfinite(big)) {
+      double var = 0.0;
+      for (Index i = 0; i < m_; ++i) {
+        const double z = (delta_[i] - mean) / big;
+        var += z * z;
+      }
+      spread = big * std::sqrt(var * inv_m);
+    }
     const Index at = row * T_ + j;
     if (out_->delta_mean) out_->delta_mean[at] = mean;
-    if (out_->delta_std) out_->delta_std[at] = std::sqrt(var / static_cast<double>(m_));
+    if (out_->delta_std) out_->delta_std[at] = spread;
     // Relative to the largest per-neuron scale eta_w u_i^2 + eta_u ||w_i||^2 (>= |delta_i|):
     // a conserved run then shows its rounding or integration error, whatever the units.
     // All parameters exactly 0 (scale 0): 0 if nothing moved, else +inf (NaN means failed).
