@@ -17,9 +17,12 @@ log_floats = lambda lo, hi: st.floats(lo, hi).map(lambda e: 10.0**e)  # noqa: E7
 def assert_marked(res: nf.Result) -> None:
     """ok trajectories are finite everywhere; failed ones are finite before t_fail and NaN
     from the first record after it."""
-    assert set(np.unique(res.status)) <= {0, 1, 2}
-    for name in ("loss", "norm_u2", "norm_w2", "alignment", "balance_drift"):
+    assert set(np.unique(res.status)) <= {0, 1, 2, 3}  # ok, diverged, step_limit, stalled
+    for name in ("loss", "norm_u2", "norm_w2", "alignment", "balance_drift", "delta_mean",
+                 "delta_std", "delta_drift"):
         v = getattr(res, name)
+        if v is None:  # the per-neuron records with method="reduced"
+            continue
         ok = res.status == 0
         assert np.isfinite(v[ok]).all(), name
         for k in np.flatnonzero(~ok):
@@ -85,7 +88,8 @@ def test_simulate_never_crashes_and_marks_failures(width, dim, kappa, eta_u, eta
     for k in range(n):
         solo = nf.simulate(net, data, train, init=nf.Params(p.u0[k:k + 1], p.W0[k:k + 1]),
                            record=record)
-        for name in ("loss", "norm_u2", "norm_w2", "alignment", "status", "t_fail", "steps"):
+        for name in ("loss", "norm_u2", "norm_w2", "alignment", "status", "t_fail", "steps",
+                     "delta_mean", "delta_std", "delta_drift"):
             np.testing.assert_array_equal(getattr(solo, name)[0], getattr(res, name)[k],
                                           err_msg=f"{name} of trajectory {k}")
 
@@ -222,7 +226,8 @@ DATA_RECORDS = ("loss", "p", "norm_u2", "norm_w2", "alignment", "balance_drift",
                 "move_w", "ntk_change", "kernel_distance", "kta", "pattern_change", "loss_lin",
                 "gram", "u", "W", "status", "t_fail", "steps", "rejected", "t_hit", "events",
                 "test_loss", "test_error", "test_loss_lin", "test_error_lin", "lin_gap",
-                "test_lin_gap")
+                "test_lin_gap",
+                "delta_mean", "delta_std", "delta_drift")
 
 
 def frobenius(K: np.ndarray) -> np.ndarray:
@@ -379,7 +384,8 @@ def test_simulate_on_data_marks_failures_and_isolates_trajectories(
         **{name: d == 0 for name, d in den.items()},
     }
     for name in ("loss", "norm_u2", "norm_w2", "alignment", "balance_drift", "p", "u", "W",
-                 "gram", "pattern_change", "test_loss", "test_error", *zero_den):
+                 "gram", "pattern_change", "test_loss", "test_error",
+                 "delta_mean", "delta_std", "delta_drift", *zero_den):
         v = getattr(res, name)
         if v is None:
             assert name == "pattern_change" and act != "relu"

@@ -64,6 +64,10 @@ inline Records common_records(const py::dict& records, Index n, Index T, Index m
   out.alignment = out_buffer<double>(records, "alignment", {n, T});
   out.ntk = out_buffer<double>(records, "ntk", {n, T, d, d});
   out.drift = out_buffer<double>(records, "balance_drift", {n, T});
+  out.delta_mean = out_buffer<double>(records, "delta_mean", {n, T});
+  out.delta_std = out_buffer<double>(records, "delta_std", {n, T});
+  out.delta_drift = out_buffer<double>(records, "delta_drift", {n, T});
+  out.deltas = out_buffer<double>(records, "deltas", {n, T, m});
   out.u = out_buffer<double>(records, "u", {n, tp, m});
   out.w = out_buffer<double>(records, "W", {n, tp, m, d});
   out.status = out_buffer<std::int8_t>(records, "status", {n});
@@ -76,13 +80,27 @@ inline Records common_records(const py::dict& records, Index n, Index T, Index m
 }
 
 /// Runs `work` without the GIL; Ctrl-C (seen by the hook on the calling thread) becomes the
-/// pending KeyboardInterrupt.
+/// pending KeyboardInterrupt. `progress`, if not None, is called as progress(done) with the
+/// number of finished trajectories: from the same hook (about every interval_s, while the
+/// GIL is held anyway) when the count changed, and once more at the end. An exception it
+/// raises stops the run and is re-raised.
 template <class Work>
-void run_cancellable(Work&& work) {
+void run_cancellable(Work&& work, const py::object& progress = py::none()) {
   CancelToken token;
-  token.poll = [] {
+  std::int64_t shown = -1;
+  token.poll = [&token, &progress, &shown] {
     py::gil_scoped_acquire gil;
-    return PyErr_CheckSignals() != 0;
+    if (PyErr_CheckSignals() != 0) return true;
+    const std::int64_t done = token.done.load(std::memory_order_relaxed);
+    if (progress.is_none() || done == shown) return false;
+    shown = done;
+    try {
+      progress(done);
+    } catch (py::error_already_set& e) {
+      e.restore();  // pending again: re-raised below, like Ctrl-C
+      return true;
+    }
+    return false;
   };
   bool cancelled = false;
   {
@@ -97,6 +115,8 @@ void run_cancellable(Work&& work) {
     if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
     throw py::error_already_set();
   }
+  const std::int64_t done = token.done.load();
+  if (!progress.is_none() && done != shown) progress(done);
 }
 
 }  // namespace ntkflow::bindings

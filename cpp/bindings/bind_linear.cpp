@@ -12,7 +12,7 @@ void simulate_linear_py(LinearModel model, const CArray& sigma, const CArray& be
                         InitSpec init, const std::optional<CArray>& u0,
                         const std::optional<CArray>& w0, Schedule sched, const CArray& times,
                         Index trajectories, const py::dict& records, bool params_all,
-                        LinearMethod method) {
+                        LinearMethod method, const py::object& progress) {
   const Index n = trajectories, m = model.width, d = model.dim, T = times.size();
   if (n < 1 || m < 1 || d < 1) throw py::value_error("trajectories, width and dim must be >= 1");
   model.sigma = in_buffer(sigma, d * d, "Sigma");
@@ -23,7 +23,7 @@ void simulate_linear_py(LinearModel model, const CArray& sigma, const CArray& be
   const Records out = common_records(records, n, T, m, d, params_all);
   run_cancellable([&](CancelToken* token) {
     simulate_linear(model, init, sched, method, n, out, token);
-  });
+  }, progress);
 }
 
 py::tuple initial_params_py(InitSpec init, const std::optional<CArray>& u0,
@@ -94,6 +94,7 @@ void bind_linear(py::module_& m) {
         py::arg("w0").noconvert() = py::none(), py::arg("schedule"),
         py::arg("times").noconvert(), py::arg("trajectories"), py::arg("records"),
         py::arg("params_all") = false, py::arg("method") = LinearMethod::fused,
+        py::arg("progress") = py::none(),
         "Integrate an ensemble of linear two-layer networks into caller-owned record buffers.");
   m.def("initial_params", &initial_params_py, py::arg("init"),
         py::arg("u0").noconvert() = py::none(), py::arg("w0").noconvert() = py::none(),

@@ -15,7 +15,8 @@ void simulate_network_py(const Network& net, const CArray& x, const CArray& y, I
                          const py::dict& records, bool params_all,
                          const std::optional<CArray>& probe,
                          const std::optional<CArray>& test_x,
-                         const std::optional<CArray>& test_y) {
+                         const std::optional<CArray>& test_y,
+                         const py::object& progress) {
   const Index n = trajectories, m = net.width, d = net.dim, T = times.size();
   if (n < 1 || m < 1 || d < 1) throw py::value_error("trajectories, width and dim must be >= 1");
   if (x.ndim() != 2 || x.shape(1) != d || x.shape(0) < 1)
@@ -63,7 +64,7 @@ void simulate_network_py(const Network& net, const CArray& x, const CArray& y, I
   kr.test_lin_gap = out_buffer<double>(records, "test_lin_gap", {n, T});
   run_cancellable([&](CancelToken* token) {
     simulate_network(net, data, init, sched, n, out, kr, token);
-  });
+  }, progress);
 }
 
 CArray ntk_gram_py(const Network& net, const CArray& u, const CArray& w, Index batch,
@@ -116,6 +117,7 @@ void bind_nonlinear(py::module_& m) {
         py::arg("times").noconvert(), py::arg("trajectories"), py::arg("records"),
         py::arg("params_all") = false, py::arg("probe").noconvert() = py::none(),
         py::arg("test_x").noconvert() = py::none(), py::arg("test_y").noconvert() = py::none(),
+        py::arg("progress") = py::none(),
         "Integrate an ensemble of two-layer networks on a dataset into caller-owned buffers.");
   m.def("ntk_gram", &ntk_gram_py, py::arg("net"), py::arg("u").noconvert(),
         py::arg("w").noconvert(), py::arg("batch"), py::arg("x1").noconvert(),

@@ -11,6 +11,7 @@
 #include <exception>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "integrate.hpp"
@@ -95,8 +96,11 @@ class Recorder {
       if (out_.drift) out_.drift[at] = kNaN;
       if (out_.p) std::fill(out_.p + at * d_, out_.p + (at + 1) * d_, kNaN);
       if (out_.ntk) std::fill(out_.ntk + at * d_ * d_, out_.ntk + (at + 1) * d_ * d_, kNaN);
+      const Index m = md_.width;
+      for (double* rec : {out_.delta_mean, out_.delta_std, out_.delta_drift})
+        if (rec) rec[at] = kNaN;
+      if (out_.deltas) std::fill(out_.deltas + at * m, out_.deltas + (at + 1) * m, kNaN);
       if (out_.params_all) {
-        const Index m = md_.width;
         if (out_.u) std::fill(out_.u + at * m, out_.u + (at + 1) * m, kNaN);
         if (out_.w) std::fill(out_.w + at * m * d_, out_.w + (at + 1) * m * d_, kNaN);
       }
@@ -111,9 +115,108 @@ class Recorder {
   bool have_delta0_ = false;
 };
 
+/// One neuron's parameters as the per-neuron records need them: u_i and ||w_i||^2.
+struct NeuronParams {
+  double u;
+  double w2;
+};
+
+/// neuron(i) for parameters stored contiguously: u (m,), w (m, d) row-major.
+inline auto contiguous_neurons(const double* u, const double* w, Index d) {
+  return [u, w, d](Index i) {
+    const double* wi = w + i * d;
+    double w2 = 0.0;
+    for (Index k = 0; k < d; ++k) w2 += wi[k] * wi[k];
+    return NeuronParams{u[i], w2};
+  };
+}
+
+/// The per-neuron conserved quantities delta_i = eta_w u_i^2 - eta_u ||w_i||^2 of
+/// docs/theory.md §E.5 (conserved by gradient flow for 1-homogeneous activations): their mean, spread and
+/// relative drift, and on request every delta_i. One per thread (per lane), sized once:
+/// nothing is allocated per trajectory or in the time loop. Parameters are read through
+/// `neuron(i) -> NeuronParams`, so that the lane layout and the contiguous one share the
+/// arithmetic. NaN from a failure is written by Recorder::fail_from.
+class NeuronRecorder {
+ public:
+  NeuronRecorder(const Records& out, Index width, Index n_times, double eta_u, double eta_w)
+      : out_(&out), m_(width), T_(n_times), eta_u_(eta_u), eta_w_(eta_w),
+        on_(out.delta_mean || out.delta_std || out.delta_drift || out.deltas),
+        delta0_(on_ ? static_cast<std::size_t>(width) : 0),
+        delta_(on_ ? static_cast<std::size_t>(width) : 0) {}
+
+  /// delta_i(0), from the initial state (the first record may come after t = 0).
+  template <class Neuron>
+  void reference(const Neuron& neuron) {
+    if (!on_) return;
+    for (Index i = 0; i < m_; ++i) {
+      const NeuronParams q = neuron(i);
+      delta0_[i] = eta_w_ * (q.u * q.u) - eta_u_ * q.w2;
+    }
+  }
+
+  /// Records of trajectory `row` at record slot j.
+  template <class Neuron>
+  void write(Index row, Index j, const Neuron& neuron) {
+    if (!on_) return;
+    double sum = 0.0, dev = 0.0, scale = 0.0;
+    for (Index i = 0; i < m_; ++i) {
+      const NeuronParams q = neuron(i);
+      const double a = eta_w_ * (q.u * q.u), b = eta_u_ * q.w2;
+      const double delta = a - b;
+      delta_[i] = delta;
+      sum += delta;
+      const double moved = std::abs(delta - delta0_[i]);
+      if (!(moved <= dev)) dev = moved;  // keeps a NaN
+      const double s = a + b;
+      if (!(s <= scale)) scale = s;
+    }
+    const double inv_m = 1.0 / static_cast<double>(m_);
+    double mean = sum * inv_m;
+    if (std::isinf(mean)) {  // the sum overflowed, not the deltas: average scaled terms
+      mean = 0.0;
+      for (Index i = 0; i < m_; ++i) mean += delta_[i] * inv_m;
+    }
+    // Two passes (no cancellation when |mean| >> spread), and squares of the deviations
+    // scaled by the largest one: parameters of 1e160 square to a finite delta_i, but its
+    // square would overflow while the run is still finite.
+    double big = 0.0;
+    for (Index i = 0; i < m_; ++i) {
+      const double dev_i = std::abs(delta_[i] - mean);
+      if (!(dev_i <= big)) big = dev_i;
+    }
+    double spread = big;  // 0 or non-finite: already the answer
+    if (big > 0 && std::isfinite(big)) {
+      double var = 0.0;
+      for (Index i = 0; i < m_; ++i) {
+        const double z = (delta_[i] - mean) / big;
+        var += z * z;
+      }
+      spread = big * std::sqrt(var * inv_m);
+    }
+    const Index at = row * T_ + j;
+    if (out_->delta_mean) out_->delta_mean[at] = mean;
+    if (out_->delta_std) out_->delta_std[at] = spread;
+    // Relative to the largest per-neuron scale eta_w u_i^2 + eta_u ||w_i||^2 (>= |delta_i|):
+    // a conserved run then shows its rounding or integration error, whatever the units.
+    // All parameters exactly 0 (scale 0): 0 if nothing moved, else +inf (NaN means failed).
+    if (out_->delta_drift)
+      out_->delta_drift[at] = scale > 0 ? dev / scale : (dev > 0 ? kInf : dev);
+    if (out_->deltas) std::copy(delta_.begin(), delta_.end(), out_->deltas + at * m_);
+  }
+
+ private:
+  const Records* out_;
+  Index m_, T_;
+  double eta_u_, eta_w_;
+  bool on_;
+  std::vector<double> delta0_, delta_;
+};
+
 void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w);
 
-/// Runs body(worker, item) for every item in [0, items) on OpenMP threads. Each thread
+/// Runs body(worker, item) for every item in [0, items) on OpenMP threads, adding to
+/// cancel->done the trajectories each item finished (body's return value, or 1 if void). Each thread
 /// builds one Worker(args...) before its first item, so all buffers are sized before any
 /// time loop. The first exception is rethrown after every thread has stopped; Cancelled
 /// from any item stops the others and is rethrown once.
@@ -139,7 +242,13 @@ void parallel_items(Index items, int threads, CancelToken* cancel, const Body& b
       if (!worker || first_error || (cancel && cancel->stop.load(std::memory_order_relaxed)))
         continue;
       try {
-        body(*worker, k);
+        // body returns how many trajectories the item finished (void: one).
+        Index finished_here = 1;
+        if constexpr (std::is_void_v<decltype(body(*worker, k))>)
+          body(*worker, k);
+        else
+          finished_here = body(*worker, k);
+        if (cancel) cancel->done.fetch_add(finished_here, std::memory_order_relaxed);
       } catch (const Cancelled&) {
 #pragma omp atomic write
         cancelled = true;

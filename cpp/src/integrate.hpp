@@ -28,6 +28,7 @@
 namespace ntkflow::detail {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
 
 struct Outcome {
   Status status = Status::ok;

@@ -23,10 +23,11 @@ class LinearFull {
   }
 
   LinearFull(const LinearModel& md, const Records& out, Index row, Index n_times,
-             double* scratch)
+             double* scratch, NeuronRecorder* neurons)
       : md_(md),
         out_(out),
         rec_(md, out, row, n_times),
+        neurons_(neurons),
         row_(row),
         T_(n_times),
         m_(md.width),
@@ -74,6 +75,7 @@ class LinearFull {
     p.noalias() = W.transpose() * u;
     M.noalias() = W.transpose() * W;
     rec_.write(j, p_, u.squaredNorm(), M_, rec_.loss(p_, r_, sr_));
+    neurons_->write(row_, j, contiguous_neurons(y, y + m_, d_));
   }
 
   void record_params(const double* y, Index slot) {
@@ -86,16 +88,24 @@ class LinearFull {
 
   void fail_from(Index j) { rec_.fail_from(j); }
 
-  /// The state is the parameter vector itself.
-  void load(const double* u, const double* w, double* y) const {
+  /// The state is the parameter vector itself; the drift references are taken here, from
+  /// the initial state, whatever the first record time.
+  void load(const double* u, const double* w, double* y) {
     std::copy(u, u + m_, y);
     std::copy(w, w + m_ * d_, y + m_);
+    Mat M(M_, d_, d_);  // trace of W^T W as record() forms it: a t = 0 record drifts by 0
+    M.noalias() = ConstMat(w, m_, d_).transpose() * ConstMat(w, m_, d_);
+    double trM = 0.0;
+    for (Index i = 0; i < d_; ++i) trM += M_[i * d_ + i];
+    rec_.set_reference(ConstVec(u, m_).squaredNorm(), trM);
+    neurons_->reference(contiguous_neurons(u, w, d_));
   }
 
  private:
   const LinearModel& md_;
   const Records& out_;
   Recorder rec_;
+  NeuronRecorder* neurons_;
   Index row_, T_, m_, d_;
   double *p_, *r_, *sr_, *g_, *M_, *wg_;
 };
@@ -106,7 +116,7 @@ class LinearReduced {
   static Index scratch_size(const LinearModel& md) { return 4 * md.dim; }
 
   LinearReduced(const LinearModel& md, const Records& out, Index row, Index n_times,
-                double* scratch)
+                double* scratch, NeuronRecorder*)
       : md_(md), rec_(md, out, row, n_times), d_(md.dim), r_(scratch), sr_(scratch + d_),
         g_(scratch + 2 * d_), mg_(scratch + 3 * d_) {}
 
@@ -135,13 +145,16 @@ class LinearReduced {
   void record_params(const double*, Index) {}
   void fail_from(Index j) { rec_.fail_from(j); }
 
-  void load(const double* u, const double* w, double* y) const {
+  void load(const double* u, const double* w, double* y) {
     const Index m = md_.width;
     const ConstVec uu(u, m);
     const ConstMat W(w, m, d_);
     Vec(y, d_).noalias() = W.transpose() * uu;
     Mat(y + d_, d_, d_).noalias() = W.transpose() * W;
     y[d_ + d_ * d_] = uu.squaredNorm();
+    double trM = 0.0;  // summed as the Recorder sums the trace
+    for (Index i = 0; i < d_; ++i) trM += y[d_ + i * d_ + i];
+    rec_.set_reference(y[d_ + d_ * d_], trM);
   }
 
  private:
@@ -157,10 +170,11 @@ class LinearThread {
  public:
   LinearThread(const LinearModel& model, const Records& out, Index n_times)
       : md_(model), out_(out), T_(n_times),
-        scratch_(static_cast<std::size_t>(System::scratch_size(model))) {}
+        scratch_(static_cast<std::size_t>(System::scratch_size(model))),
+        neurons_(out, model.width, n_times, model.eta_u, model.eta_w) {}
   Index state_size() const { return System::state_size(md_); }
   System start(Index k, const double* u, const double* w, double* y) {
-    System sys(md_, out_, k, T_, scratch_.data());
+    System sys(md_, out_, k, T_, scratch_.data(), &neurons_);
     sys.load(u, w, y);
     return sys;
   }
@@ -170,6 +184,7 @@ class LinearThread {
   const Records& out_;
   Index T_;
   std::vector<double> scratch_;
+  NeuronRecorder neurons_;
 };
 
 }  // namespace detail
@@ -196,7 +211,9 @@ void simulate_linear(const LinearModel& model, const InitSpec& init, const Sched
       run(std::common_type<LinearFull>{});
       return;
     case LinearMethod::reduced:
-      if (out.u || out.w) throw std::invalid_argument("the reduced system records no parameters");
+      if (out.u || out.w || out.delta_mean || out.delta_std || out.delta_drift || out.deltas)
+        throw std::invalid_argument(
+            "the reduced system records no parameters (nor the per-neuron delta_i)");
       run(std::common_type<LinearReduced>{});
       return;
   }

@@ -40,8 +40,10 @@ class LinearFused {
   static Index state_size(const LinearModel& md) { return md.width * (1 + md.dim); }
   static Index scratch_size(const LinearModel&) { return 0; }
 
-  LinearFused(const LinearModel& md, const Records& out, Index row, Index n_times, double*)
-      : md_(md), out_(out), rec_(md, out, row, n_times), row_(row), T_(n_times),
+  LinearFused(const LinearModel& md, const Records& out, Index row, Index n_times, double*,
+              NeuronRecorder* neurons)
+      : md_(md), out_(out), rec_(md, out, row, n_times), neurons_(neurons), row_(row),
+        T_(n_times),
         m_(md.width), d_(md.dim), q_(1 + md.dim) {
     for (Small* s : {&gram_, &gram_next_, &S_, &T_step_, &E_}) s->setZero(q_, q_);
     for (auto& k : K_) k.setZero(q_, q_);
@@ -101,10 +103,11 @@ class LinearFused {
   }
   void commit() { gram_ = gram_next_; }
 
-  void record(const double*, Index j) {
+  void record(const double* y, Index j) {
     p_ = gram_.template block<D, 1>(1, 0, d_, 1);
     M_ = gram_.template block<D, D>(1, 1, d_, d_);
     rec_.write(j, p_.data(), gram_(0, 0), M_.data(), rec_.loss(p_.data(), r_.data(), sr_.data()));
+    neurons_->write(row_, j, contiguous_neurons(y, y + m_, d_));  // one pass, at records only
   }
   void record_params(const double* y, Index slot) {
     if (out_.u == nullptr && out_.w == nullptr) return;
@@ -114,9 +117,10 @@ class LinearFused {
     if (out_.w) std::copy(y + m_, y + m_ * q_, out_.w + at * m_ * d_);
   }
   void fail_from(Index j) { rec_.fail_from(j); }
-  void load(const double* u, const double* w, double* y) const {
+  void load(const double* u, const double* w, double* y) {
     std::copy(u, u + m_, y);
     std::copy(w, w + m_ * d_, y + m_);
+    neurons_->reference(contiguous_neurons(u, w, d_));
   }
 
  private:
@@ -278,6 +282,7 @@ class LinearFused {
   const LinearModel& md_;
   const Records& out_;
   Recorder rec_;
+  NeuronRecorder* neurons_;
   Index row_, T_, m_, d_, q_;
   Small gram_, gram_next_, S_, S_last_, T_step_, E_;
   std::array<Small, 7> K_;

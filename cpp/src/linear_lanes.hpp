@@ -42,17 +42,32 @@ typedef double LaneVec __attribute__((vector_size(kLanes * sizeof(double))));
 
 inline LaneVec splat(double x) { return LaneVec{} + x; }
 
+/// Lane l's neurons for NeuronRecorder, one scalar at a time: the same arithmetic in every
+/// lane, so a trajectory's delta records do not depend on its group.
+struct LaneNeurons {
+  const LaneVec* u;
+  const LaneVec* w;
+  int l;
+  NeuronParams operator()(Index i) const {
+    const double wi = w[i][l];
+    return NeuronParams{u[i][l], wi * wi};
+  }
+};
+
 /// One thread's buffers: the group state and the initial parameters of one trajectory.
 class LanesWorker {
  public:
   LanesWorker(const LinearModel& md, const Records& out, Index n_times)
       : md_(md), out_(out), T_(n_times), m_(md.width),
         u_(static_cast<std::size_t>(m_)), w_(static_cast<std::size_t>(m_)),
-        draw_(static_cast<std::size_t>(2 * m_)) {}
+        draw_(static_cast<std::size_t>(2 * m_)) {
+    neurons_.reserve(kLanes);
+    for (int l = 0; l < kLanes; ++l) neurons_.emplace_back(out, m_, n_times, md.eta_u, md.eta_w);
+  }
 
-  /// Integrates trajectories [k0, k0 + count), count <= kLanes.
-  void run_group(const InitSpec& init, const Schedule& s, Index k0, int count,
-                 CancelToken* cancel) {
+  /// Integrates trajectories [k0, k0 + count), count <= kLanes; returns count.
+  int run_group(const InitSpec& init, const Schedule& s, Index k0, int count,
+                CancelToken* cancel) {
     std::fill(u_.begin(), u_.end(), LaneVec{});
     std::fill(w_.begin(), w_.end(), LaneVec{});
     for (int l = 0; l < count; ++l) {
@@ -65,6 +80,7 @@ class LanesWorker {
     std::vector<Recorder> rec;
     rec.reserve(kLanes);
     for (int l = 0; l < count; ++l) rec.emplace_back(md_, out_, k0 + l, T_);
+    for (int l = 0; l < count; ++l) neurons_[l].reference(LaneNeurons{u_.data(), w_.data(), l});
 
     const bool gd = s.solver == Solver::gd;
     const Tableau& tab = s.solver == Solver::rk4 ? kRk4 : kEuler;
@@ -126,6 +142,7 @@ class LanesWorker {
         if (!live[l]) continue;
         const double p = c_[l], a = a_[l], b = b_[l];
         rec[l].write(j, &p, a, &b, l0[l]);
+        neurons_[l].write(k0 + l, j, LaneNeurons{u_.data(), w_.data(), l});
         if (out_.params_all) record_params(k0 + l, l, j);
       }
     }
@@ -133,9 +150,11 @@ class LanesWorker {
       if (live[l] && !out_.params_all) record_params(k0 + l, l, 0);
       write_outcome(out_, k0 + l, o[l]);
     }
+    return count;
   }
 
  private:
+
   /// Stage algebra of linear_fused.hpp with d = 1, per lane: S_s = I + h sum_j a_sj K_j,
   /// p_s = S_s[:,1]^T Gram S_s[:,0], g_s = -kappa sigma (kappa p_s - beta),
   /// K_s = S_s J(g_s); the step matrix is I + h sum_s b_s K_s.
@@ -267,6 +286,7 @@ class LanesWorker {
   Index T_, m_;
   std::vector<LaneVec> u_, w_;
   std::vector<double> draw_;
+  std::vector<NeuronRecorder> neurons_;  // one per lane
   LaneVec a_{}, b_{}, c_{};
   LaneVec k00_[7]{}, k01_[7]{}, k10_[7]{}, k11_[7]{};
 };
@@ -283,7 +303,7 @@ inline void run_lanes(const LinearModel& md, const InitSpec& init, const Schedul
   auto body = [&](LanesWorker& w, Index g) {
     const Index k0 = g * group;
     const int count = static_cast<int>(std::min<Index>(group, trajectories - k0));
-    w.run_group(init, s, k0, count, cancel);
+    return static_cast<Index>(w.run_group(init, s, k0, count, cancel));
   };
   parallel_items<LanesWorker>(groups, threads, cancel, body, md, out, s.n_times);
 }

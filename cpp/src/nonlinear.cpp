@@ -118,6 +118,7 @@ class NetworkThread {
         T_(sched.n_times),
         g_(plan_.probe_gram ? kr.n_probe : n_),
         nt_(plan_.test ? kr.n_test : 0),
+        neurons_(out, net.width, sched.n_times, net.eta_u, net.eta_w),
         piecewise_(is_piecewise(net, sched)) {
     const bool linear = net.act == Activation::linear;
     // Feature buffers serve the gradient (Z/H and S/B, n x m) and the Gram features.
@@ -190,6 +191,7 @@ class NetworkThread {
     const ConstVec uu(u, m_);
     const ConstMat W(w, m_, d_);
     rec_->set_reference(uu.squaredNorm(), gram_trace(w));
+    neurons_.reference(contiguous_neurons(u, w, d_));
     if (plan_.move) {
       std::copy(u, u + m_, u0_.begin());
       std::copy(w, w + m_ * d_, w0_.begin());
@@ -317,6 +319,7 @@ class NetworkThread {
       }
     }
     if (plan_.test) record_test(y, at);
+    neurons_.write(row_, j, contiguous_neurons(y, y + m_, d_));
     if (plan_.move) {
       const ConstVec u0(u0_.data(), m_);
       const ConstMat W0(w0_.data(), m_, d_);
@@ -859,6 +862,7 @@ class NetworkThread {
   const Index n_, m_, d_, T_, g_, nt_;
   Index row_ = 0;
   std::optional<Recorder> rec_;
+  NeuronRecorder neurons_;
   AlignedBuffer hs_, gs_;
   AlignedBuffer f_, p_, c_, M_, ky_;
   AlignedBuffer u0_, w0_, k0_, kt_;
@@ -933,6 +937,7 @@ double network_workspace_bytes(const Network& net, Index samples, Index n_probe,
   double doubles = (linear ? 1.0 : 2.0) * feat + n + 3.0 * d + d * d;
   doubles += 10.0 * m * (1.0 + d);  // state and integrator stages
   doubles += m * (1.0 + d);         // initial parameters
+  doubles += 2.0 * m;               // per-neuron delta_i(0) and delta_i(t)
   if (move) doubles += m * (1.0 + d);  // their copy, the reference of move_u / move_w
   if (metrics || linearized) doubles += n * n;
   if (metrics) doubles += n * n;

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from . import exact, mechanisms
 from ._gram import ntk_gram
 from ._memory import memory_budget, set_memory_budget
-from ._simulate import simulate
+from ._simulate import initial_params, simulate
 from ._table import Table
 from ._validate import MemoryBudgetError
 from .mechanisms import Classification, classify, classify_exact
@@ -73,6 +73,7 @@ __all__ = [
     "classify",
     "classify_exact",
     "exact",
+    "initial_params",
     "mechanisms",
     "memory_budget",
     "ntk_gram",

@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core, _memory
+from ._progress import TrajectoryProgress
 from ._validate import integer, require
 from .result import Result
 from .specs import (
@@ -58,6 +59,73 @@ def draw_initial(
     return Params(u, W)
 
 
+def initial_params(
+    net: TwoLayer,
+    init: Init | None = None,
+    *,
+    trajectories: int | None = None,
+    seed: int = 0,
+    dim: int | None = None,
+    data: Data | None = None,
+    first_trajectory: int = 0,
+) -> Params:
+    """An initialisation without training: the parameters ``simulate`` starts from.
+
+    ``initial_params(net, init, trajectories=n, seed=s, dim=d, first_trajectory=k)`` equals,
+    bit for bit, ``simulate(net, data, train, init=init, trajectories=n, seed=s,
+    first_trajectory=k).initial_params()`` for any data of dimension d and any training.
+
+    Parameters
+    ----------
+    net : TwoLayer
+        Only its width is used.
+    init : Gaussian or Params
+        Default ``Gaussian(1, 1)``. Given ``Params`` are checked against width and dim and
+        returned as they are.
+    trajectories : int
+        Number of trajectories, >= 1 (default 1, or the number of given ``Params``).
+    seed : int
+        As in ``simulate``: trajectory k of a seed never depends on chunking.
+    dim, data : int or LatentLine / Moments / Dataset
+        The input dimension, given directly or as the data it belongs to; exactly one.
+    first_trajectory : int
+        Global index of the first trajectory, as in ``simulate``.
+
+    Returns
+    -------
+    Params
+        ``u0`` (trajectories, width) and ``W0`` (trajectories, width, dim).
+    """
+    init = Gaussian() if init is None else init
+    require(isinstance(net, TwoLayer), "net", "must be a TwoLayer", net)
+    require(isinstance(init, (Gaussian, Params)), "init", "must be a Gaussian or Params", init)
+    require((dim is None) != (data is None), "dim",
+            "give exactly one of dim and data (the input dimension)", dim)
+    if data is not None:
+        require(hasattr(data, "moments"), "data", "must be a LatentLine, Moments or Dataset",
+                data)
+        d = int(data.dim)
+    else:
+        d = integer(dim, "dim", minimum=1)
+    seed = integer(seed, "seed", minimum=0)
+    require(seed < 2**64, "seed", "must be < 2**64", seed)
+    first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
+    if isinstance(init, Params):
+        n = init.trajectories if trajectories is None else integer(
+            trajectories, "trajectories", minimum=1)
+        require(n == init.trajectories, "trajectories",
+                f"must equal the number of given Params ({init.trajectories})", trajectories)
+        require(init.width == net.width, "init",
+                f"Params width must be net.width = {net.width}", init.width)
+        require(init.dim == d, "init", f"Params dim must be dim = {d}", init.dim)
+        return init
+    n = 1 if trajectories is None else integer(trajectories, "trajectories", minimum=1)
+    require(first_trajectory + n <= 2**63, "first_trajectory",
+            f"+ trajectories must be <= 2**63 (int64 trajectory indices; trajectories = {n})",
+            first_trajectory)
+    return draw_initial(init, net.width, d, n, seed=seed, first_trajectory=first_trajectory)
+
+
 def simulate(
     net: TwoLayer,
     data: Data,
@@ -71,6 +139,7 @@ def simulate(
     threads: int | None = None,
     method: Method = "full",
     path: Path = "auto",
+    progress: bool | None = None,
 ) -> Result:
     """Integrate many independent trajectories of one two-layer network.
 
@@ -121,6 +190,12 @@ def simulate(
         linearised run (``Record.linearized``) and a test set (``Record.test``) need, and which also records ``move_u`` and
         ``move_w``. "auto": "moments" for a linear network unless a record needs the
         samples; always "data" with an activation.
+    progress : bool, optional
+        A progress bar on stderr counting finished trajectories (tqdm). None (default):
+        shown when stderr is a terminal and tqdm is installed, and only once the call has
+        run for about 2 s, so short calls print nothing. True: shown whatever stderr is
+        (still after about 2 s; silently nothing when tqdm is not installed). False: never.
+        It never changes a result.
 
     Returns
     -------
@@ -145,6 +220,8 @@ def simulate(
     require(method in _METHODS, "method", 'must be "full", "stagewise" or "reduced"', method)
     require(path in ("auto", "moments", "data"), "path",
             'must be "auto", "moments" or "data"', path)
+    require(progress is None or isinstance(progress, (bool, np.bool_)), "progress",
+            "must be None, True or False", progress)
     chosen = _choose_path(net, data, record, method, path)
     seed = integer(seed, "seed", minimum=0)
     require(seed < 2**64, "seed", "must be < 2**64", seed)
@@ -173,23 +250,31 @@ def simulate(
     if chosen == "data":
         assert isinstance(data, Dataset)
         return _simulate_data(net, data, train, init, n, seed, record, first_trajectory,
-                              n_threads, times)
+                              n_threads, times, progress)
     if ntk_mode == "scalar":
         require(dim == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
     if method == "reduced":
         require(record.params is None, "record.params",
                 'must be None with method="reduced" (the reduced state has no parameters)',
                 record.params)
+        require(not record.deltas, "record.deltas",
+                'must be False with method="reduced" (the reduced state has no parameters, '
+                "so no per-neuron delta_i)", record.deltas)
+    neurons = method != "reduced"
 
     # Size everything before allocating anything.
     keep_ntk = ntk_mode != "none"
-    per_time = 5 + dim + (dim * dim if keep_ntk else 0)
+    per_time = 5 + dim + (dim * dim if keep_ntk else 0) + (3 if neurons else 0)
     tp = T if record.params == "all" else 1
     params_bytes = 8.0 * n * tp * width * (1 + dim) if record.params else 0.0
+    deltas_bytes = _check_deltas(record, n, T, width)
     state = width * (1 + dim) if method != "reduced" else dim * (dim + 1) + 1
-    workspace = 8.0 * (11 * state + width * (1 + dim) + 4 * dim + dim * dim + width)
+    # + delta_i(0) and delta_i(t) per neuron, for each of the 8 SIMD lanes when dim = 1
+    workspace = 8.0 * (11 * state + width * (1 + dim) + 4 * dim + dim * dim + width
+                       + (2 * width * (8 if dim == 1 else 1) if neurons else 0))
     teams = min(n_threads or int(_core.max_threads()), n)
-    total = 8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + workspace * teams
+    total = (8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + deltas_bytes
+             + workspace * teams)
     _check_records(total, params_bytes, workspace, teams, record,
                    f"simulating {n} trajectories of width {width}, recorded at {T} times")
 
@@ -203,22 +288,24 @@ def simulate(
     model.loss_min = float(mom.loss_min)
     sched = _schedule(train, record, n_threads, width, dim, None)
 
-    rec = _record_buffers(record, n, T, tp, width, dim, keep_ntk)
+    rec = _record_buffers(record, n, T, tp, width, dim, keep_ntk, neurons)
 
-    _core.simulate_linear(
-        model,
-        np.ascontiguousarray(mom.Sigma, dtype=np.float64),
-        np.ascontiguousarray(mom.beta, dtype=np.float64),
-        _init_spec(init, seed, first_trajectory),
-        init.u0 if isinstance(init, Params) else None,
-        init.W0 if isinstance(init, Params) else None,
-        sched,
-        times,
-        n,
-        rec,
-        params_all=record.params == "all",
-        method=getattr(_core.LinearMethod, _METHODS[method]),
-    )
+    with TrajectoryProgress(n, progress) as hook:
+        _core.simulate_linear(
+            model,
+            np.ascontiguousarray(mom.Sigma, dtype=np.float64),
+            np.ascontiguousarray(mom.beta, dtype=np.float64),
+            _init_spec(init, seed, first_trajectory),
+            init.u0 if isinstance(init, Params) else None,
+            init.W0 if isinstance(init, Params) else None,
+            sched,
+            times,
+            n,
+            rec,
+            params_all=record.params == "all",
+            method=getattr(_core.LinearMethod, _METHODS[method]),
+            progress=hook,
+        )
 
     metrics: dict[str, NDArray[np.float64] | None] = {
         "ntk_change": None, "kernel_distance": None, "kta": None}
@@ -274,8 +361,20 @@ def _check_records(total: float, params_bytes: float, workspace: float, teams: i
     _memory.check(total, what, hint)
 
 
+def _check_deltas(record: Record, n: int, T: int, width: int) -> float:
+    """Bytes of ``record.deltas``, checked on its own so that the error names it."""
+    if not record.deltas:
+        return 0.0
+    nbytes = 8.0 * n * T * width
+    _memory.check(nbytes, f"record.deltas=True ({n} trajectories x {T} times x width {width})",
+                  "record fewer times or trajectories, keep only the summaries "
+                  "(delta_mean, delta_std, delta_drift: record.deltas=False), or run the "
+                  "ensemble in chunks with first_trajectory")
+    return nbytes
+
+
 def _record_buffers(record: Record, n: int, T: int, tp: int, width: int, dim: int,
-                    keep_ntk: bool) -> dict[str, NDArray[Any]]:
+                    keep_ntk: bool, neurons: bool = True) -> dict[str, NDArray[Any]]:
     """The output buffers both core drivers fill: n trajectories at T record times (tp for
     parameters). Allocated here, once, after the memory check; the core writes in place."""
     rec: dict[str, NDArray[Any]] = {
@@ -291,6 +390,11 @@ def _record_buffers(record: Record, n: int, T: int, tp: int, width: int, dim: in
         "rejected": np.zeros(n, dtype=np.int64),
         "events": np.zeros(n, dtype=np.int64),
     }
+    if neurons:  # the per-neuron delta_i need the parameters (not method="reduced")
+        for name in ("delta_mean", "delta_std", "delta_drift"):
+            rec[name] = np.empty((n, T))
+        if record.deltas:
+            rec["deltas"] = np.empty((n, T, width))
     if keep_ntk:
         rec["ntk"] = np.empty((n, T, dim, dim))
     if record.loss_below is not None:
@@ -331,6 +435,10 @@ def _result(rec: dict[str, Any], times: NDArray[np.float64], dim: int, ntk_mode:
         t_hit=rec.get("t_hit"),
         u=u,
         W=W,
+        delta_mean=rec.get("delta_mean"),
+        delta_std=rec.get("delta_std"),
+        delta_drift=rec.get("delta_drift"),
+        deltas=rec.get("deltas"),
         isa=str(_core.ISA),
         **fields,
     )
@@ -425,6 +533,7 @@ def _simulate_data(
     first_trajectory: int,
     n_threads: int,
     times: NDArray[np.float64],
+    progress: bool | None,
 ) -> Result:
     """The dataset path: the full parameters of a network with any activation."""
     dim, width, T = data.dim, net.width, times.size
@@ -471,8 +580,9 @@ def _simulate_data(
                 + (1 if relu else 0) + (2 if record.linearized else 0)
                 + (1 if train_labels else 0) + (1 if test is not None else 0)
                 + (1 if test_labels else 0) + (2 if test_lin else 0)
-                + (1 if test_lin and test_labels else 0))
+                + (1 if test_lin and test_labels else 0) + 3)  # + delta_mean, _std, _drift
     params_bytes = 8.0 * n * tp * width * (1 + dim) if record.params else 0.0
+    deltas_bytes = _check_deltas(record, n, T, width)
     gram_bytes = 8.0 * n * T * g * g if record.gram is not None else 0.0
     cnet = core_network(width, dim, net.act, net.kappa, train.eta_u, train.eta_w)
     teams = min(n_threads or int(_core.max_threads()), n)
@@ -481,7 +591,8 @@ def _simulate_data(
         record.linearized, relu, True, n_test))  # move_u / move_w are always recorded
     if relu and isinstance(train, GradientFlow) and train.solver == "dopri5":
         workspace += float(_core.piecewise_workspace_bytes(cnet, samples))
-    total = 8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes + workspace * teams
+    total = (8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes + deltas_bytes
+             + workspace * teams)
     _check_records(total, params_bytes, workspace, teams, record,
                    f"simulating {n} trajectories of width {width} on {samples} samples, "
                    f"recorded at {T} times")
@@ -509,22 +620,24 @@ def _simulate_data(
     if record.gram is not None:
         rec["gram"] = np.empty((n, T, g, g))
 
-    _core.simulate_network(
-        cnet,
-        data.X,
-        data.y,
-        _init_spec(init, seed, first_trajectory),
-        init.u0 if isinstance(init, Params) else None,
-        init.W0 if isinstance(init, Params) else None,
-        sched,
-        times,
-        n,
-        rec,
-        params_all=record.params == "all",
-        probe=probe,
-        test_x=None if test is None else test.X,
-        test_y=None if test is None else test.y,
-    )
+    with TrajectoryProgress(n, progress) as hook:
+        _core.simulate_network(
+            cnet,
+            data.X,
+            data.y,
+            _init_spec(init, seed, first_trajectory),
+            init.u0 if isinstance(init, Params) else None,
+            init.W0 if isinstance(init, Params) else None,
+            sched,
+            times,
+            n,
+            rec,
+            params_all=record.params == "all",
+            probe=probe,
+            test_x=None if test is None else test.X,
+            test_y=None if test is None else test.y,
+            progress=hook,
+        )
 
     return _result(rec, times, dim, ntk_mode, record, net=net, data=data, train=train,
                    init=init, seed=seed, first_trajectory=first_trajectory, method="full",

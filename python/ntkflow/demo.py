@@ -70,7 +70,7 @@ def run_setting(s: ReferenceSetting, trajectories: int, seed: int = 0,
     train = GradientFlow(t_max=t_max, rtol=1e-9, atol=1e-13)
     t0 = time.perf_counter()
     res = simulate(net, data, train, init=init, trajectories=trajectories, seed=seed,
-                   record=Record(times=120, spacing="log"), threads=threads)
+                   record=Record(times=120, spacing="log"), threads=threads, progress=False)
     seconds = time.perf_counter() - t0
     sol = exact.line(params, net, data, train)
     path = sol.at(res.times)

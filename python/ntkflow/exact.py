@@ -102,7 +102,8 @@ def reduced(
     if times is None:
         times = getattr(source, "times", None)
     record = Record() if times is None else Record(times=np.asarray(times, dtype=float))
-    return simulate(net, data, train, init=params, record=record, method="reduced")
+    return simulate(net, data, train, init=params, record=record, method="reduced",
+                    progress=False)
 
 
 def ntk_infinite(

@@ -26,6 +26,10 @@ _DIMS: dict[str, tuple[str, ...]] = {
     "norm_w2": ("trajectories", "times"),
     "alignment": ("trajectories", "times"),
     "balance_drift": ("trajectories", "times"),
+    "delta_mean": ("trajectories", "times"),
+    "delta_std": ("trajectories", "times"),
+    "delta_drift": ("trajectories", "times"),
+    "deltas": ("trajectories", "times", "width"),
     "status": ("trajectories",),
     "t_fail": ("trajectories",),
     "steps": ("trajectories",),
@@ -89,6 +93,21 @@ class Result:
         ``Delta = eta_w ||u||^2 - eta_u ||W||_F^2``, which gradient flow conserves for the
         linear and relu activations (1-homogeneous): then it is integration error made
         visible. For tanh and erf Delta is not conserved and this is physics.
+    delta_mean, delta_std : (trajectories, times) or None
+        Mean and spread (population standard deviation) over neurons of the per-neuron
+        quantities ``delta_i = eta_w u_i^2 - eta_u ||w_i||^2`` (docs/theory.md §E.5), each conserved
+        by gradient flow for linear and relu (1-homogeneous) networks, not for tanh and erf;
+        gradient descent changes them by O(lr^2) per step. ``delta_mean`` is ``Delta /
+        width``. None with ``method="reduced"`` (no parameters to read them from).
+    delta_drift : (trajectories, times) or None
+        ``max_i |delta_i(t) - delta_i(0)| / max_i (eta_w u_i(t)^2 + eta_u ||w_i(t)||^2)``:
+        relative to the largest per-neuron scale, so that a conserved run shows its
+        rounding or integration error (~1e-16 up to the solver's rtol) whatever the units
+        (+inf in the degenerate case of all parameters exactly 0 after a change).
+        ``delta_i(0)`` is taken from the initial state, even when the first record time is
+        later. None with ``method="reduced"``.
+    deltas : (trajectories, times, width) or None
+        Every ``delta_i``, kept on request (``Record.deltas``).
     status : (trajectories,) int8
         Codes of ``STATUS_NAMES``: ok; diverged (a non-finite loss, or the adaptive step
         collapsing on overflowing trial steps); step_limit (``max_steps`` reached);
@@ -193,6 +212,10 @@ class Result:
     test_loss_lin: NDArray[np.float64] | None = None
     test_error_lin: NDArray[np.float64] | None = None
     test_lin_gap: NDArray[np.float64] | None = None
+    delta_mean: NDArray[np.float64] | None = None
+    delta_std: NDArray[np.float64] | None = None
+    delta_drift: NDArray[np.float64] | None = None
+    deltas: NDArray[np.float64] | None = None
     path: str | None = None
     _initial: list[Params] = field(default_factory=list, repr=False)
 
@@ -215,7 +238,7 @@ class Result:
 
     def initial_params(self) -> Params:
         """The initial parameters, regenerated bit for bit from (seed, trajectory index)
-        rather than stored."""
+        rather than stored (``ntkflow.initial_params`` draws them without a run)."""
         if isinstance(self.init, Params):
             return self.init
         if not self._initial:

@@ -415,6 +415,12 @@ class Record:
         A held-out set with the training data's dim, evaluated at every record time; it
         never affects training. Records ``test_loss``, and ``test_error`` when its targets
         are all exactly +-1. Needs the samples: the run takes ``path="data"``.
+    deltas : bool
+        Also keep every per-neuron conserved quantity
+        ``delta_i = eta_w u_i^2 - eta_u ||w_i||^2`` (docs/theory.md §E.5) at every record time,
+        (trajectories, times, width) doubles, checked against the memory budget. Their
+        summaries (``delta_mean``, ``delta_std``, ``delta_drift``) are always recorded when
+        the parameters are integrated (not with ``method="reduced"``, which refuses this).
     """
 
     times: Any = 101
@@ -426,6 +432,7 @@ class Record:
     probe: Any = None
     linearized: bool = False
     test: Dataset | None = None
+    deltas: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.times, (int, np.integer)) and not isinstance(self.times, bool):
@@ -462,6 +469,9 @@ class Record:
         _set(self, "linearized", bool(self.linearized))
         require(self.test is None or isinstance(self.test, Dataset), "test",
                 "must be a Dataset (the held-out X and y) or None", type(self.test).__name__)
+        require(isinstance(self.deltas, (bool, np.bool_)), "deltas", "must be True or False",
+                self.deltas)
+        _set(self, "deltas", bool(self.deltas))
 
     def resolve_times(self, train: Training) -> NDArray[np.float64]:
         """The record times for this training run (validated against its horizon)."""

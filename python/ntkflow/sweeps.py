@@ -257,9 +257,11 @@ class Task:
             "trajectories": self.trajectories,
             "first_trajectory": self.first_trajectory,
             "seed": self.seed,
-            # A record without a test set describes itself as before Record.test existed,
-            # so the keys of stored tasks stay valid.
-            "record": _describe(self.record, ("test",) if self.record.test is None else ()),
+            # Record fields added later are described only when set, so that the keys of
+            # existing stores stay valid (no test set, deltas=False: as before they existed).
+            "record": _describe(self.record, tuple(
+                name for name, unset in (("test", self.record.test is None),
+                                         ("deltas", not self.record.deltas)) if unset)),
             "method": self.method,
             "compute": self.compute,
             "horizon": self.horizon,
@@ -314,7 +316,7 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
             train = dataclasses.replace(train, t_max=_horizon(sol))
         res = simulate(net, data, train, init=init, trajectories=n, seed=task.seed,
                        record=task.record, threads=threads, method=task.method,
-                       first_trajectory=task.first_trajectory)
+                       first_trajectory=task.first_trajectory, progress=False)
         c = classify(res, task.eps, task.tau)
         out.update(status=res.status, final_loss=res.loss[:, -1].copy(),
                    t_hit=(res.t_hit.copy() if res.t_hit is not None else np.full(n, np.nan)),

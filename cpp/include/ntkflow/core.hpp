@@ -37,6 +37,9 @@ struct CancelToken {
   double interval_s = 0.1;
   std::atomic<bool> stop{false};
   std::int64_t last_poll_ns = 0;  ///< touched by the starting thread only
+  /// Trajectories finished so far (any thread adds, after each item of work), for a
+  /// progress display read by `poll`. Never influences the results.
+  std::atomic<std::int64_t> done{0};
 };
 
 /// Linear two-layer network f(x) = kappa u^T W x trained on population moments.
@@ -92,6 +95,13 @@ struct Records {
   double* alignment = nullptr;  ///< (n, T) ||W^T u|| / (||u|| ||W||_F)
   double* ntk = nullptr;        ///< (n, T, d, d) kappa^2 (eta_u W^T W + eta_w ||u||^2 I)
   double* drift = nullptr;      ///< (n, T) relative drift of eta_w ||u||^2 - eta_u ||W||^2
+  /// Per-neuron conserved quantities delta_i = eta_w u_i^2 - eta_u ||w_i||^2 (docs/theory.md §E.5),
+  /// from the parameters (not written by the reduced system, which has none):
+  double* delta_mean = nullptr;   ///< (n, T) mean over neurons
+  double* delta_std = nullptr;    ///< (n, T) population standard deviation over neurons
+  double* delta_drift = nullptr;  ///< (n, T) max_i |delta_i(t) - delta_i(0)| divided by
+                                  ///< max_i (eta_w u_i^2 + eta_u ||w_i||^2) at t
+  double* deltas = nullptr;       ///< (n, T, m) every delta_i
   double* u = nullptr;          ///< (n, Tp, m) parameters, Tp = T if params_all else 1
   double* w = nullptr;          ///< (n, Tp, m, d)
   bool params_all = false;      ///< true: u, w at every record time; false: at the end
@@ -108,7 +118,8 @@ struct Records {
 ///             (every stage state is the parameter matrix times a small matrix).
 ///  stagewise: all m(1 + d) parameters, one field evaluation per stage (textbook form).
 ///  reduced:   the width-independent system of docs/theory.md §B.1 for (W^T u, W^T W, ||u||^2);
-///             out.u / out.w must be null (the reduced state holds no parameters).
+///             out.u / out.w and the per-neuron records (delta_*) must be null (the
+///             reduced state holds no parameters).
 enum class LinearMethod : std::int32_t { fused = 0, stagewise = 1, reduced = 2 };
 
 /// Integrate `trajectories` independent runs of a linear network into `out`.
