@@ -5,7 +5,19 @@ a plain NumPy rk4 vectorised over trajectories."""
 from __future__ import annotations
 
 import numpy as np
+import scipy.special
 from scipy.integrate import solve_ivp
+
+
+def act_and_slope(act: str, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The activation and its derivative (relu' = 1[z > 0], 0 at 0), elementwise."""
+    if act == "relu":
+        return np.maximum(Z, 0.0), (Z > 0).astype(float)
+    if act == "tanh":
+        return np.tanh(Z), 1.0 / np.cosh(Z) ** 2
+    if act == "erf":
+        return scipy.special.erf(Z), 2 / np.sqrt(np.pi) * np.exp(-Z * Z)
+    return Z, np.ones_like(Z)
 
 
 def field(u, W, Sigma, b, kappa, eta_u, eta_w):
@@ -108,7 +120,7 @@ def relu_field(state, mode, X, y, kappa, eta_u, eta_w):
                              method="bvls", tol=1e-15)
             beta[free] = sol.x
         P[i] += beta @ X[js]
-        for j, b, rj in zip(js, beta, r[js]):
+        for j, b, rj in zip(js, beta, r[js], strict=True):
             alpha[(int(j), int(i))] = b / rj if rj != 0 else 0.5
     du = -eta_u * kappa / n * H.T @ r
     dW = -eta_w * kappa / n * u[:, None] * P
@@ -149,7 +161,7 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
         outside = ((new == ON) & (Z <= 0)) | ((new == OFF) & (Z > 0))
         for jc, ic in crossing:
             outside[jc, ic] = True
-        moved = list(zip(*np.nonzero(outside)))
+        moved = list(zip(*np.nonzero(outside), strict=True))
         for j, i in moved:  # all to their other side first, then sliding on that field
             new[j, i] = OFF if new[j, i] == ON else ON
         _, _, P, r, _ = relu_field(s, new, X, y, kappa, eta_u, eta_w)
@@ -169,7 +181,7 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
             k += 1
         if k == T:
             break
-        solver = DOP853(lambda _t, s: relu_field(s, mode, X, y, kappa, eta_u, eta_w)[0],
+        solver = DOP853(lambda _t, s, mode=mode: relu_field(s, mode, X, y, kappa, eta_u, eta_w)[0],
                         t, state, float(times[-1]), rtol=rtol, atol=atol)
         while True:
             msg = solver.step()
@@ -178,8 +190,9 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
             t0, t1 = solver.t_old, solver.t
             found = []
             Z1 = X @ solver.y[m:].reshape(m, d).T
-            for j, i in zip(*np.nonzero(((mode == ON) & (Z1 <= 0)) | ((mode == OFF) & (Z1 > 0)))):
-                z = lambda tt, j=j, i=i: X[j] @ dense(tt)[m:].reshape(m, d)[i]
+            outside = ((mode == ON) & (Z1 <= 0)) | ((mode == OFF) & (Z1 > 0))
+            for j, i in zip(*np.nonzero(outside), strict=True):
+                z = lambda tt, j=j, i=i, dense=dense: X[j] @ dense(tt)[m:].reshape(m, d)[i]
                 if (z(t0) > 0) != (mode[j, i] == ON):
                     continue  # outside at both ends (rounding at a surface just switched)
                 found.append((brentq(z, t0, t1, xtol=1e-15, rtol=1e-15), int(j), int(i)))

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.special
 
 import ntkflow as nf
+
+from .reference import act_and_slope
 
 # ---- data containers take their arrays positionally ---------------------------------------
 
@@ -31,14 +32,6 @@ def test_dataset_and_moments_take_arrays_positionally() -> None:
 # ---- an independent NumPy reference -------------------------------------------------------
 
 
-def act_and_slope(act: str, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if act == "relu":
-        return np.maximum(Z, 0.0), (Z > 0).astype(float)
-    if act == "tanh":
-        return np.tanh(Z), 1.0 / np.cosh(Z) ** 2
-    if act == "erf":
-        return scipy.special.erf(Z), 2 / np.sqrt(np.pi) * np.exp(-Z * Z)
-    return Z, np.ones_like(Z)
 
 
 def outputs(u: np.ndarray, W: np.ndarray, X: np.ndarray, act: str, kappa: float) -> np.ndarray:

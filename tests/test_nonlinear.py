@@ -7,24 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.linalg
-import scipy.special
 from scipy.integrate import solve_ivp
 
 import ntkflow as nf
 
 from . import reference as ref
+from .reference import act_and_slope
 
 # ---- an independent NumPy reimplementation: f(x) = kappa sum_i u_i act(w_i . x) ----------
 
 
-def act_and_slope(act: str, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if act == "relu":
-        return np.maximum(Z, 0.0), (Z > 0).astype(float)
-    if act == "tanh":
-        return np.tanh(Z), 1.0 / np.cosh(Z) ** 2
-    if act == "erf":
-        return scipy.special.erf(Z), 2 / np.sqrt(np.pi) * np.exp(-Z * Z)
-    return Z, np.ones_like(Z)
 
 
 def loss_and_grads(u, W, X, y, act, kappa):

@@ -1,6 +1,7 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <utility>
 
 #include "bind_common.hpp"
 #include "ntkflow/nonlinear.hpp"
@@ -40,13 +41,6 @@ void simulate_network_py(const Network& net, const CArray& x, const CArray& y, I
     g = kr.n_probe;
   }
   kr.gram = out_buffer<double>(records, "gram", {n, T, g, g});
-  kr.ntk_change = out_buffer<double>(records, "ntk_change", {n, T});
-  kr.kernel_distance = out_buffer<double>(records, "kernel_distance", {n, T});
-  kr.kta = out_buffer<double>(records, "kta", {n, T});
-  kr.move_u = out_buffer<double>(records, "move_u", {n, T});
-  kr.move_w = out_buffer<double>(records, "move_w", {n, T});
-  kr.pattern_change = out_buffer<double>(records, "pattern_change", {n, T});
-  kr.loss_lin = out_buffer<double>(records, "loss_lin", {n, T});
   if (test_x) {
     if (test_x->ndim() != 2 || test_x->shape(1) != d || test_x->shape(0) < 1)
       throw py::value_error("test_x must have shape (test samples, dim)");
@@ -55,13 +49,24 @@ void simulate_network_py(const Network& net, const CArray& x, const CArray& y, I
     kr.n_test = test_x->shape(0);
     kr.test_y = in_buffer(*test_y, kr.n_test, "test_y");
   }
-  kr.error = out_buffer<double>(records, "error", {n, T});
-  kr.test_loss = out_buffer<double>(records, "test_loss", {n, T});
-  kr.test_error = out_buffer<double>(records, "test_error", {n, T});
-  kr.test_loss_lin = out_buffer<double>(records, "test_loss_lin", {n, T});
-  kr.test_error_lin = out_buffer<double>(records, "test_error_lin", {n, T});
-  kr.lin_gap = out_buffer<double>(records, "lin_gap", {n, T});
-  kr.test_lin_gap = out_buffer<double>(records, "test_lin_gap", {n, T});
+  // The (trajectories, times) kernel and held-out records, each under its Python name.
+  using Field = double* KernelRecords::*;
+  static const std::pair<Field, const char*> kPerTime[] = {
+      {&KernelRecords::ntk_change, "ntk_change"},
+      {&KernelRecords::kernel_distance, "kernel_distance"},
+      {&KernelRecords::kta, "kta"},
+      {&KernelRecords::move_u, "move_u"},
+      {&KernelRecords::move_w, "move_w"},
+      {&KernelRecords::pattern_change, "pattern_change"},
+      {&KernelRecords::loss_lin, "loss_lin"},
+      {&KernelRecords::error, "error"},
+      {&KernelRecords::test_loss, "test_loss"},
+      {&KernelRecords::test_error, "test_error"},
+      {&KernelRecords::test_loss_lin, "test_loss_lin"},
+      {&KernelRecords::test_error_lin, "test_error_lin"},
+      {&KernelRecords::lin_gap, "lin_gap"},
+      {&KernelRecords::test_lin_gap, "test_lin_gap"}};
+  for (const auto& [field, name] : kPerTime) kr.*field = out_buffer<double>(records, name, {n, T});
   run_cancellable([&](CancelToken* token) {
     simulate_network(net, data, init, sched, n, out, kr, token);
   }, progress);
