@@ -46,6 +46,14 @@ def _init_spec(init: Init, seed: int, first_trajectory: int) -> Any:
     return spec
 
 
+def _start(init: Init, seed: int, first_trajectory: int) -> tuple[Any, Any, Any]:
+    """The core's init arguments: its InitSpec and the given u0, W0 (or None, None)."""
+    spec = _init_spec(init, seed, first_trajectory)
+    if isinstance(init, Params):
+        return spec, init.u0, init.W0
+    return spec, None, None
+
+
 def draw_initial(
     init: Init, width: int, dim: int, trajectories: int, *, seed: int, first_trajectory: int = 0
 ) -> Params:
@@ -295,9 +303,7 @@ def simulate(
             model,
             np.ascontiguousarray(mom.Sigma, dtype=np.float64),
             np.ascontiguousarray(mom.beta, dtype=np.float64),
-            _init_spec(init, seed, first_trajectory),
-            init.u0 if isinstance(init, Params) else None,
-            init.W0 if isinstance(init, Params) else None,
+            *_start(init, seed, first_trajectory),
             sched,
             times,
             n,
@@ -625,9 +631,7 @@ def _simulate_data(
             cnet,
             data.X,
             data.y,
-            _init_spec(init, seed, first_trajectory),
-            init.u0 if isinstance(init, Params) else None,
-            init.W0 if isinstance(init, Params) else None,
+            *_start(init, seed, first_trajectory),
             sched,
             times,
             n,
