@@ -173,3 +173,39 @@ def test_result_repr_summarises_instead_of_printing_arrays() -> None:
     text = repr(res)
     assert "diverged 300" in text and "records loss" in text and ", u, W" in text
     assert len(text) < 400 and "nan" not in text.replace("median nan", "")
+
+
+def test_arrays_passed_as_data_are_named_by_shape_not_printed() -> None:
+    # The commonest slip, simulate(net, (X, y), ...): the message names the parameter, the
+    # types and shapes given and the fix, and stays short instead of printing both arrays.
+    X, y = np.random.default_rng(0).normal(size=(50, 3)), np.ones(50)
+    for data, given in (((X, y), "tuple of 2 items (array of shape (50, 3), array of shape "
+                                 "(50,))"),
+                        (X, "array of shape (50, 3) and dtype float64")):
+        with pytest.raises(ValueError, match="data") as info:
+            nf.simulate(NET, data, FLOW, trajectories=2)
+        text = str(info.value)
+        assert text == ("data must be a LatentLine, Moments or Dataset; for arrays use "
+                        f"nf.Dataset(X, y); got {given}")
+    with pytest.raises(ValueError, match=r"nf\.Dataset\(X, y\)"):
+        nf.initial_params(NET, data=(X, y))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nf.TwoLayer(width=np.arange(10_000)),
+        lambda: nf.TwoLayer(width=4, kappa=np.ones(10_000)),
+        lambda: nf.TwoLayer(width=4, kappa="k" * 1000),
+        lambda: nf.GradientFlow(solver="x" * 1000),
+        lambda: nf.simulate(NET, list(range(10_000)), FLOW),
+        lambda: nf.Dataset([[object()] * 1000], [1.0]),
+    ],
+)
+def test_messages_never_print_a_large_value(make) -> None:
+    # Any value quoted in a message is its type and shape (arrays) or a repr of at most
+    # about 80 characters.
+    with pytest.raises(ValueError) as info:
+        make()
+    got = str(info.value).split("; got ", 1)[1]
+    assert len(got) <= 80, got

@@ -12,6 +12,7 @@ from ._progress import TrajectoryProgress
 from ._validate import integer, require
 from .result import Result
 from .specs import (
+    DATA_RULE,
     Data,
     Dataset,
     Gaussian,
@@ -110,8 +111,7 @@ def initial_params(
     require((dim is None) != (data is None), "dim",
             "give exactly one of dim and data (the input dimension)", dim)
     if data is not None:
-        require(hasattr(data, "moments"), "data", "must be a LatentLine, Moments or Dataset",
-                data)
+        require(hasattr(data, "moments"), "data", DATA_RULE, data)
         d = int(data.dim)
     else:
         d = integer(dim, "dim", minimum=1)
@@ -220,7 +220,7 @@ def simulate(
     init = Gaussian() if init is None else init
     record = Record() if record is None else record
     require(isinstance(net, TwoLayer), "net", "must be a TwoLayer", net)
-    require(hasattr(data, "moments"), "data", "must be a LatentLine, Moments or Dataset", data)
+    require(hasattr(data, "moments"), "data", DATA_RULE, data)
     require(isinstance(train, (GradientFlow, GradientDescent)), "train",
             "must be a GradientFlow or GradientDescent", train)
     require(isinstance(init, (Gaussian, Params)), "init", "must be a Gaussian or Params", init)
