@@ -96,6 +96,15 @@ def test_run_phase_diagram(tmp_path: Path) -> None:
     ('kind = "simulate"\n[netwrk]\nwidth = 4\n', "unknown key 'netwrk'"),
     ('kind = "simulate"\n[network]\nwidth = 0\n', "width must be an integer >= 1"),
     ('kind = "simulate"\n[network]\nwidth = "big"\n', "network.width must be of type integer"),
+    # t_max = "auto" draws the initial parameters before simulate() checks its arguments:
+    # the message still names the key and value, not "trajectories, width and dim".
+    ('kind = "simulate"\n[run]\ntrajectories = -5\n',
+     "[run] trajectories must be an integer >= 1; got -5"),
+    ('kind = "simulate"\n[run]\nseed = -1\n', "[run] seed must be an integer >= 0; got -1"),
+    ('kind = "simulate"\n[run]\ntrajectories = 0\n[train]\nt_max = 1.0\n',
+     "[run] trajectories must be an integer >= 1; got 0"),
+    ('kind = "width_study"\n[study]\nwidths = [4, 8]\ntrajectories = -5\n',
+     "[study] trajectories must be an integer >= 1; got -5"),
     ('kind = "simulate"\n[train]\nt_max = "later"\n', "train.t_max"),
     ('kind = "phase_diagram"\n[grid]\nx = "alpah"\nx_values = [1]\ny = "c_w"\n'
      'y_values = [0]\n', "x name must be one of"),

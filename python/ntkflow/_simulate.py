@@ -61,6 +61,14 @@ def draw_initial(
     """Initial parameters exactly as ``simulate`` draws them."""
     if isinstance(init, Params):
         return init
+    # Checked here too, not only in simulate: the config runner and the sweeps call this
+    # directly, and the core's own message does not say which count was wrong.
+    trajectories = integer(trajectories, "trajectories", minimum=1)
+    width = integer(width, "width", minimum=1)
+    dim = integer(dim, "dim", minimum=1)
+    seed = integer(seed, "seed", minimum=0)
+    require(seed < 2**64, "seed", "must be < 2**64", seed)
+    first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
     _memory.check(8.0 * trajectories * width * (1 + dim), "the initial parameters",
                   "use fewer trajectories")
     u, W = _core.initial_params(_init_spec(init, seed, first_trajectory), width=width,
