@@ -209,3 +209,22 @@ def test_messages_never_print_a_large_value(make) -> None:
         make()
     got = str(info.value).split("; got ", 1)[1]
     assert len(got) <= 80, got
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: nf.TwoLayer(width=4, kappa=0.0), "kappa must be a finite number > 0; got 0.0"),
+        (lambda: nf.GradientFlow(eta_u=-0.1), "eta_u must be a finite number >= 0; got -0.1"),
+        (lambda: nf.GradientFlow(rtol=2.0), "rtol must be in (0, 1]; got 2.0"),
+        (lambda: nf.Gaussian(correlation=1.5), "correlation must be in [-1, 1]; got 1.5"),
+        (lambda: nf.LatentLine(beta=float("inf")), "beta must be a finite number; got inf"),
+        (lambda: nf.TwoLayer(width=0), "width must be an integer >= 1; got 0"),
+    ],
+)
+def test_range_messages_read_naturally(make, message: str) -> None:
+    # No "in (0.0, inf]": a one-sided bound is written as a comparison, an interval only
+    # when both ends are finite.
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value) == message

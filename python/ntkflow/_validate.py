@@ -79,16 +79,34 @@ def real(
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be a real number; got {show(value)}")
     out = float(value)
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    rng = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
     ok = math.isfinite(out)
     if low is not None:
         ok = ok and (out > low if low_open else out >= low)
     if high is not None:
         ok = ok and (out < high if high_open else out <= high)
-    require(ok, name, f"must be a finite number in {rng}", value)
+    require(ok, name, _range_rule(low, high, low_open, high_open), value)
     return out
+
+
+def _range_rule(low: float | None, high: float | None, low_open: bool,
+                high_open: bool) -> str:
+    """The rule as a reader says it: "must be a finite number > 0", "must be in (0, 1]"
+    (finite goes without saying for a closed-off interval), "must be a finite number"."""
+    if low is not None and high is not None:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        return f"must be in {lo}{_number(low)}, {_number(high)}{hi}"
+    if low is not None:
+        return f"must be a finite number {'>' if low_open else '>='} {_number(low)}"
+    if high is not None:
+        return f"must be a finite number {'<' if high_open else '<='} {_number(high)}"
+    return "must be a finite number"
+
+
+def _number(x: float) -> str:
+    """A bound as written by hand: 0 and 1 rather than 0.0 and 1.0."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
 
 
 def array(
