@@ -228,3 +228,31 @@ def test_range_messages_read_naturally(make, message: str) -> None:
     with pytest.raises(ValueError) as info:
         make()
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("given", "nbytes"),
+                         [("8G", 8 * 2**30), ("500M", 500 * 2**20), ("1.5GB", 1.5 * 2**30),
+                          (" 2g ", 2 * 2**30), ("1000000", 1e6), (2**30, 2**30)])
+def test_set_memory_budget_takes_the_environment_variables_sizes(
+        monkeypatch, given, nbytes: float) -> None:
+    # nf.set_memory_budget("8G") means what NTKFLOW_MEMORY_BUDGET=8G means.
+    try:
+        nf.set_memory_budget(given)
+        assert nf.memory_budget() == nbytes
+        if isinstance(given, str):
+            nf.set_memory_budget(None)
+            monkeypatch.setenv("NTKFLOW_MEMORY_BUDGET", given)
+            assert nf.memory_budget() == nbytes
+    finally:
+        nf.set_memory_budget(None)
+
+
+@pytest.mark.parametrize("given", ["8X", "", "-1G", "G", "inf"])
+def test_set_memory_budget_refuses_a_bad_size(given: str) -> None:
+    before = nf.memory_budget()
+    with pytest.raises(ValueError, match=r"^nbytes must be a size > 0 such as 8G or 500M; "
+                                         r"got '"):
+        nf.set_memory_budget(given)
+    assert nf.memory_budget() == before
+    with pytest.raises(ValueError, match=r"^nbytes must be a finite number > 0; got -1"):
+        nf.set_memory_budget(-1)
