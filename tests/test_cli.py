@@ -35,6 +35,32 @@ def test_demo_small(tmp_path: Path) -> None:
     assert r.stderr == ""
 
 
+def test_demo_writes_into_its_own_folder_by_default(tmp_path: Path) -> None:
+    # Not into the current folder: from a checkout the figure would show up in
+    # `git status` and in the sdist (ntkflow_demo/ is in .gitignore and sdist.exclude).
+    pytest.importorskip("matplotlib")
+    r = ntkflow("demo", "--trajectories", "20", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["ntkflow_demo"]
+    _png(tmp_path / "ntkflow_demo" / "ntkflow_demo.png")
+    assert f"figure: {Path('ntkflow_demo') / 'ntkflow_demo.png'}" in r.stdout
+    h = ntkflow("demo", "--help", cwd=tmp_path)
+    assert "default: ntkflow_demo" in " ".join(h.stdout.split())
+
+
+def test_demo_output_folder_is_ignored_by_git_and_the_sdist() -> None:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    assert "ntkflow_demo/" in (root / ".gitignore").read_text().splitlines()
+    with (root / "pyproject.toml").open("rb") as fh:
+        sdist = tomllib.load(fh)["tool"]["scikit-build"]["sdist"]
+    assert "ntkflow_demo/" in sdist["exclude"]
+
+
 def _small_config(tmp_path: Path, name: str, replace: dict[str, str]) -> Path:
     text = (EXAMPLES / name).read_text()
     for old, new in replace.items():
