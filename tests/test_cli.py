@@ -35,6 +35,32 @@ def test_demo_small(tmp_path: Path) -> None:
     assert r.stderr == ""
 
 
+def test_demo_writes_into_its_own_folder_by_default(tmp_path: Path) -> None:
+    # Not into the current folder: from a checkout the figure would show up in
+    # `git status` and in the sdist (ntkflow_demo/ is in .gitignore and sdist.exclude).
+    pytest.importorskip("matplotlib")
+    r = ntkflow("demo", "--trajectories", "20", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["ntkflow_demo"]
+    _png(tmp_path / "ntkflow_demo" / "ntkflow_demo.png")
+    assert f"figure: {Path('ntkflow_demo') / 'ntkflow_demo.png'}" in r.stdout
+    h = ntkflow("demo", "--help", cwd=tmp_path)
+    assert "default: ntkflow_demo" in " ".join(h.stdout.split())
+
+
+def test_demo_output_folder_is_ignored_by_git_and_the_sdist() -> None:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    assert "ntkflow_demo/" in (root / ".gitignore").read_text().splitlines()
+    with (root / "pyproject.toml").open("rb") as fh:
+        sdist = tomllib.load(fh)["tool"]["scikit-build"]["sdist"]
+    assert "ntkflow_demo/" in sdist["exclude"]
+
+
 def _small_config(tmp_path: Path, name: str, replace: dict[str, str]) -> Path:
     text = (EXAMPLES / name).read_text()
     for old, new in replace.items():
@@ -96,6 +122,15 @@ def test_run_phase_diagram(tmp_path: Path) -> None:
     ('kind = "simulate"\n[netwrk]\nwidth = 4\n', "unknown key 'netwrk'"),
     ('kind = "simulate"\n[network]\nwidth = 0\n', "width must be an integer >= 1"),
     ('kind = "simulate"\n[network]\nwidth = "big"\n', "network.width must be of type integer"),
+    # t_max = "auto" draws the initial parameters before simulate() checks its arguments:
+    # the message still names the key and value, not "trajectories, width and dim".
+    ('kind = "simulate"\n[run]\ntrajectories = -5\n',
+     "[run] trajectories must be an integer >= 1; got -5"),
+    ('kind = "simulate"\n[run]\nseed = -1\n', "[run] seed must be an integer >= 0; got -1"),
+    ('kind = "simulate"\n[run]\ntrajectories = 0\n[train]\nt_max = 1.0\n',
+     "[run] trajectories must be an integer >= 1; got 0"),
+    ('kind = "width_study"\n[study]\nwidths = [4, 8]\ntrajectories = -5\n',
+     "[study] trajectories must be an integer >= 1; got -5"),
     ('kind = "simulate"\n[train]\nt_max = "later"\n', "train.t_max"),
     ('kind = "phase_diagram"\n[grid]\nx = "alpah"\nx_values = [1]\ny = "c_w"\n'
      'y_values = [0]\n', "x name must be one of"),

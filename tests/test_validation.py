@@ -173,3 +173,86 @@ def test_result_repr_summarises_instead_of_printing_arrays() -> None:
     text = repr(res)
     assert "diverged 300" in text and "records loss" in text and ", u, W" in text
     assert len(text) < 400 and "nan" not in text.replace("median nan", "")
+
+
+def test_arrays_passed_as_data_are_named_by_shape_not_printed() -> None:
+    # The commonest slip, simulate(net, (X, y), ...): the message names the parameter, the
+    # types and shapes given and the fix, and stays short instead of printing both arrays.
+    X, y = np.random.default_rng(0).normal(size=(50, 3)), np.ones(50)
+    for data, given in (((X, y), "tuple of 2 items (array of shape (50, 3), array of shape "
+                                 "(50,))"),
+                        (X, "array of shape (50, 3) and dtype float64")):
+        with pytest.raises(ValueError, match="data") as info:
+            nf.simulate(NET, data, FLOW, trajectories=2)
+        text = str(info.value)
+        assert text == ("data must be a LatentLine, Moments or Dataset; for arrays use "
+                        f"nf.Dataset(X, y); got {given}")
+    with pytest.raises(ValueError, match=r"nf\.Dataset\(X, y\)"):
+        nf.initial_params(NET, data=(X, y))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nf.TwoLayer(width=np.arange(10_000)),
+        lambda: nf.TwoLayer(width=4, kappa=np.ones(10_000)),
+        lambda: nf.TwoLayer(width=4, kappa="k" * 1000),
+        lambda: nf.GradientFlow(solver="x" * 1000),
+        lambda: nf.simulate(NET, list(range(10_000)), FLOW),
+        lambda: nf.Dataset([[object()] * 1000], [1.0]),
+    ],
+)
+def test_messages_never_print_a_large_value(make) -> None:
+    # Any value quoted in a message is its type and shape (arrays) or a repr of at most
+    # about 80 characters.
+    with pytest.raises(ValueError) as info:
+        make()
+    got = str(info.value).split("; got ", 1)[1]
+    assert len(got) <= 80, got
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: nf.TwoLayer(width=4, kappa=0.0), "kappa must be a finite number > 0; got 0.0"),
+        (lambda: nf.GradientFlow(eta_u=-0.1), "eta_u must be a finite number >= 0; got -0.1"),
+        (lambda: nf.GradientFlow(rtol=2.0), "rtol must be in (0, 1]; got 2.0"),
+        (lambda: nf.Gaussian(correlation=1.5), "correlation must be in [-1, 1]; got 1.5"),
+        (lambda: nf.LatentLine(beta=float("inf")), "beta must be a finite number; got inf"),
+        (lambda: nf.TwoLayer(width=0), "width must be an integer >= 1; got 0"),
+    ],
+)
+def test_range_messages_read_naturally(make, message: str) -> None:
+    # No "in (0.0, inf]": a one-sided bound is written as a comparison, an interval only
+    # when both ends are finite.
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("given", "nbytes"),
+                         [("8G", 8 * 2**30), ("500M", 500 * 2**20), ("1.5GB", 1.5 * 2**30),
+                          (" 2g ", 2 * 2**30), ("1000000", 1e6), (2**30, 2**30)])
+def test_set_memory_budget_takes_the_environment_variables_sizes(
+        monkeypatch, given, nbytes: float) -> None:
+    # nf.set_memory_budget("8G") means what NTKFLOW_MEMORY_BUDGET=8G means.
+    try:
+        nf.set_memory_budget(given)
+        assert nf.memory_budget() == nbytes
+        if isinstance(given, str):
+            nf.set_memory_budget(None)
+            monkeypatch.setenv("NTKFLOW_MEMORY_BUDGET", given)
+            assert nf.memory_budget() == nbytes
+    finally:
+        nf.set_memory_budget(None)
+
+
+@pytest.mark.parametrize("given", ["8X", "", "-1G", "G", "inf"])
+def test_set_memory_budget_refuses_a_bad_size(given: str) -> None:
+    before = nf.memory_budget()
+    with pytest.raises(ValueError, match=r"^nbytes must be a size > 0 such as 8G or 500M; "
+                                         r"got '"):
+        nf.set_memory_budget(given)
+    assert nf.memory_budget() == before
+    with pytest.raises(ValueError, match=r"^nbytes must be a finite number > 0; got -1"):
+        nf.set_memory_budget(-1)

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._validate import show
+
 __all__ = ["LineParams", "LinePath", "LineSolution", "line_solution"]
 
 FloatArray = NDArray[np.float64]
@@ -46,20 +48,20 @@ def _real(value: float, name: str, rule: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be {rule}; got {value!r}") from None
+        raise ValueError(f"{name} must be {rule}; got {show(value)}") from None
 
 
 def _positive(value: float, name: str) -> float:
     out = _real(value, name, "a finite number > 0")
     if not (math.isfinite(out) and out > 0.0):
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+        raise ValueError(f"{name} must be a finite number > 0; got {show(value)}")
     return out
 
 
 def _finite(value: float, name: str) -> float:
     out = _real(value, name, "a finite number")
     if not math.isfinite(out):
-        raise ValueError(f"{name} must be a finite number; got {value!r}")
+        raise ValueError(f"{name} must be a finite number; got {show(value)}")
     return out
 
 
@@ -68,7 +70,7 @@ def _vectors(value: ArrayLike, name: str) -> FloatArray:
         out = np.array(value, dtype=np.float64, order="C", copy=True)
     except (TypeError, ValueError):
         raise ValueError(
-            f"{name} must be an array of real numbers; got {value!r}"
+            f"{name} must be an array of real numbers; got {show(value)}"
         ) from None
     if out.ndim == 1:
         out = out[None, :]
@@ -90,7 +92,7 @@ def _times(times: ArrayLike) -> FloatArray:
         t = np.array(times, dtype=np.float64, order="C", copy=True)
     except (TypeError, ValueError):
         raise ValueError(
-            f"times must be an array of real numbers; got {times!r}"
+            f"times must be an array of real numbers; got {show(times)}"
         ) from None
     if t.ndim == 0:
         t = t.reshape(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ._validate import MemoryBudgetError, real
+from ._validate import MemoryBudgetError, real, show
 
 _budget: float | None = None
 
@@ -51,16 +51,18 @@ def _cgroup_limit(root: str = "/") -> float:
     return limit
 
 
-def _parse_bytes(text: str) -> float:
+def _parse_bytes(text: str, name: str = "NTKFLOW_MEMORY_BUDGET") -> float:
+    """A size such as ``8G``, ``500M``, ``1.5GB`` or ``1000000`` (bytes; K, M, G, T are
+    powers of 1024), > 0."""
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     t = text.strip().lower().removesuffix("b")
     scale = units.get(t[-1:], 1) if t else 1
     number = t[:-1] if t[-1:] in units else t
     try:
-        return real(float(number) * scale, "NTKFLOW_MEMORY_BUDGET", low=0.0, low_open=True)
+        return real(float(number) * scale, name, low=0.0, low_open=True)
     except ValueError:
         raise ValueError(
-            f"NTKFLOW_MEMORY_BUDGET must be a size such as 8G or 500M; got {text!r}"
+            f"{name} must be a size > 0 such as 8G or 500M; got {show(text)}"
         ) from None
 
 
@@ -79,10 +81,17 @@ def memory_budget() -> float:
     return 0.5 * min(_physical_memory(), _cgroup_limit())
 
 
-def set_memory_budget(nbytes: float | None) -> None:
-    """Set the budget in bytes; ``None`` restores the default."""
+def set_memory_budget(nbytes: float | str | None) -> None:
+    """Set the budget: a number of bytes, or a size in the forms ``NTKFLOW_MEMORY_BUDGET``
+    takes (``"8G"``, ``"500M"``, ``"1.5GB"``; K, M, G, T are powers of 1024). ``None``
+    restores the default."""
     global _budget
-    _budget = None if nbytes is None else real(nbytes, "nbytes", low=0.0, low_open=True)
+    if nbytes is None:
+        _budget = None
+    elif isinstance(nbytes, str):
+        _budget = _parse_bytes(nbytes, "nbytes")
+    else:
+        _budget = real(nbytes, "nbytes", low=0.0, low_open=True)
 
 
 def check(nbytes: float, what: str, hint: str) -> None:

@@ -12,6 +12,7 @@ from ._progress import TrajectoryProgress
 from ._validate import integer, require
 from .result import Result
 from .specs import (
+    DATA_RULE,
     Data,
     Dataset,
     Gaussian,
@@ -60,6 +61,14 @@ def draw_initial(
     """Initial parameters exactly as ``simulate`` draws them."""
     if isinstance(init, Params):
         return init
+    # Checked here too, not only in simulate: the config runner and the sweeps call this
+    # directly, and the core's own message does not say which count was wrong.
+    trajectories = integer(trajectories, "trajectories", minimum=1)
+    width = integer(width, "width", minimum=1)
+    dim = integer(dim, "dim", minimum=1)
+    seed = integer(seed, "seed", minimum=0)
+    require(seed < 2**64, "seed", "must be < 2**64", seed)
+    first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
     _memory.check(8.0 * trajectories * width * (1 + dim), "the initial parameters",
                   "use fewer trajectories")
     u, W = _core.initial_params(_init_spec(init, seed, first_trajectory), width=width,
@@ -110,8 +119,7 @@ def initial_params(
     require((dim is None) != (data is None), "dim",
             "give exactly one of dim and data (the input dimension)", dim)
     if data is not None:
-        require(hasattr(data, "moments"), "data", "must be a LatentLine, Moments or Dataset",
-                data)
+        require(hasattr(data, "moments"), "data", DATA_RULE, data)
         d = int(data.dim)
     else:
         d = integer(dim, "dim", minimum=1)
@@ -220,7 +228,7 @@ def simulate(
     init = Gaussian() if init is None else init
     record = Record() if record is None else record
     require(isinstance(net, TwoLayer), "net", "must be a TwoLayer", net)
-    require(hasattr(data, "moments"), "data", "must be a LatentLine, Moments or Dataset", data)
+    require(hasattr(data, "moments"), "data", DATA_RULE, data)
     require(isinstance(train, (GradientFlow, GradientDescent)), "train",
             "must be a GradientFlow or GradientDescent", train)
     require(isinstance(init, (Gaussian, Params)), "init", "must be a Gaussian or Params", init)

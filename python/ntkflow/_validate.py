@@ -15,26 +15,52 @@ class MemoryBudgetError(ValueError, MemoryError):
     """A requested allocation is larger than the memory budget (see ``memory_budget``)."""
 
 
+# Longest repr of a value quoted in a message; longer ones are cut with "...".
+_MAX_REPR = 80
+
+
 def require(ok: bool, name: str, rule: str, value: object) -> None:
     """Raise ``ValueError("<name> <rule>; got <value>")`` unless ``ok``."""
     if not ok:
-        raise ValueError(f"{name} {rule}; got {_show(value)}")
+        raise ValueError(f"{name} {rule}; got {show(value)}")
 
 
-def _show(value: object) -> str:
-    if isinstance(value, np.ndarray):
-        return f"array of shape {value.shape} and dtype {value.dtype}"
-    return repr(value)
+def show(value: object) -> str:
+    """The value as quoted in a message: arrays (and anything with a ``shape``) by type
+    and shape, tuples and lists holding them item by item, anything else by its repr cut
+    to about 80 characters, so that a message never prints a whole array."""
+    if isinstance(value, (tuple, list)) and any(_shaped(v) for v in value):
+        items = ", ".join(_shape_of(v) if _shaped(v) else type(v).__name__
+                          for v in value[:4])
+        more = ", ..." if len(value) > 4 else ""
+        n = len(value)
+        return f"{type(value).__name__} of {n} item{'s' * (n != 1)} ({items}{more})"
+    if _shaped(value):
+        dtype = f" and dtype {value.dtype}" if isinstance(value, np.ndarray) else ""
+        return _shape_of(value) + dtype
+    text = repr(value)
+    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
+
+
+def _shaped(value: object) -> bool:
+    """An array-like with at least one dimension (NumPy, pandas, xarray, torch...)."""
+    shape = getattr(value, "shape", None)
+    return isinstance(shape, tuple) and len(shape) > 0
+
+
+def _shape_of(value: Any) -> str:
+    kind = "array" if isinstance(value, np.ndarray) else type(value).__name__
+    return f"{kind} of shape {tuple(value.shape)}"
 
 
 def integer(value: Any, name: str, *, minimum: int | None = None) -> int:
     """An exact integer (numpy integers accepted, bools and floats refused)."""
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer; got {value!r}")
+        raise ValueError(f"{name} must be an integer; got {show(value)}")
     try:
         out = operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be an integer; got {value!r}") from None
+        raise ValueError(f"{name} must be an integer; got {show(value)}") from None
     if minimum is not None:
         require(out >= minimum, name, f"must be an integer >= {minimum}", value)
     return out
@@ -51,18 +77,36 @@ def real(
 ) -> float:
     """A finite real number in the given range."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a real number; got {value!r}")
+        raise ValueError(f"{name} must be a real number; got {show(value)}")
     out = float(value)
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    rng = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
     ok = math.isfinite(out)
     if low is not None:
         ok = ok and (out > low if low_open else out >= low)
     if high is not None:
         ok = ok and (out < high if high_open else out <= high)
-    require(ok, name, f"must be a finite number in {rng}", value)
+    require(ok, name, _range_rule(low, high, low_open, high_open), value)
     return out
+
+
+def _range_rule(low: float | None, high: float | None, low_open: bool,
+                high_open: bool) -> str:
+    """The rule as a reader says it: "must be a finite number > 0", "must be in (0, 1]"
+    (finite goes without saying for a closed-off interval), "must be a finite number"."""
+    if low is not None and high is not None:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        return f"must be in {lo}{_number(low)}, {_number(high)}{hi}"
+    if low is not None:
+        return f"must be a finite number {'>' if low_open else '>='} {_number(low)}"
+    if high is not None:
+        return f"must be a finite number {'<' if high_open else '<='} {_number(high)}"
+    return "must be a finite number"
+
+
+def _number(x: float) -> str:
+    """A bound as written by hand: 0 and 1 rather than 0.0 and 1.0."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
 
 
 def array(
@@ -77,7 +121,9 @@ def array(
     try:
         out = np.array(value, dtype=np.float64, order="C", copy=True if copy else None)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an array of real numbers; got {value!r}") from None
+        raise ValueError(
+            f"{name} must be an array of real numbers; got {show(value)}"
+        ) from None
     ranks = (ndim,) if isinstance(ndim, int) else ndim
     require(out.ndim in ranks, name, f"must have {' or '.join(map(str, ranks))} dimensions", out)
     if finite and not np.all(np.isfinite(out)):

@@ -8,6 +8,10 @@ from collections.abc import Sequence
 
 from . import __version__
 
+# Not the current folder: from a checkout the figure would show up in `git status` and in
+# an sdist. The folder is in .gitignore and in pyproject's sdist.exclude.
+DEMO_OUT = "ntkflow_demo"
+
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
@@ -60,10 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Simulate ensembles of linear two-layer networks in four settings of "
         "docs/theory.md §E.4 (K1 kernel, A1 alignment, D1 disalignment, R2 "
         "rescaling), compare every trajectory with the closed-form solution, classify "
-        "each one, print a table and write ntkflow_demo.png.",
+        "each one, print a table and write ntkflow_demo.png into --out "
+        "(default: a folder ntkflow_demo/, so that nothing lands beside your files).",
     )
-    demo.add_argument("--out", default=".", metavar="DIR",
-                      help="folder for the figure (default: .)")
+    demo.add_argument("--out", default=DEMO_OUT, metavar="DIR",
+                      help=f"folder for the figure, created if missing (default: {DEMO_OUT})")
     demo.add_argument("--trajectories", type=_positive, default=1000, metavar="N",
                       help="trajectories per setting (default: 1000)")
     demo.add_argument("--seed", type=int, default=0, help="seed (default: 0)")

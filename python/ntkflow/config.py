@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ._validate import show
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -85,7 +87,7 @@ def load(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p} is not valid TOML: {exc}") from None
     kind = cfg.get("kind")
     if kind not in SCHEMA:
-        raise ConfigError(f"kind must be one of {', '.join(SCHEMA)}; got {kind!r}")
+        raise ConfigError(f"kind must be one of {', '.join(SCHEMA)}; got {show(kind)}")
     schema = SCHEMA[kind]
     for section, body in cfg.items():
         if section == "kind":
@@ -104,7 +106,7 @@ def load(path: str | Path) -> dict[str, Any]:
                                                    bool not in types)
             if not ok:
                 raise ConfigError(f"{section}.{key} must be of type {_type_name(types)}; "
-                                  f"got {value!r}")
+                                  f"got {show(value)}")
     return cfg
 
 
@@ -121,7 +123,7 @@ def _call(key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 def _t_max(value: Any, key: str) -> Any:
     if isinstance(value, str):
         if value != "auto":
-            raise ConfigError(f"{key}.t_max must be a number > 0 or \"auto\"; got {value!r}")
+            raise ConfigError(f"{key}.t_max must be a number > 0 or \"auto\"; got {show(value)}")
         return "auto"
     return float(value)
 

@@ -152,8 +152,9 @@ def make_figure(rows: list[Row], out: Path, dpi: int = 80) -> Path | None:
     return path
 
 
-def run_demo(out: str = ".", trajectories: int = 1000, quiet: bool = False,
+def run_demo(out: str = "ntkflow_demo", trajectories: int = 1000, quiet: bool = False,
              plot: bool = True, seed: int = 0, threads: int | None = None) -> int:
+    # out defaults to cli.DEMO_OUT (kept there so that `ntkflow --help` imports no core).
     if trajectories < 1:
         raise ValueError(f"trajectories must be >= 1; got {trajectories}")
     t0 = time.perf_counter()

@@ -159,6 +159,10 @@ class Moments:
         return self._moments
 
 
+# The rule quoted when something else is passed as ``data`` (a tuple (X, y) most often).
+DATA_RULE = "must be a LatentLine, Moments or Dataset; for arrays use nf.Dataset(X, y)"
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Dataset:
     """A training (or test) set ``X`` (samples, dim) and targets ``y`` (samples,).

@@ -40,6 +40,7 @@ from .mechanisms import (
 )
 from .result import Result
 from .specs import (
+    DATA_RULE,
     Data,
     Dataset,
     Gaussian,
@@ -208,8 +209,8 @@ class Task:
             object.__setattr__(self, name, value)
 
         require(isinstance(self.net, TwoLayer), "net", "must be a TwoLayer", self.net)
-        require(isinstance(self.data, (LatentLine, Moments, Dataset)), "data",
-                "must be a LatentLine, Moments or Dataset", self.data)
+        require(isinstance(self.data, (LatentLine, Moments, Dataset)), "data", DATA_RULE,
+                self.data)
         require(isinstance(self.train, (GradientFlow, GradientDescent)), "train",
                 "must be a GradientFlow or GradientDescent", self.train)
         require(isinstance(self.init, (Gaussian, Params)), "init",
