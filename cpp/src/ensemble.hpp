@@ -213,7 +213,8 @@ class NeuronRecorder {
   std::vector<double> delta0_, delta_;
 };
 
-void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w);
+[[gnu::noinline]] void draw_initial(const InitSpec& init, Index width, Index dim, Index k,
+                                    double* u, double* w);
 
 /// Runs body(worker, item) for every item in [0, items) on OpenMP threads, adding to
 /// cancel->done the trajectories each item finished (body's return value, or 1 if void). Each thread

@@ -15,7 +15,10 @@ namespace detail {
 /// Trajectory k (local to this call) of an ensemble: u (width), w (width x dim, row-major).
 /// Normals 0..m-1 of the stream give u; normals m..m(1+d)-1 give the independent part of W,
 /// so W_ik = s_w / sqrt(d) (rho g_i + sqrt(1 - rho^2) h_ik) has corr(u_i, W_ik) = rho.
-void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w) {
+/// Never inlined: with link-time optimisation GCC inlined it into the SIMD-lane driver of
+/// linear.cpp, whose code may contract a * b + c into an FMA, and the x86-64-v4 build then
+/// drew correlated inits one ulp away from initial_params.
+[[gnu::noinline]] void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w) {
   const Index m = width, d = dim;
   if (init.given) {
     std::copy(init.u0 + k * m, init.u0 + (k + 1) * m, u);
