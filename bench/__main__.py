@@ -1,4 +1,4 @@
-"""python -m bench [scaling] [--quick | --tiny] [--only W1|W1-fixed|W1-adaptive|W2|W3]
+"""python -m bench [scaling] [--quick | --tiny] [--only W1|W1-fixed|W1-adaptive|W2|W3|W4]
 [--repeats N] [--peers all|none|jax,torch,...] [--threads N] [--json PATH]
 
 Runs the workloads of bench/README.md: ntkflow beside every reference that is installed,
@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import gemm, machine
+from . import gemm, machine, peers
 from ._harness import Config
 
-WORKLOADS = ("W1-fixed", "W1-adaptive", "W2", "W3")
+WORKLOADS = ("W1-fixed", "W1-adaptive", "W2", "W3", "W4")
 ALL_PEERS = frozenset({"jax", "torch", "diffrax", "scipy"})
 
 
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--tiny", action="store_true",
                       help="tiny sizes, 1 repeat: a smoke test of the harness itself")
     p.add_argument("--only", action="append", metavar="W",
-                   help="run only this workload: W1 (both), W1-fixed, W1-adaptive, W2, W3; "
+                   help="run only this workload: W1 (both), W1-fixed, W1-adaptive, W2, W3, W4; "
                         "may be repeated")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs after the warm-up (default 5; quick 3; tiny 1)")
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--w3-steps", type=int, default=None, metavar="N",
                    help="run W3 for N steps instead of its definition's (a multiple of the "
                         "record interval; labelled in the output); per-step rates unchanged")
+    p.add_argument("--w4-students", type=int, default=None, metavar="N",
+                   help="run W4 with N students instead of its definition's (labelled; the "
+                        "per-run cap of the accuracy ladders is scaled by the same factor)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="also write every number, the machine and the git hash as JSON")
     return p
@@ -67,8 +70,12 @@ def _config(args: argparse.Namespace) -> Config:
             raise SystemExit(f"--peers: unknown {sorted(bad)}; allowed {sorted(ALL_PEERS)}")
     if args.w3_steps is not None and args.w3_steps < 1:
         raise SystemExit("--w3-steps must be >= 1")
+    if args.w4_students is not None and args.w4_students < 1:
+        raise SystemExit("--w4-students must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit("--threads must be >= 1")
     return Config(mode=mode, repeats=repeats, peers=peers, threads=args.threads,
-                  w3_steps=args.w3_steps)
+                  w3_steps=args.w3_steps, w4_students=args.w4_students)
 
 
 def _selected(only: list[str] | None) -> list[str]:
@@ -93,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     info = machine.info()
     print(machine.describe(info))
+    # Before any peer is imported: XLA reads XLA_FLAGS when its CPU client starts.
+    info["peer_threads"] = peers.match_threads(cfg.threads)
+    print(f"threads: {info['peer_threads']['summary']}")
     label = {"full": "full sizes", "quick": "QUICK: scaled-down sizes",
              "tiny": "TINY: smoke-test sizes"}[cfg.mode]
     print(f"mode: {label}; timings: median of {cfg.repeats} after 1 warm-up run "
@@ -109,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         report["scaling"] = scaling.run(cfg)
         ok = True
     else:
-        from . import w1_ensemble, w2_gram, w3_teacher_student
+        from . import w1_ensemble, w2_gram, w3_teacher_student, w4_teacher_student_flow
 
         runners = {"W1-fixed": w1_ensemble.run_fixed, "W1-adaptive": w1_ensemble.run_adaptive,
-                   "W2": w2_gram.run, "W3": w3_teacher_student.run}
+                   "W2": w2_gram.run, "W3": w3_teacher_student.run,
+                   "W4": w4_teacher_student_flow.run}
         results = [runners[w](cfg, g["gflops_median"]) for w in _selected(args.only)]
         report["workloads"] = results
         rows = [r for res in results for r in res["rows"]]

@@ -27,6 +27,7 @@ class Config:
     peers: frozenset[str] = frozenset({"jax", "torch", "diffrax", "scipy"})
     threads: int | None = None
     w3_steps: int | None = None  # cut W3's 5000 steps (labelled) when time is short
+    w4_students: int | None = None  # cut W4's 64 students (labelled) when time is short
 
     @property
     def quick(self) -> bool:

@@ -1,4 +1,4 @@
-"""The benchmark harness runs end to end: W1 at tiny sizes, in a subprocess (as a user
+"""The benchmark harness runs end to end: W1 and W4 at tiny sizes, in a subprocess (as a user
 runs it), exits 0, and every implementation that ran agrees with ntkflow. Peers are
 optional: with none installed the NumPy references alone must pass. No timing is
 checked: unit tests never assert on time."""
@@ -44,3 +44,42 @@ def test_bench_runs_without_peers(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skipped (excluded by --peers)" in proc.stdout
+
+
+def test_bench_tiny_w4_runs_and_checks(tmp_path: Path) -> None:
+    """W4 at tiny sizes: the reference, ntkflow default and every installed peer's
+    accuracy ladder run, each answer is sane, and the row says whether it matched."""
+    out = tmp_path / "w4.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--only", "W4", "--json", str(out)],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "W4 at matched accuracy" in proc.stdout
+    (w4,) = json.loads(out.read_text())["workloads"]
+    assert w4["workload"] == "W4"
+    rows = {r["name"]: r for r in w4["rows"]}
+    assert rows["ntkflow dopri5 (reference)"]["reference"]
+    default = rows["ntkflow default (dopri5, located switches)"]
+    assert default["status"] == "ok" and default["matched"]
+    assert rows["ntkflow rk4 (fixed dt)"]["status"] == "ok"
+    for r in w4["rows"]:
+        assert r["status"] in ("ok", "skipped"), r
+        if r["status"] == "ok" and not r["reference"]:
+            assert r["max_rel_diff"] <= r["tol"], r
+            assert isinstance(r["matched"], bool)
+    if w4["with_test"]:
+        assert all(r["dev_test"] is not None for r in w4["rows"]
+                   if r["status"] == "ok" and not r["reference"])
+    else:
+        assert "test loss: not available in this build" in proc.stdout
+
+
+def test_bench_w4_without_peers() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--only", "W4", "--peers", "none"],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skipped (excluded by --peers)" in proc.stdout
+    assert "ntkflow rk4 (fixed dt)" in proc.stdout
