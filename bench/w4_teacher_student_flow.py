@@ -18,10 +18,11 @@ ntkflow's default (dopri5, rtol 1e-9) sets the target: each other line walks a l
 settings (dt halved, or rtol divided by ~3) from coarse to fine, on a calibration subset of
 the students in full mode (the whole ensemble otherwise), and stops at the first setting
 whose largest deviation on those students is within ntkflow default's largest deviation on
-the same students, or before a run projected to the whole ensemble would exceed the cap (600 s in
-full mode): then it is reported "not matched" with the accuracy it reached. The chosen
-setting is then run on the whole ensemble, its first call timed on its own (for JAX:
-tracing and compilation), checked, and timed again ``repeats`` times.
+the same students, or before a run projected to the whole ensemble would exceed the cap
+(600 s in full mode): then it is reported "not matched" with the accuracy it reached. The
+chosen setting is then run on the whole ensemble, its first call timed on its own (for JAX
+it includes tracing and compilation, also timed alone: ``compile_s``), checked, and timed
+again ``repeats`` times.
 
 Methods without switch location (fixed steps; adaptive steps that only reject across a
 switch) converge at first order at best across relu switches, so they may need very small
