@@ -117,7 +117,7 @@ def initial_params(
     require(isinstance(net, TwoLayer), "net", "must be a TwoLayer", net)
     require(isinstance(init, (Gaussian, Params)), "init", "must be a Gaussian or Params", init)
     require((dim is None) != (data is None), "dim",
-            "give exactly one of dim and data (the input dimension)", dim)
+            "or data must be given, not both (either fixes the input dimension)", dim)
     if data is not None:
         require(hasattr(data, "moments"), "data", DATA_RULE, data)
         d = int(data.dim)
