@@ -50,7 +50,7 @@ struct LaneNeurons {
   int l;
   NeuronParams operator()(Index i) const {
     const double wi = w[i][l];
-    return NeuronParams{u[i][l], wi * wi};
+    return NeuronParams{u[i][l] * u[i][l], wi * wi};
   }
 };
 
