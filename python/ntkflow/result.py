@@ -123,9 +123,10 @@ class Result:
         where a pre-activation ``w_i . x_j`` crossed 0 (docs/theory.md §H); 0 otherwise.
     t_hit : (trajectories,) or None
         First time the loss reached ``Record.loss_below`` (NaN if never).
-    u, W : arrays or None
-        Parameters kept on request: (trajectories[, times], width) and
-        (trajectories[, times], width, dim).
+    u, W, b : arrays or None
+        Parameters kept on request: ``u`` (trajectories[, times], width[, outputs]),
+        ``W`` (trajectories[, times], width, dim) and, for a network with a bias, ``b``
+        (trajectories[, times], width).
     gram : (trajectories, times, samples, samples) or (..., probes, probes) or None
         The learning-rate-weighted NTK Gram matrix
         ``kappa^2 [eta_u H H^T + eta_w (G G^T) o (X X^T)]`` (docs/theory.md §C.1) on the
@@ -216,6 +217,7 @@ class Result:
     delta_std: NDArray[np.float64] | None = None
     delta_drift: NDArray[np.float64] | None = None
     deltas: NDArray[np.float64] | None = None
+    b: NDArray[np.float64] | None = None
     path: str | None = None
     _initial: list[Params] = field(default_factory=list, repr=False)
 
@@ -226,6 +228,11 @@ class Result:
     @property
     def dim(self) -> int:
         return int(self.data.dim)
+
+    @property
+    def outputs(self) -> int:
+        """Outputs c of the network (target columns of the data)."""
+        return int(getattr(self.data, "outputs", 1))
 
     @property
     def ok(self) -> NDArray[np.bool_]:
@@ -246,7 +253,8 @@ class Result:
 
             self._initial.append(
                 draw_initial(self.init, self.net.width, self.dim, self.trajectories,
-                             seed=self.seed, first_trajectory=self.first_trajectory)
+                             seed=self.seed, first_trajectory=self.first_trajectory,
+                             outputs=self.outputs, bias=self.net.bias)
             )
         return self._initial[0]
 
@@ -272,7 +280,7 @@ class Result:
         return out
 
     def predict(self, X: Any, at: int = -1) -> NDArray[np.float64]:
-        """The network's outputs ``f(x) = kappa sum_i u_i act(w_i . x)`` on new inputs,
+        """The network's outputs ``f(x) = kappa sum_i U_i act(w_i . x + b_i)`` on new inputs,
         from the kept parameters (NumPy; the core's activations, ``relu'(0) = 0``).
 
         Parameters
@@ -286,7 +294,7 @@ class Result:
 
         Returns
         -------
-        array (trajectories, samples)
+        array (trajectories, samples), or (trajectories, samples, outputs) for c >= 2
             A trajectory that did not finish (``status != 0``) gives NaN from ``t_fail``
             on with ``params="all"``, and the outputs of its last state with
             ``params="final"``.
@@ -306,16 +314,21 @@ class Result:
         T = self.times.size
         at = integer(at, "at")
         require(-T <= at < T, "at", f"must index the {T} record times", at)
-        if self.u.ndim == 2:  # params="final": the end of the run only
+        c = self.outputs
+        b = self.b
+        if self.W.ndim == 3:  # params="final": the end of the run only
             require(at % T == T - 1, "at",
                     'must be -1 (the last record time) with record.params="final"', at)
             u, W = self.u, self.W
         else:
             u, W = self.u[:, at], self.W[:, at]
+            b = None if b is None else b[:, at]
         # Contiguous copies: the same bits for params="final" and the last of "all".
-        u = np.ascontiguousarray(u)
+        u = np.ascontiguousarray(u).reshape(u.shape[0], u.shape[1], c)
         W = np.ascontiguousarray(W.reshape(W.shape[0], W.shape[1], d))
         Z = np.einsum("sd,kmd->ksm", x, W)
+        if b is not None:
+            Z = Z + b[:, None, :]
         act = self.net.act
         if act == "relu":
             H = np.maximum(Z, 0.0)
@@ -325,7 +338,10 @@ class Result:
             H = _erf(Z)
         else:
             H = Z
-        out: NDArray[np.float64] = self.net.kappa * np.einsum("ksm,km->ks", H, u)
+        if c == 1:
+            one: NDArray[np.float64] = self.net.kappa * np.einsum("ksm,km->ks", H, u[..., 0])
+            return one
+        out: NDArray[np.float64] = self.net.kappa * np.einsum("ksm,kmc->ksc", H, u)
         return out
 
     def summary(self) -> str:
