@@ -265,6 +265,7 @@ def simulate(
     ntk_mode = record.ntk
     if chosen == "data":
         assert isinstance(data, Dataset)
+        _refuse_decay_on_data(train)
         return _simulate_data(net, data, train, init, n, seed, record, first_trajectory,
                               n_threads, times, progress)
     if ntk_mode == "scalar":
@@ -301,6 +302,8 @@ def simulate(
     model.kappa = net.kappa
     model.eta_u = train.eta_u
     model.eta_w = train.eta_w
+    model.lambda_u = train.lambda_u
+    model.lambda_w = train.lambda_w
     model.loss_min = float(mom.loss_min)
     sched = _schedule(train, record, n_threads, width, dim, None)
 
@@ -328,6 +331,16 @@ def simulate(
     return _result(rec, times, dim, ntk_mode, record, net=net, data=data, train=train,
                    init=init, seed=seed, first_trajectory=first_trajectory, method=method,
                    path="moments", **metrics)
+
+
+def _refuse_decay_on_data(train: Training) -> None:
+    """Weight decay is integrated on the moments path only, so far: refuse it on the
+    samples rather than train without it."""
+    for name in ("lambda_u", "lambda_w"):
+        value = getattr(train, name)
+        require(value == 0.0, f"train.{name}",
+                "must be 0 on the data path (weight decay is implemented for linear "
+                'networks on path="moments" only)', value)
 
 
 FIXED_STEP_LIMIT = 10_000_000

@@ -222,12 +222,20 @@ SOLVERS: tuple[str, ...] = ("euler", "rk4", "dopri5")
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GradientFlow:
-    """Gradient flow ``du/dt = -eta_u dL/du``, ``dW/dt = -eta_w dL/dW`` on [0, t_max].
+    """Gradient flow ``du/dt = -eta_u (dL/du + lambda_u u)``,
+    ``dW/dt = -eta_w (dL/dW + lambda_w W)`` on [0, t_max].
 
     Parameters
     ----------
     eta_u, eta_w : float
         Layer-wise learning rates, >= 0 (0 freezes the layer).
+    lambda_u, lambda_w : float
+        Layer-wise weight decay, >= 0 (default 0: none). The flow descends
+        ``L + lambda_u/2 ||u||^2 + lambda_w/2 ||W||_F^2``; the recorded ``loss`` stays the
+        data loss L. Decay breaks the conservation of ``delta_i``, which then obeys
+        ``d delta_i/dt = -2 eta_u eta_w (lambda_u u_i^2 - lambda_w ||w_i||^2)``
+        (docs/theory.md §B.1, §E.5). The closed form ``exact.line`` has no decay and
+        refuses it.
     t_max : float
         Horizon, > 0.
     solver : {"dopri5", "rk4", "euler"}
@@ -258,6 +266,8 @@ class GradientFlow:
 
     eta_u: float = 1.0
     eta_w: float = 1.0
+    lambda_u: float = 0.0
+    lambda_w: float = 0.0
     t_max: float = 10.0
     solver: Solver = "dopri5"
     dt: float = 0.01
@@ -268,6 +278,8 @@ class GradientFlow:
     def __post_init__(self) -> None:
         _set(self, "eta_u", real(self.eta_u, "eta_u", low=0.0))
         _set(self, "eta_w", real(self.eta_w, "eta_w", low=0.0))
+        _set(self, "lambda_u", real(self.lambda_u, "lambda_u", low=0.0))
+        _set(self, "lambda_w", real(self.lambda_w, "lambda_w", low=0.0))
         _set(self, "t_max", real(self.t_max, "t_max", low=0.0, low_open=True))
         require(self.solver in SOLVERS, "solver", f"must be one of {SOLVERS}", self.solver)
         _set(self, "dt", real(self.dt, "dt", low=0.0, low_open=True))
@@ -279,15 +291,31 @@ class GradientFlow:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GradientDescent:
-    """Full-batch gradient descent: ``u -= lr * eta_u * dL/du``, ``W -= lr * eta_w * dL/dW``.
+    """Full-batch gradient descent: ``u -= lr * eta_u * (dL/du + lambda_u u)``,
+    ``W -= lr * eta_w * (dL/dW + lambda_w W)``.
 
     Record times are step numbers in [0, steps].
+
+    Parameters
+    ----------
+    lr : float
+        Step size, > 0.
+    steps : int
+        Number of steps, >= 1.
+    eta_u, eta_w : float
+        Layer-wise learning rates, >= 0 (0 freezes the layer).
+    lambda_u, lambda_w : float
+        Layer-wise weight decay, >= 0 (default 0: none), as in ``GradientFlow``: the step
+        descends ``L + lambda_u/2 ||u||^2 + lambda_w/2 ||W||_F^2``; the recorded ``loss``
+        stays the data loss L.
     """
 
     lr: float = 0.1
     steps: int = 1000
     eta_u: float = 1.0
     eta_w: float = 1.0
+    lambda_u: float = 0.0
+    lambda_w: float = 0.0
 
     def __post_init__(self) -> None:
         _set(self, "lr", real(self.lr, "lr", low=0.0, low_open=True))
@@ -296,6 +324,8 @@ class GradientDescent:
         require(self.steps <= 2**53, "steps", "must be <= 2**53", self.steps)
         _set(self, "eta_u", real(self.eta_u, "eta_u", low=0.0))
         _set(self, "eta_w", real(self.eta_w, "eta_w", low=0.0))
+        _set(self, "lambda_u", real(self.lambda_u, "lambda_u", low=0.0))
+        _set(self, "lambda_w", real(self.lambda_w, "lambda_w", low=0.0))
 
     @property
     def t_max(self) -> float:
