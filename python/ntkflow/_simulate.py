@@ -173,7 +173,9 @@ def simulate(
         and the flow can slide along such a surface. The default ``dopri5`` integrates
         them piece by piece, locating every crossing and following the sliding flow
         (``Result.events`` counts the crossings; see ``GradientFlow``); fixed-step ``rk4``
-        and descent step across with O(dt) error at each crossing.
+        and descent step across with O(dt) error at each crossing. Weight decay
+        (``lambda_u``, ``lambda_w``) is integrated on the moments path (every ``method``);
+        the data path refuses it for now.
     init : Gaussian or Params
         Default ``Gaussian(1, 1)``. With ``Params`` the number of trajectories is theirs.
     trajectories : int

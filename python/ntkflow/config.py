@@ -231,8 +231,8 @@ def _run_simulate(cfg: dict[str, Any], out: Path, figures: bool, eps: float, tau
         if data.dim != 1:  # pragma: no cover - LatentLine only here
             raise ConfigError("train.t_max=\"auto\" needs one-dimensional data")
         if any(v != 0 for v in decay.values()):
-            raise ConfigError("train.t_max=\"auto\" comes from the closed form, which has no "
-                              "weight decay: give train.t_max as a number with "
+            raise ConfigError('train.t_max="auto" comes from the closed form, which '
+                              "has no weight decay: give train.t_max as a number with "
                               "train.lambda_u or train.lambda_w")
         probe = _call("train", GradientFlow, eta_u=tr.get("eta_u", 1.0),
                       eta_w=tr.get("eta_w", 1.0))

@@ -98,7 +98,8 @@ def reduced(
     """The width-independent reduced flow (docs/theory.md §B.1) from the same initial
     parameters.
 
-    Integrates ``(p, M, a) = (W^T u, W^T W, ||u||^2)`` with the training's solver and
+    Integrates ``(p, M, a) = (W^T u, W^T W, ||u||^2)`` with the training's solver (and its
+    weight decay, which keeps the system closed: docs/theory.md §B.5) and
     returns a ``Result`` with the same records as ``simulate`` (no parameters), at
     ``times`` (default: those of the Result given, else 101 evenly spaced).
     """
