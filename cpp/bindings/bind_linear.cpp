@@ -65,6 +65,8 @@ void bind_linear(py::module_& m) {
       .def_readwrite("kappa", &LinearModel::kappa)
       .def_readwrite("eta_u", &LinearModel::eta_u)
       .def_readwrite("eta_w", &LinearModel::eta_w)
+      .def_readwrite("lambda_u", &LinearModel::lambda_u)
+      .def_readwrite("lambda_w", &LinearModel::lambda_w)
       .def_readwrite("loss_min", &LinearModel::loss_min);
 
   py::class_<InitSpec>(m, "InitSpec", py::module_local())

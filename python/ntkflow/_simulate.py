@@ -228,7 +228,9 @@ def simulate(
         and the flow can slide along such a surface. The default ``dopri5`` integrates
         them piece by piece, locating every crossing and following the sliding flow
         (``Result.events`` counts the crossings; see ``GradientFlow``); fixed-step ``rk4``
-        and descent step across with O(dt) error at each crossing.
+        and descent step across with O(dt) error at each crossing. Weight decay
+        (``lambda_u``, ``lambda_w``) is integrated on the moments path (every ``method``);
+        the data path refuses it for now.
     init : Gaussian or Params
         Default ``Gaussian(1, 1)``. With ``Params`` the number of trajectories is theirs.
     trajectories : int
@@ -344,6 +346,8 @@ def simulate(
     model.kappa = net.kappa
     model.eta_u = train.eta_u
     model.eta_w = train.eta_w
+    model.lambda_u = train.lambda_u
+    model.lambda_w = train.lambda_w
     model.loss_min = float(mom.loss_min)
     sched = _schedule(train, record, n_threads, width, dim, None)
 
@@ -544,8 +548,7 @@ def _choose_path(net: TwoLayer, data: Data, train: Training, record: Record, met
         ("net.bias", net.bias),
         (f"{outputs} outputs", outputs > 1),
         (f'loss="{train.loss}"', train.loss != "square"),
-        ("SGD", isinstance(train, SGD)),
-        ("weight decay", train.decay)) if on]
+        ("SGD", isinstance(train, SGD))) if on]
     if net.act != "linear":
         require(on_samples, "data",
                 f'must be a Dataset for act="{net.act}" (a network with an activation '

@@ -287,7 +287,11 @@ class Objective:
     lambda_u, lambda_w : float
         Layer-wise weight decay, >= 0: the objective is
         ``L + lambda_u/2 ||U||^2 + lambda_w/2 (||W||_F^2 + ||b||^2)``, so the flow is
-        ``dU/dt = -eta_u (dL/dU + lambda_u U)`` and likewise for W. Records report ``L``.
+        ``dU/dt = -eta_u (dL/dU + lambda_u U)`` and likewise for W; descent steps by
+        ``lr`` times that field. The recorded ``loss`` stays the data loss L. Decay breaks
+        the conservation of ``delta_i``, which then obeys ``d delta_i/dt = -2 eta_u eta_w
+        (lambda_u ||U_i||^2 - lambda_w ||w_i||^2)`` (docs/theory.md §B.5, §E.5). The closed
+        form ``exact.line`` has no decay and refuses it.
     loss : {"square", "logistic", "softmax"}
         The per-sample loss of ``L = (1/n) sum_j l(f(x_j), y_j)``: "square"
         ``1/2 ||f - y||^2``; "logistic" ``log(1 + exp(-y f))`` for one output and +-1
@@ -375,6 +379,15 @@ class GradientDescent(Objective):
     (plus weight decay, see ``Objective``).
 
     Record times are step numbers in [0, steps].
+
+    Parameters
+    ----------
+    lr : float
+        Step size, > 0.
+    steps : int
+        Number of steps, >= 1.
+    eta_u, eta_w, lambda_u, lambda_w, loss
+        See ``Objective``.
     """
 
     lr: float = 0.1

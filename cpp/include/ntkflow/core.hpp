@@ -46,12 +46,16 @@ struct CancelToken {
 /// The loss is written as L = loss_min + 1/2 r^T Sigma r with r = kappa p - beta,
 /// p = W^T u, beta = Sigma^+ b: algebraically the dataset loss of docs/theory.md §0 but free of
 /// the cancellation in 1/2 kappa^2 p^T Sigma p - kappa p^T b + const near the minimum.
+/// With weight decay the flow descends L + lambda_u/2 ||u||^2 + lambda_w/2 ||W||_F^2:
+/// du/dt = -eta_u (dL/du + lambda_u u), dW/dt = -eta_w (dL/dW + lambda_w W); records keep L.
 struct LinearModel {
   Index width = 1;           ///< m >= 1
   Index dim = 1;             ///< d >= 1
   double kappa = 1.0;        ///< output scale > 0
   double eta_u = 1.0;        ///< learning rate of u, >= 0
   double eta_w = 1.0;        ///< learning rate of W, >= 0
+  double lambda_u = 0.0;     ///< weight decay of u, >= 0
+  double lambda_w = 0.0;     ///< weight decay of W, >= 0
   const double* sigma = nullptr;  ///< (dim, dim) symmetric PSD second moment
   const double* beta = nullptr;   ///< (dim,) minimum-norm solution of Sigma beta = b
   double loss_min = 0.0;          ///< L* >= 0
