@@ -322,16 +322,22 @@ def test_exact_sweeps_refuse_decay():
     assert decayed.describe()["train"]["lambda_u"] == 0.1
 
 
-def test_data_path_refuses_decay_for_now():
-    X = np.random.default_rng(0).normal(size=(6, 2))
-    data = nf.Dataset(X, X @ [1.0, -0.5])
-    with pytest.raises(ValueError, match="train.lambda_u must be 0 on the data path"):
-        nf.simulate(nf.TwoLayer(width=3), data, nf.GradientFlow(lambda_u=0.1), path="data")
-    with pytest.raises(ValueError, match="train.lambda_w"):
-        nf.simulate(nf.TwoLayer(width=3, act="tanh"), data, nf.GradientFlow(lambda_w=0.1))
-    # the moments path of the same Dataset takes it
-    res = nf.simulate(nf.TwoLayer(width=3), data, nf.GradientFlow(lambda_u=0.1, t_max=1.0))
-    assert res.path == "moments" and np.all(res.ok)
+@pytest.mark.parametrize("dim", [1, 3])
+def test_data_path_agrees_with_moments_path(dim):
+    """The samples (nonlinear.cpp's linear branch) and the moments (linear.cpp) are two
+    implementations of the same decayed flow; 1e-9 relative at rtol 1e-11."""
+    rng = np.random.default_rng(dim)
+    X = rng.normal(size=(9, dim))
+    data = nf.Dataset(X, X @ rng.normal(size=dim) + 0.1 * rng.normal(size=9))
+    train = nf.GradientFlow(eta_u=1.3, eta_w=0.7, lambda_u=0.2, lambda_w=0.05, t_max=3.0,
+                            rtol=1e-11, atol=1e-14)
+    kw = dict(trajectories=3, seed=4, record=nf.Record(times=7, params="final"))
+    mom = nf.simulate(nf.TwoLayer(width=5), data, train, path="moments", **kw)
+    dat = nf.simulate(nf.TwoLayer(width=5), data, train, path="data", **kw)
+    assert mom.path == "moments" and dat.path == "data"
+    for name in ("loss", "norm_u2", "norm_w2", "u", "W"):
+        a, b = getattr(mom, name), getattr(dat, name)
+        assert np.max(np.abs(a - b)) <= 1e-9 * np.max(np.abs(a)), name
 
 
 def test_config_reads_decay(tmp_path):

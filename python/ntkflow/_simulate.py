@@ -224,13 +224,12 @@ def simulate(
         with an activation needs a ``Dataset``: a step costs two products of
         samples x width x dim.
     train : GradientFlow, GradientDescent or SGD
-        Also the objective: loss, weight decay (see ``Objective``). relu networks: the flow field jumps where a pre-activation ``w_i . x_j`` crosses 0,
-        and the flow can slide along such a surface. The default ``dopri5`` integrates
-        them piece by piece, locating every crossing and following the sliding flow
+        It also carries the objective: loss and weight decay (see ``Objective``). relu
+        networks: the flow field jumps where a pre-activation ``w_i . x_j`` crosses 0, and
+        the flow can slide along such a surface. The default ``dopri5`` integrates them
+        piece by piece, locating every crossing and following the sliding flow
         (``Result.events`` counts the crossings; see ``GradientFlow``); fixed-step ``rk4``
-        and descent step across with O(dt) error at each crossing. Weight decay
-        (``lambda_u``, ``lambda_w``) is integrated on the moments path (every ``method``);
-        the data path refuses it for now.
+        and descent step across with O(dt) error at each crossing.
     init : Gaussian or Params
         Default ``Gaussian(1, 1)``. With ``Params`` the number of trajectories is theirs.
     trajectories : int

@@ -75,12 +75,16 @@ class Result:
     times : (times,)
         Record times (step numbers for gradient descent).
     loss : (trajectories, times)
-        ``1/2 E[(f(x) - y)^2]`` on the data or moments.
-    p : (trajectories, times[, dim])
+        The training loss L of ``train.loss`` (square: ``1/2 E[||f(x) - y||^2]``) on the
+        data or moments, without the weight-decay penalty; for SGD on the whole training
+        set, without label noise.
+    p : (trajectories, times[, dim][, outputs])
         End-to-end weights ``W^T u`` (for dim = 1, ``u . w``); with an activation it is
-        still ``W^T u``, the vector behind ``alignment``, but no longer the function.
+        still ``W^T u``, the vector behind ``alignment``, but no longer the function. With c
+        outputs ``W^T U`` (dim, c); with a bias the inputs are ``(x, 1)``, so p has dim + 1
+        rows, the last ``sum_i b_i U_i``.
     norm_u2, norm_w2 : (trajectories, times)
-        ``||u||^2`` and ``||W||_F^2``.
+        ``||U||_F^2`` and ``||W||_F^2`` (biases included in ``W``).
     alignment : (trajectories, times)
         ``||W^T u|| / (||u|| ||W||_F)`` in [0, 1]; 1 when u = 0 or W = 0 (no angle:
         the layers count as parallel, docs/theory.md §E.1).
@@ -152,14 +156,15 @@ class Result:
         over the run is docs/theory.md §E.5's ``delta_lin`` (see ``delta_lin()``). NaN when
         ``f_0(X) = y``.
     error : (trajectories, times) or None
-        Training classification error, the fraction of samples with
-        ``sign(f(x)) != y``; ``f(x) = 0`` counts as an error. Recorded on the data path
-        when every training target is exactly +1 or -1.
+        Training classification error, recorded on the data path when the targets are
+        labels. One output, every target exactly +1 or -1: the fraction of samples with
+        ``sign(f(x)) != y`` (``f(x) = 0`` counts as an error). c >= 2 outputs, one-hot
+        rows: the fraction whose ``argmax f(x)`` is not the target class.
     test_loss : (trajectories, times) or None
-        ``1/(2 n_test) sum_j (f(x_j) - y_j)^2`` on ``Record.test``.
+        The loss L on ``Record.test``.
     test_error : (trajectories, times) or None
-        Classification error on ``Record.test`` (as ``error``), when every test target is
-        exactly +1 or -1.
+        Classification error on ``Record.test`` (as ``error``), when its targets are
+        labels.
     test_loss_lin, test_error_lin : (trajectories, times) or None
         Test loss and error of the linearised twin (``Record.test`` with
         ``Record.linearized``): its test outputs are exactly
@@ -373,8 +378,8 @@ class Result:
             ) from None
         vars_: dict[str, Any] = {name: (dims, getattr(self, name)) for name, dims in _DIMS.items()
                                  if getattr(self, name) is not None}
-        d = self.dim
-        vars_["p"] = (("trajectories", "times") + (("dim",) if d > 1 else ()), self.p)
+        extra_p = ("dim", "outputs")[: self.p.ndim - 2]  # p is (.., dim[+1 bias][, outputs])
+        vars_["p"] = (("trajectories", "times") + extra_p, self.p)
         if self.ntk is not None:
             extra = ("dim", "dim_") if self.ntk.ndim == 4 else ()
             vars_["ntk"] = (("trajectories", "times") + extra, self.ntk)
