@@ -386,6 +386,20 @@ void gram_team(const Network& net, const double* u, const double* w, const GramF
   }
 }
 
+/// Runs f on an OpenMP thread, keeping the first exception of any thread in `error` (to be
+/// rethrown after the parallel region). True when f returned normally.
+template <class F>
+bool keep_first_error(std::exception_ptr& error, F&& f) {
+  try {
+    f();
+    return true;
+  } catch (...) {
+#pragma omp critical(ntkflow_gram_error)
+    if (!error) error = std::current_exception();
+    return false;
+  }
+}
+
 /// ntk_gram for c >= 2 outputs: whole matrices per thread (the output blocks of one matrix
 /// are not split across threads).
 void ntk_gram_outputs(const Network& net, const double* u, const double* w, Index batch,
@@ -398,24 +412,14 @@ void ntk_gram_outputs(const Network& net, const double* u, const double* w, Inde
 #pragma omp parallel num_threads(nt)
   {
     OutputGramScratch s;
-    bool ready = false;
-    try {
-      s.reserve(net, n1, x2 ? n2 : n1);
-      ready = true;
-    } catch (...) {
-#pragma omp critical(ntkflow_gram_error)
-      if (!error) error = std::current_exception();
-    }
+    const bool ready = keep_first_error(error, [&] { s.reserve(net, n1, x2 ? n2 : n1); });
 #pragma omp for schedule(dynamic, 1)
     for (Index b = 0; b < batch; ++b) {
       if (!ready || cancel_requested(cancel)) continue;
-      try {
+      keep_first_error(error, [&] {
         gram_outputs(net, u + b * m * c, w + b * m * d, x1, n1, x2, n2, s,
                      out + b * rows * cols);
-      } catch (...) {
-#pragma omp critical(ntkflow_gram_error)
-        if (!error) error = std::current_exception();
-      }
+      });
     }
   }
   if (error) std::rethrow_exception(error);
@@ -448,26 +452,18 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
     {
       AlignedBuffer hs, gs;
       GramScratch s;
-      bool ready = false;
-      try {
+      const bool ready = keep_first_error(error, [&] {
         hs.resize(static_cast<std::size_t>(feat));
         gs.resize(net.act == Activation::linear ? 0 : static_cast<std::size_t>(feat));
         s.reserve(net, n1, sym ? n1 : n2);
-        ready = true;
-      } catch (...) {
-#pragma omp critical(ntkflow_gram_error)
-        if (!error) error = std::current_exception();
-      }
+      });
 #pragma omp for schedule(dynamic, 1)
       for (Index b = 0; b < batch; ++b) {
         if (!ready || cancel_requested(cancel)) continue;
-        try {
+        keep_first_error(error, [&] {
           gram_serial(net, u + b * m, w + b * m * d, x1, n1, x2, n2, hs.data(), gs.data(), s,
                       out + b * n1 * cols);
-        } catch (...) {
-#pragma omp critical(ntkflow_gram_error)
-          if (!error) error = std::current_exception();
-        }
+        });
       }
     }
   } else {
@@ -482,14 +478,7 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
 #pragma omp parallel num_threads(nt)
     {
       GramScratch s;
-      bool ready = false;
-      try {
-        s.reserve(net, n1, sym ? n1 : n2);
-        ready = true;
-      } catch (...) {
-#pragma omp critical(ntkflow_gram_error)
-        if (!error) error = std::current_exception();
-      }
+      const bool ready = keep_first_error(error, [&] { s.reserve(net, n1, sym ? n1 : n2); });
       for (Index b = 0; b < batch; ++b)
         gram_team(net, u + b * m, w + b * m * d, f1, f2, sym, out + b * n1 * cols, s, prep,
                   ready, error, cancel);
