@@ -12,6 +12,7 @@ from ._progress import TrajectoryProgress
 from ._validate import integer, require
 from .result import Result
 from .specs import (
+    AUTO_METRICS_ROWS,
     DATA_RULE,
     Data,
     Dataset,
@@ -313,6 +314,8 @@ def simulate(
                               n_threads, times, progress)
     if ntk_mode == "scalar":
         require(dim == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
+    if ntk_mode == "metrics":  # on moments they come from the (dim, dim) kernel, cheaply
+        ntk_mode = "auto"
     if method == "reduced":
         require(record.params is None, "record.params",
                 'must be None with method="reduced" (the reduced state has no parameters)',
@@ -624,9 +627,10 @@ def _simulate_data(
     linear = net.act == "linear"
     ntk_mode = record.ntk
     _check_targets(data, train.loss, "data")
-    if not linear or c > 1:
-        require(ntk_mode in ("auto", "none"), "record.ntk",
-                f'must be "auto" (kernel metrics) or "none" for act="{net.act}" with {c} '
+    kernel = linear and c == 1  # the (dim, dim) kernel record exists
+    if not kernel:
+        require(ntk_mode in ("auto", "metrics", "none"), "record.ntk",
+                f'must be "auto", "metrics" or "none" for act="{net.act}" with {c} '
                 "output(s): the (dim, dim) kernel exists for linear one-output networks only "
                 "(see record.gram)", ntk_mode)
     if ntk_mode == "scalar":
@@ -661,8 +665,11 @@ def _simulate_data(
     train_labels = _labels(data.y)
     test_labels = test is not None and _labels(test.y)
     test_lin = test is not None and record.linearized
-    metrics = ntk_mode != "none"
-    keep_ntk = linear and metrics and c == 1
+    # The metrics cost O((samples c)^2 width) per record time ((samples)^2 dim for the
+    # linear kernel): "auto" takes them only for a small Gram matrix.
+    metrics = ntk_mode == "metrics" or (ntk_mode != "none" and (
+        kernel or samples * c <= AUTO_METRICS_ROWS))
+    keep_ntk = kernel and ntk_mode in ("auto", "scalar", "matrix")
     relu = net.act == "relu"
     g = (samples if probe is None else int(probe.shape[0])) * c
 

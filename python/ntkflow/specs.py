@@ -558,7 +558,10 @@ class Params:
 
 Init = Gaussian | Params
 
-NtkRecord = Literal["auto", "scalar", "matrix", "none"]
+NtkRecord = Literal["auto", "scalar", "matrix", "metrics", "none"]
+# Above this many rows (samples x outputs) "auto" skips the kernel metrics of a network
+# with an activation or several outputs: they cost O(rows^2 width) per record time.
+AUTO_METRICS_ROWS = 2048
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -572,12 +575,15 @@ class Record:
         by n - 1 log-spaced times from ``t_max * 1e-4`` (``spacing="log"``). An array: any
         strictly increasing times in [0, t_max] (step numbers for gradient descent). The run
         ends at the last record time.
-    ntk : {"auto", "scalar", "matrix", "none"}
+    ntk : {"auto", "scalar", "matrix", "metrics", "none"}
         The linear network's kernel ``kappa^2 (eta_u W^T W + eta_w ||u||^2 I)`` (dim, dim),
         which gives ``K(x, x') = x^T K x'``. "auto": a scalar when dim = 1, else the matrix.
         On a ``Dataset`` the kernel metrics of the training Gram matrix (``ntk_change``,
-        ``kernel_distance``, ``kta``) come with it; for nonlinear activations only "auto"
-        (the metrics, O(samples^2 width) per record time) or "none" apply.
+        ``kernel_distance``, ``kta``) come with it. For a network with an activation or
+        several outputs only "auto", "metrics" or "none" apply: "metrics" computes them
+        always, at O((samples outputs)^2 width) per record time; "auto" only while the
+        Gram matrix has at most 2048 rows (samples x outputs), so that a large dataset is
+        not slowed down by a record nobody asked for.
     params : {None, "final", "all"}
         Keep the parameters at the end, or at every record time (memory checked first).
     loss_below : float, optional
@@ -630,8 +636,8 @@ class Record:
             _set(self, "times", t)
         require(self.spacing in ("linear", "log"), "spacing", 'must be "linear" or "log"',
                 self.spacing)
-        require(self.ntk in ("auto", "scalar", "matrix", "none"), "ntk",
-                'must be "auto", "scalar", "matrix" or "none"', self.ntk)
+        require(self.ntk in ("auto", "scalar", "matrix", "metrics", "none"), "ntk",
+                'must be "auto", "scalar", "matrix", "metrics" or "none"', self.ntk)
         require(self.params in (None, "final", "all"), "params",
                 'must be None, "final" or "all"', self.params)
         if self.loss_below is not None:
