@@ -112,3 +112,28 @@ def test_sgd_batches_are_the_ones_the_run_uses():
     H = Xb @ W0[0].T
     R = (H @ u0[0] - Yb) / 4
     np.testing.assert_allclose(res.u[0], u0[0] - 0.1 * H.T @ R, rtol=1e-13)
+
+
+@pytest.mark.parametrize("c,bias", [(3, False), (3, True), (1, True)])
+def test_linear_moments_path_with_outputs_and_bias_equals_the_samples(c, bias):
+    """A linear network with vector outputs or a bias trains on the square root of its
+    moments (dim rows instead of the samples): the same flow as on the samples, to
+    rounding (1e-12 relative at rtol 1e-11), kernel metrics included for c = 1."""
+    rng = np.random.default_rng(c + bias)
+    X = rng.normal(size=(300, 5)) + 0.3
+    Y = X @ rng.normal(size=(5, c)) + 0.5 * rng.normal(size=(300, c))
+    data = nf.Dataset(X, Y if c > 1 else Y[:, 0])
+    net = nf.TwoLayer(width=9, kappa=0.3, bias=bias)
+    train = nf.GradientFlow(t_max=4.0, rtol=1e-11, atol=1e-14, lambda_u=0.02)
+    kw = dict(trajectories=3, seed=2, init=nf.Gaussian(s_b=0.2),
+              record=nf.Record(times=5, params="final"))
+    mom = nf.simulate(net, data, train, **kw)
+    dat = nf.simulate(net, data, train, path="data", **kw)
+    assert mom.path == "moments" and dat.path == "data"
+    names = ["loss", "norm_u2", "norm_w2", "alignment", "p", "u", "W"]
+    names += ["ntk_change", "kernel_distance", "kta"] if c == 1 else []
+    for name in names:
+        a, b = getattr(mom, name), getattr(dat, name)
+        assert np.max(np.abs(a - b)) <= 1e-12 * max(np.max(np.abs(b)), 1.0), name
+    if c > 1:
+        assert mom.ntk_change is None  # a (samples c)^2 kernel is not a moment

@@ -256,13 +256,16 @@ def simulate(
         width, O(dim^2) per step. "stagewise" and "reduced" are for the moments path
         only.
     path : {"auto", "moments", "data"}
-        A linear network on a ``Dataset`` is the same model on the samples and on their
-        moments. "moments" integrates the moment form (O(width dim^2) per step; on a
-        ``Dataset`` the kernel metrics then come from the (dim, dim) NTK records, exactly).
-        "data" integrates on the samples, which Gram records (``Record.gram``), the
-        linearised run (``Record.linearized``) and a test set (``Record.test``) need, and which also records ``move_u`` and
-        ``move_w``. "auto": "moments" for a linear network unless a record needs the
-        samples; always "data" with an activation.
+        A linear network trained on the square loss is the same model on the samples and
+        on their moments. "moments" integrates the moment form (O(width dim^2) per step; on
+        a ``Dataset`` the kernel metrics then come from the (dim, dim) NTK records,
+        exactly); with several outputs or a bias it trains on the square root of the
+        moments, dim rows in place of the samples (docs/theory.md §I.4; no kernel metrics
+        with several outputs). "data" integrates on the samples, which Gram records
+        (``Record.gram``), the linearised run (``Record.linearized``), a test set
+        (``Record.test``), the logistic and softmax losses and SGD need, and which also
+        records ``move_u`` and ``move_w``. "auto": "moments" for a linear network unless
+        one of these needs the samples; always "data" with an activation.
     progress : bool, optional
         A progress bar on stderr counting finished trajectories (tqdm). None (default):
         shown when stderr is a terminal and tqdm is installed, and only once the call has
@@ -308,10 +311,14 @@ def simulate(
     if isinstance(train, GradientFlow) and train.solver != "dopri5":
         _check_fixed_steps(train, times)
     ntk_mode = record.ntk
-    if chosen == "data":
+    if chosen == "data" or (isinstance(data, Dataset) and (net.bias or data.outputs > 1)):
         assert isinstance(data, Dataset)
+        if chosen == "moments":
+            require(method == "full", "method",
+                    f'"{method}" needs one output and no bias (the moments path of '
+                    'linear.cpp); use method="full"', method)
         return _simulate_data(net, data, train, init, n, seed, record, first_trajectory,
-                              n_threads, times, progress)
+                              n_threads, times, progress, moments=chosen == "moments")
     if ntk_mode == "scalar":
         require(dim == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
     if ntk_mode == "metrics":  # on moments they come from the (dim, dim) kernel, cheaply
@@ -547,10 +554,11 @@ def _choose_path(net: TwoLayer, data: Data, train: Training, record: Record, met
         ("record.gram", record.gram is not None),
         ("record.linearized", record.linearized),
         ("record.test", record.test is not None),
-        ("net.bias", net.bias),
-        (f"{outputs} outputs", outputs > 1),
         (f'loss="{train.loss}"', train.loss != "square"),
         ("SGD", isinstance(train, SGD))) if on]
+    require(on_samples or not net.bias, "net.bias",
+            "needs a Dataset: the moments of the inputs (x, 1) include the mean of x, which "
+            "LatentLine and Moments do not give", net.bias)
     if net.act != "linear":
         require(on_samples, "data",
                 f'must be a Dataset for act="{net.act}" (a network with an activation '
@@ -617,16 +625,25 @@ def _simulate_data(
     n_threads: int,
     times: NDArray[np.float64],
     progress: bool | None,
+    moments: bool = False,
 ) -> Result:
     """The dataset path: the full parameters of a network with any activation, outputs,
-    bias, loss and training (flow, descent, SGD)."""
+    bias, loss and training (flow, descent, SGD). With `moments` (a linear network, the
+    square loss) the core trains on the square root of the data's moments instead of the
+    samples (see _root_moments): the same flow at O((dim + width) dim outputs) per step."""
     dim, width, T = data.dim, net.width, times.size
     c = data.outputs
     D = dim + net.bias  # the core's input dimension: the bias is a last column of ones
-    samples = data.samples
     linear = net.act == "linear"
     ntk_mode = record.ntk
     _check_targets(data, train.loss, "data")
+    X_core, Y_core = _inputs(data.X, net.bias), data.y
+    loss_min = 0.0
+    if moments:
+        X_core, Y_core, loss_min = _root_moments(X_core, data.y)
+        if c > 1:  # the metrics would be of the root's Gram, not the training set's
+            ntk_mode = "none"
+    samples = int(X_core.shape[0])
     kernel = linear and c == 1  # the (dim, dim) kernel record exists
     if not kernel:
         require(ntk_mode in ("auto", "metrics", "none"), "record.ntk",
@@ -661,8 +678,8 @@ def _simulate_data(
         require(record.loss_below is None, "record.loss_below",
                 "is not available with SGD (it would need the full-data loss after every "
                 "step)", record.loss_below)
-    # Classification error only where the targets are labels.
-    train_labels = _labels(data.y)
+    # Classification error only where the targets are labels (and the samples are run).
+    train_labels = not moments and _labels(data.y)
     test_labels = test is not None and _labels(test.y)
     test_lin = test is not None and record.linearized
     # The metrics cost O((samples c)^2 width) per record time ((samples)^2 dim for the
@@ -670,6 +687,9 @@ def _simulate_data(
     metrics = ntk_mode == "metrics" or (ntk_mode != "none" and (
         kernel or samples * c <= AUTO_METRICS_ROWS))
     keep_ntk = kernel and ntk_mode in ("auto", "scalar", "matrix")
+    if moments:  # the core's Gram would be the root's: the metrics come from the kernel
+        keep_ntk = keep_ntk or (kernel and metrics)
+        metrics = False
     relu = net.act == "relu"
     g = (samples if probe is None else int(probe.shape[0])) * c
 
@@ -706,6 +726,9 @@ def _simulate_data(
 
     sched = _schedule(train, record, n_threads, width, D, samples)
     rec = _record_buffers(record, n, T, tp, width, D, keep_ntk, outputs=c)
+    if moments:  # the root's loss is the data loss less its minimum
+        sched.loss_threshold = (-1.0 if record.loss_below is None
+                                else max(record.loss_below - loss_min, 0.0))
     rec["move_u"] = np.empty((n, T))
     rec["move_w"] = np.empty((n, T))
     if metrics:
@@ -730,8 +753,8 @@ def _simulate_data(
     with TrajectoryProgress(n, progress) as hook:
         _core.simulate_network(
             cnet,
-            _inputs(data.X, net.bias),
-            data.y,
+            X_core,
+            Y_core,
             *_start(init, seed, first_trajectory, c, net.bias),
             sched,
             times,
@@ -747,6 +770,10 @@ def _simulate_data(
             label_noise=train.label_noise if isinstance(train, SGD) else 0.0,
         )
 
+    if loss_min > 0:
+        rec["loss"] += loss_min
+    if moments and keep_ntk and ntk_mode != "none":
+        rec.update(_moment_kernel_metrics(rec["ntk"], _inputs(data.X, net.bias), data.y))
     return _result(rec, times, D, ntk_mode, record, net=net, data=data, train=train,
                    init=init, seed=seed, first_trajectory=first_trajectory, method="full",
                    gram=rec.get("gram"), ntk_change=rec.get("ntk_change"),
@@ -757,8 +784,26 @@ def _simulate_data(
                    test_loss=rec.get("test_loss"), test_error=rec.get("test_error"),
                    test_loss_lin=rec.get("test_loss_lin"),
                    test_error_lin=rec.get("test_error_lin"),
-                   test_lin_gap=rec.get("test_lin_gap"), path="data", outputs=c,
-                   bias=net.bias)
+                   test_lin_gap=rec.get("test_lin_gap"), outputs=c, bias=net.bias,
+                   path="moments" if moments else "data")
+
+
+def _root_moments(X: NDArray[np.float64], Y: NDArray[np.float64]
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """A linear network with the square loss sees its data only through Sigma = X^T X / n
+    and B = X^T Y / n: rows Q = sqrt(r) diag(sqrt(lam)) V^T (Sigma = V diag(lam) V^T, r
+    eigenvalues > 0) with targets Q beta (beta the least-squares solution) give the same
+    gradient, and a loss smaller by L* = 1/(2n) ||X beta - Y||^2 (returned, to be added
+    back). r <= dim rows instead of n: the moments path for any number of outputs."""
+    n = X.shape[0]
+    Sigma = X.T @ X / n
+    lam, V = np.linalg.eigh(0.5 * (Sigma + Sigma.T))
+    keep = lam > max(float(lam.max()), 0.0) * X.shape[1] * np.finfo(float).eps * 16
+    r = int(np.sum(keep))
+    Q = np.ascontiguousarray(np.sqrt(r * lam[keep])[:, None] * V[:, keep].T)
+    beta = np.linalg.lstsq(X, Y, rcond=None)[0]
+    resid = X @ beta - Y
+    return Q, np.ascontiguousarray(Q @ beta), 0.5 * float(np.sum(resid * resid)) / n
 
 
 def _inputs(X: NDArray[np.float64], bias: bool) -> NDArray[np.float64]:
