@@ -218,10 +218,10 @@ def loss_and_grads(U, W, X, Y, s: Setup):
     h_ji g_ja, dL/dW_ik = kappa/n sum_j s_ji (g_j . U_i) x_jk (g = dl/df)."""
     n = X.shape[0]
     F, H, S = forward(U, W, X, s.act, s.kappa)
-    l, G = sample_losses(F, Y, s.loss)
+    losses, G = sample_losses(F, Y, s.loss)
     gU = s.kappa / n * np.einsum("ji,ja->ia", H, G)
     gW = s.kappa / n * np.einsum("ji,ja,ia,jk->ik", S, G, U, X)
-    return float(np.mean(l)), gU, gW
+    return float(np.mean(losses)), gU, gW
 
 
 def field(U, W, X, Y, s: Setup):

@@ -196,9 +196,9 @@ def test_losses_are_stable_at_large_outputs(loss, c) -> None:
         soft[1, 1:] = 1.0 / (c - 1)
         want_g = soft - Y
     with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow is exact here
-        l, g = R.sample_losses(F, Y, loss)
+        losses, g = R.sample_losses(F, Y, loss)
     # lse - y.f cancels 1e3 against 1e3 + log 2: one ulp of 1e3 (1.1e-13) is the floor.
-    np.testing.assert_allclose(l, want_l, rtol=1e-15, atol=3e-13)
+    np.testing.assert_allclose(losses, want_l, rtol=1e-15, atol=3e-13)
     np.testing.assert_allclose(g, want_g, rtol=1e-15, atol=1e-15)
 
 
