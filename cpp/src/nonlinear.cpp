@@ -571,19 +571,30 @@ class NetworkThread {
       switched_.push_back(q);
     }
     if (switched_.empty()) return false;
-    field_piecewise(y, scratch_.data());  // P and E on the new pattern, for the sliding test
-    // Then sliding, on the field of the new pattern: a switched pair slides when the flow
-    // pushes into its surface from both sides. d(w_i . x_j)/dt up to the factor
-    // eta_w kappa / n > 0: dz_off without the pair, dz_on with it; e_ij = R_j . U_i.
+    field_piecewise(y, scratch_.data());  // P and E on the new pattern, for the side test
+    // Then the side of each switched pair on its surface, from the field of the new
+    // pattern: d(w_i . x_j)/dt up to the factor eta_w kappa / n > 0 is dz_off without the
+    // pair and dz_on with it (e_ij = R_j . U_i). Both push into the surface: it slides.
+    // Both push one way (or one is tangential, = 0): it takes that side, whatever z rounds
+    // to, so that no step starts on a side its own field leaves at once (such a pair is
+    // not watched for crossings: it would run a whole step on the wrong piece). Both push
+    // away: it keeps the side it was crossing to. A pair found well off its surface (a
+    // repair, |z| > atol |x_j|) keeps the side of z and never slides.
     for (const Index q : switched_) {
       const Index j = q / m_, i = q % m_;
+      if (std::abs(z_[q]) > sched_.atol * std::sqrt(xnorm2_[j])) continue;
       const ConstVec x(data_.x + j * d_, d_);
       const double e = e_[q];
       double pj = x.dot(ConstVec(P_.data() + i * d_, d_));
       if (mode_[q] == kOn) pj -= e * xnorm2_[j];
       const double dz_off = -pj;
       const double dz_on = dz_off - e * xnorm2_[j];
-      if (dz_on < 0 && dz_off > 0) add_slide(j, i);
+      if (dz_on < 0 && dz_off > 0)
+        add_slide(j, i);
+      else if (dz_on <= 0 && dz_off <= 0)
+        set_mode(q, kOff);
+      else if (dz_on >= 0 && dz_off >= 0)
+        set_mode(q, kOn);
     }
     return true;
   }
