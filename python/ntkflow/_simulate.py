@@ -855,6 +855,9 @@ def sgd_batches(seed: int, trajectory: int, step: int, samples: int, batch_size:
     batch_size = integer(batch_size, "batch_size", minimum=1)
     require(replace or batch_size <= samples, "batch_size",
             f"must be <= samples = {samples} without replacement", batch_size)
+    _memory.check(8.0 * (batch_size + (0 if replace else samples)),
+                  f"sgd_batches for {samples} samples (the shuffle holds them all)",
+                  "ask for fewer samples")
     out: NDArray[np.int64] = _core.sgd_batch(seed, trajectory, step, samples, batch_size,
                                              bool(replace))
     return out
