@@ -37,7 +37,7 @@ import numpy as np
 
 from ._harness import Config, Impl, run_impls, skipped
 from .peers import load
-from .w3_teacher_student import LR, N_SAMPLES, make_data
+from .w3_teacher_student import LR, N_SAMPLES, make_data, sizes
 
 BATCH = 32
 # (students, width, steps, record every) per mode; quick keeps 16 students so that the
@@ -192,18 +192,11 @@ def distribution_check(answer: Any, reference: Any) -> tuple[float, bool, str]:
 
 
 def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
-    S, m, steps, every = SIZES[cfg.mode]
-    cut = ""
-    if cfg.w3_steps is not None and cfg.w3_steps != steps:
-        if cfg.w3_steps % every:
-            raise SystemExit(f"--w3-steps must be a multiple of {every}")
-        cut = f"  [STEPS CUT from {steps} by --w3-steps]"
-        steps = cfg.w3_steps
+    S, m, steps, every, note = sizes(cfg, SIZES)
     kappa = 1 / math.sqrt(m)
-    label = {"full": "", "quick": "  [QUICK: scaled down]", "tiny": "  [TINY: smoke test]"}
     print(f"\nW3-SGD: W3's teacher-student setting by minibatch SGD, batch {BATCH} of "
           f"{N_SAMPLES} without replacement; {S} relu students x width {m}, lr {LR}, "
-          f"{steps} steps, full-set loss every {every}{label[cfg.mode]}{cut}")
+          f"{steps} steps, full-set loss every {every}{note}")
     rng = np.random.default_rng(3)
     X, y = make_data(rng)
     D = X.shape[1]
