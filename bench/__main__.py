@@ -1,4 +1,5 @@
-"""python -m bench [scaling] [--quick | --tiny] [--only W1|W1-fixed|W1-adaptive|W2|W3|W4]
+"""python -m bench [scaling] [--quick | --tiny]
+[--only W1|W1-fixed|W1-adaptive|W2|W3|W3-SGD|W4]
 [--repeats N] [--peers all|none|jax,torch,...] [--threads N] [--json PATH]
 
 Runs the workloads of bench/README.md: ntkflow beside every reference that is installed,
@@ -18,7 +19,7 @@ from typing import Any
 from . import gemm, machine, peers
 from ._harness import Config
 
-WORKLOADS = ("W1-fixed", "W1-adaptive", "W2", "W3", "W4")
+WORKLOADS = ("W1-fixed", "W1-adaptive", "W2", "W3", "W3-SGD", "W4")
 ALL_PEERS = frozenset({"jax", "torch", "diffrax", "scipy"})
 
 
@@ -33,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--tiny", action="store_true",
                       help="tiny sizes, 1 repeat: a smoke test of the harness itself")
     p.add_argument("--only", action="append", metavar="W",
-                   help="run only this workload: W1 (both), W1-fixed, W1-adaptive, W2, W3, W4; "
+                   help="run only this workload: W1 (both), W1-fixed, W1-adaptive, W2, W3, "
+                        "W3-SGD, W4; "
                         "may be repeated")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs after the warm-up (default 5; quick 3; tiny 1)")
@@ -43,8 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="ntkflow threads (default: OMP_NUM_THREADS or all cores)")
     p.add_argument("--w3-steps", type=int, default=None, metavar="N",
-                   help="run W3 for N steps instead of its definition's (a multiple of the "
-                        "record interval; labelled in the output); per-step rates unchanged")
+                   help="run W3 and W3-SGD for N steps instead of their definition's (a multiple "
+                        "of the record interval; labelled in the output); per-step rates "
+                        "unchanged")
     p.add_argument("--w4-students", type=int, default=None, metavar="N",
                    help="run W4 with N students instead of its definition's (labelled; the "
                         "per-run cap of the accuracy ladders is scaled by the same factor)")
@@ -85,8 +88,10 @@ def _selected(only: list[str] | None) -> list[str]:
     for item in only:
         for name in item.split(","):
             key = name.strip().upper().replace("_", "-")
-            matches = [w for w in WORKLOADS if w.upper() == key or w.upper().startswith(
-                key + "-")]
+            # A workload's own name selects it alone (W3 is W3's GD line, not W3-SGD);
+            # a prefix selects its family (W1: W1-fixed and W1-adaptive).
+            matches = [w for w in WORKLOADS if w.upper() == key] or [
+                w for w in WORKLOADS if w.upper().startswith(key + "-")]
             if not matches:
                 raise SystemExit(f"--only: unknown workload {name!r}; choose from "
                                  f"W1, {', '.join(WORKLOADS)}")
@@ -119,10 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         report["scaling"] = scaling.run(cfg)
         ok = True
     else:
-        from . import w1_ensemble, w2_gram, w3_teacher_student, w4_teacher_student_flow
+        from . import (
+            w1_ensemble,
+            w2_gram,
+            w3_sgd,
+            w3_teacher_student,
+            w4_teacher_student_flow,
+        )
 
         runners = {"W1-fixed": w1_ensemble.run_fixed, "W1-adaptive": w1_ensemble.run_adaptive,
-                   "W2": w2_gram.run, "W3": w3_teacher_student.run,
+                   "W2": w2_gram.run, "W3": w3_teacher_student.run, "W3-SGD": w3_sgd.run,
                    "W4": w4_teacher_student_flow.run}
         results = [runners[w](cfg, g["gflops_median"]) for w in _selected(args.only)]
         report["workloads"] = results

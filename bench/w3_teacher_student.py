@@ -133,19 +133,27 @@ def torch_gd(torch: Any, u0: np.ndarray, W0: np.ndarray, X: np.ndarray, y: np.nd
     return run
 
 
-def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
-    S, m, steps, every = SIZES[cfg.mode]
-    cut = ""
+def sizes(cfg: Config, table: dict[str, tuple[int, int, int, int]]
+          ) -> tuple[int, int, int, int, str]:
+    """(students, width, steps, record every) of the mode, with --w3-steps applied, and the
+    header's note on the size ("" at full size)."""
+    S, m, steps, every = table[cfg.mode]
+    note = {"full": "", "quick": "  [QUICK: scaled down]",
+            "tiny": "  [TINY: smoke test]"}[cfg.mode]
     if cfg.w3_steps is not None and cfg.w3_steps != steps:
         if cfg.w3_steps % every:
             raise SystemExit(f"--w3-steps must be a multiple of {every}")
-        cut = f"  [STEPS CUT from {steps} by --w3-steps]"
+        note += f"  [STEPS CUT from {steps} by --w3-steps]"
         steps = cfg.w3_steps
+    return S, m, steps, every, note
+
+
+def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
+    S, m, steps, every, note = sizes(cfg, SIZES)
     kappa = 1 / math.sqrt(m)
-    label = {"full": "", "quick": "  [QUICK: scaled down]", "tiny": "  [TINY: smoke test]"}
     print(f"\nW3: teacher-student GD, relu teacher ({TEACHER_UNITS} units), d = {D}, "
           f"n = {N_SAMPLES}; {S} relu students x width {m}, lr {LR}, {steps} steps, loss "
-          f"every {every}{label[cfg.mode]}{cut}")
+          f"every {every}{note}")
     rng = np.random.default_rng(3)
     X, y = make_data(rng)
     record = np.arange(0, steps + 1, every, dtype=float)

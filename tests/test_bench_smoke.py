@@ -83,3 +83,31 @@ def test_bench_w4_without_peers() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skipped (excluded by --peers)" in proc.stdout
     assert "ntkflow rk4 (fixed dt)" in proc.stdout
+
+
+def test_bench_tiny_w3_sgd_runs_and_checks(tmp_path: Path) -> None:
+    """W3-SGD at tiny sizes: ntkflow's SGD, the NumPy reference on its exact batches
+    (agreeing to 1e-10) and every installed peer, checked by its final-loss distribution."""
+    import ntkflow as nf
+
+    if not hasattr(nf, "SGD"):
+        import pytest
+
+        pytest.skip("this ntkflow has no nf.SGD")
+    out = tmp_path / "w3sgd.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--tiny", "--only", "W3-SGD", "--json", str(out)],
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (w,) = json.loads(out.read_text())["workloads"]
+    assert w["workload"] == "W3-SGD" and w["batch"] == 32
+    rows = {r["name"]: r for r in w["rows"]}
+    assert rows["ntkflow simulate (relu, SGD)"]["reference"]
+    exact = [r for r in w["rows"] if r["name"].startswith("numpy, ntkflow's batches")]
+    assert len(exact) == 1 and exact[0]["status"] == "ok"
+    assert exact[0]["max_rel_diff"] <= 1e-10
+    for r in w["rows"]:
+        assert r["status"] in ("ok", "skipped"), r
+        if r["status"] == "ok" and r["name"].startswith(("jax", "torch")):
+            assert "KS p" in r["note"] and "paired t" in r["note"], r

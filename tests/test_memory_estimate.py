@@ -24,21 +24,27 @@ CHILD = textwrap.dedent(
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field))
 
-    kind, width, samples, act, gram, *held_out = {args!r}
+    # optional 6th and 7th arguments: a test set of that size (0: none), with the twin;
+    # the number of outputs
+    kind, width, samples, act, gram, *extra = {args!r}
+    n_test, c = (list(extra) + [0, 1][len(extra):])[:2]
     rng = np.random.default_rng(0)
-    X, y = rng.normal(size=(samples, 3)), rng.normal(size=samples)
+    X = rng.normal(size=(samples, 3))
+    y = rng.normal(size=samples) if c == 1 else rng.normal(size=(samples, c))
     if kind == "simulate":
         net = nf.TwoLayer(width=width, act=act, kappa=width ** -0.5)
         train = nf.GradientFlow(t_max=0.02, solver="rk4", dt=0.01)
-        test = None  # optional 6th argument: a test set of that size, with the twin
-        if held_out:
-            test = nf.Dataset(rng.normal(size=(held_out[0], 3)), np.sign(rng.normal(size=held_out[0])))
+        test = None
+        if n_test:
+            yt = rng.normal(size=n_test if c == 1 else (n_test, c))
+            test = nf.Dataset(rng.normal(size=(n_test, 3)), np.sign(yt))
         rec = nf.Record(times=11, gram=gram, probe=X[:7] if gram == "probe" else None,
                         test=test, linearized=test is not None)
         call = lambda: nf.simulate(net, nf.Dataset(X=X, y=y), train, trajectories=2,
                                    record=rec, threads=2)
     else:
-        u, W = rng.normal(size=(4, width)), rng.normal(size=(4, width, 3))
+        u = rng.normal(size=(4, width) if c == 1 else (4, width, c))
+        W = rng.normal(size=(4, width, 3))
         call = lambda: nf.ntk_gram(u, W, X, act=act, kappa=width ** -0.5, threads=2)
     call()  # warm: thread pools and lazy imports are not the call's memory
     asked.clear()
@@ -67,6 +73,10 @@ CHILD = textwrap.dedent(
         ("simulate", 2048, 200, "relu", None, 3000),
         ("ntk_gram", 100_000, 40, "tanh", None),
         ("ntk_gram", 2048, 1500, "relu", None),
+        # c = 3 outputs: the (n c)^2 kernels and their own Gram scratch.
+        ("simulate", 2048, 200, "relu", "train", 300, 3),
+        ("simulate", 50_000, 40, "tanh", None, 0, 3),
+        ("ntk_gram", 1024, 500, "erf", None, 0, 3),
     ],
 )
 def test_estimate_matches_the_measured_peak(args) -> None:

@@ -42,23 +42,23 @@ inline const double* in_buffer(const CArray& a, py::ssize_t count, const char* n
   return a.data();
 }
 
-/// Points `init` at the given initial parameters, (n, m) and (n, m, d), when it uses them.
+/// Points `init` at the given initial parameters, (n, m, c) and (n, m, d), when it uses them.
 inline void set_initial(InitSpec& init, const std::optional<CArray>& u0,
                         const std::optional<CArray>& w0, Index n, Index m, Index d) {
   if (!init.given) return;
   if (!u0 || !w0) throw py::value_error("given initial parameters need u0 and w0");
-  init.u0 = in_buffer(*u0, n * m, "u0");
+  init.u0 = in_buffer(*u0, n * m * init.outputs, "u0");
   init.w0 = in_buffer(*w0, n * m * d, "w0");
 }
 
 /// The records every simulation writes, from the caller's buffers (absent ones stay null).
 inline Records common_records(const py::dict& records, Index n, Index T, Index m, Index d,
-                              bool params_all) {
+                              bool params_all, Index c = 1) {
   const Index tp = params_all ? T : 1;
   Records out;
   out.params_all = params_all;
   out.loss = out_buffer<double>(records, "loss", {n, T});
-  out.p = out_buffer<double>(records, "p", {n, T, d});
+  out.p = out_buffer<double>(records, "p", {n, T, d * c});
   out.norm_u2 = out_buffer<double>(records, "norm_u2", {n, T});
   out.norm_w2 = out_buffer<double>(records, "norm_w2", {n, T});
   out.alignment = out_buffer<double>(records, "alignment", {n, T});
@@ -68,7 +68,7 @@ inline Records common_records(const py::dict& records, Index n, Index T, Index m
   out.delta_std = out_buffer<double>(records, "delta_std", {n, T});
   out.delta_drift = out_buffer<double>(records, "delta_drift", {n, T});
   out.deltas = out_buffer<double>(records, "deltas", {n, T, m});
-  out.u = out_buffer<double>(records, "u", {n, tp, m});
+  out.u = out_buffer<double>(records, "u", {n, tp, m * c});
   out.w = out_buffer<double>(records, "W", {n, tp, m, d});
   out.status = out_buffer<std::int8_t>(records, "status", {n});
   out.t_fail = out_buffer<double>(records, "t_fail", {n});

@@ -32,7 +32,7 @@ py::tuple initial_params_py(InitSpec init, const std::optional<CArray>& u0,
   if (trajectories < 1 || width < 1 || dim < 1)
     throw py::value_error("trajectories, width and dim must be >= 1");
   set_initial(init, u0, w0, trajectories, width, dim);
-  CArray u({trajectories, width});
+  CArray u({trajectories, width * init.outputs});
   CArray w({trajectories, width, dim});
   double* up = u.mutable_data();
   double* wp = w.mutable_data();
@@ -65,6 +65,8 @@ void bind_linear(py::module_& m) {
       .def_readwrite("kappa", &LinearModel::kappa)
       .def_readwrite("eta_u", &LinearModel::eta_u)
       .def_readwrite("eta_w", &LinearModel::eta_w)
+      .def_readwrite("lambda_u", &LinearModel::lambda_u)
+      .def_readwrite("lambda_w", &LinearModel::lambda_w)
       .def_readwrite("loss_min", &LinearModel::loss_min);
 
   py::class_<InitSpec>(m, "InitSpec", py::module_local())
@@ -75,7 +77,10 @@ void bind_linear(py::module_& m) {
       .def_readwrite("correlation", &InitSpec::correlation)
       .def_readwrite("copy", &InitSpec::copy)
       .def_readwrite("seed", &InitSpec::seed)
-      .def_readwrite("first_trajectory", &InitSpec::first_trajectory);
+      .def_readwrite("first_trajectory", &InitSpec::first_trajectory)
+      .def_readwrite("outputs", &InitSpec::outputs)
+      .def_readwrite("bias", &InitSpec::bias)
+      .def_readwrite("s_b", &InitSpec::s_b);
 
   py::class_<Schedule>(m, "Schedule", py::module_local())
       .def(py::init<>())

@@ -17,20 +17,25 @@ void simulate_network_py(const Network& net, const CArray& x, const CArray& y, I
                          const std::optional<CArray>& probe,
                          const std::optional<CArray>& test_x,
                          const std::optional<CArray>& test_y,
-                         const py::object& progress) {
-  const Index n = trajectories, m = net.width, d = net.dim, T = times.size();
-  if (n < 1 || m < 1 || d < 1) throw py::value_error("trajectories, width and dim must be >= 1");
+                         const py::object& progress, Index batch, bool replace,
+                         double label_noise) {
+  const Index n = trajectories, m = net.width, d = net.dim, c = net.outputs, T = times.size();
+  if (n < 1 || m < 1 || d < 1 || c < 1)
+    throw py::value_error("trajectories, width, dim and outputs must be >= 1");
   if (x.ndim() != 2 || x.shape(1) != d || x.shape(0) < 1)
     throw py::value_error("X must have shape (samples, dim)");
   const Index samples = x.shape(0);
   TrainingData data;
   data.x = x.data();
-  data.y = in_buffer(y, samples, "y");
+  data.y = in_buffer(y, samples * c, "y");
   data.samples = samples;
+  data.batch = batch;
+  data.replace = replace;
+  data.label_noise = label_noise;
   set_initial(init, u0, w0, n, m, d);
   sched.times = times.data();
   sched.n_times = T;
-  const Records out = common_records(records, n, T, m, d, params_all);
+  const Records out = common_records(records, n, T, m, d, params_all, c);
   KernelRecords kr;
   Index g = samples;
   if (probe) {
@@ -40,14 +45,14 @@ void simulate_network_py(const Network& net, const CArray& x, const CArray& y, I
     kr.n_probe = probe->shape(0);
     g = kr.n_probe;
   }
-  kr.gram = out_buffer<double>(records, "gram", {n, T, g, g});
+  kr.gram = out_buffer<double>(records, "gram", {n, T, g * c, g * c});
   if (test_x) {
     if (test_x->ndim() != 2 || test_x->shape(1) != d || test_x->shape(0) < 1)
       throw py::value_error("test_x must have shape (test samples, dim)");
     if (!test_y) throw py::value_error("test_x needs test_y");
     kr.test_x = test_x->data();
     kr.n_test = test_x->shape(0);
-    kr.test_y = in_buffer(*test_y, kr.n_test, "test_y");
+    kr.test_y = in_buffer(*test_y, kr.n_test * c, "test_y");
   }
   // The (trajectories, times) kernel and held-out records, each under its Python name.
   using Field = double* KernelRecords::*;
@@ -74,7 +79,7 @@ void simulate_network_py(const Network& net, const CArray& x, const CArray& y, I
 
 CArray ntk_gram_py(const Network& net, const CArray& u, const CArray& w, Index batch,
                    const CArray& x1, const std::optional<CArray>& x2, int threads) {
-  const Index m = net.width, d = net.dim;
+  const Index m = net.width, d = net.dim, c = net.outputs;
   if (batch < 0) throw py::value_error("batch must be >= 0");
   if (x1.ndim() != 2 || x1.shape(1) != d || x1.shape(0) < 1)
     throw py::value_error("X must have shape (samples, dim)");
@@ -87,13 +92,21 @@ CArray ntk_gram_py(const Network& net, const CArray& u, const CArray& w, Index b
     n2 = x2->shape(0);
     x2p = x2->data();
   }
-  const double* up = in_buffer(u, batch * m, "u");
+  const double* up = in_buffer(u, batch * m * c, "u");
   const double* wp = in_buffer(w, batch * m * d, "W");
-  CArray out({batch, n1, n2});
+  CArray out({batch, n1 * c, n2 * c});
   double* op = out.mutable_data();
   run_cancellable([&](CancelToken* token) {
     ntk_gram(net, up, wp, batch, x1.data(), n1, x2p, n2, op, threads, token);
   });
+  return out;
+}
+
+py::array_t<Index> sgd_batch_py(std::uint64_t seed, Index trajectory, std::int64_t step,
+                                Index samples, Index batch, bool replace) {
+  if (batch < 1) throw py::value_error("batch_size must be >= 1");
+  py::array_t<Index> out(batch);
+  sgd_batch(seed, trajectory, step, samples, batch, replace, out.mutable_data());
   return out;
 }
 
@@ -107,6 +120,11 @@ void bind_nonlinear(py::module_& m) {
       .value("tanh", Activation::tanh)
       .value("erf", Activation::erf);
 
+  py::enum_<Loss>(m, "Loss", py::module_local())
+      .value("square", Loss::square)
+      .value("logistic", Loss::logistic)
+      .value("softmax", Loss::softmax);
+
   py::class_<Network>(m, "Network", py::module_local())
       .def(py::init<>())
       .def_readwrite("width", &Network::width)
@@ -114,7 +132,11 @@ void bind_nonlinear(py::module_& m) {
       .def_readwrite("act", &Network::act)
       .def_readwrite("kappa", &Network::kappa)
       .def_readwrite("eta_u", &Network::eta_u)
-      .def_readwrite("eta_w", &Network::eta_w);
+      .def_readwrite("eta_w", &Network::eta_w)
+      .def_readwrite("outputs", &Network::outputs)
+      .def_readwrite("loss", &Network::loss)
+      .def_readwrite("lambda_u", &Network::lambda_u)
+      .def_readwrite("lambda_w", &Network::lambda_w);
 
   m.def("simulate_network", &simulate_network_py, py::arg("net"), py::arg("x").noconvert(),
         py::arg("y").noconvert(), py::arg("init"), py::arg("u0").noconvert() = py::none(),
@@ -122,15 +144,20 @@ void bind_nonlinear(py::module_& m) {
         py::arg("times").noconvert(), py::arg("trajectories"), py::arg("records"),
         py::arg("params_all") = false, py::arg("probe").noconvert() = py::none(),
         py::arg("test_x").noconvert() = py::none(), py::arg("test_y").noconvert() = py::none(),
-        py::arg("progress") = py::none(),
+        py::arg("progress") = py::none(), py::arg("batch") = 0, py::arg("replace") = false,
+        py::arg("label_noise") = 0.0,
         "Integrate an ensemble of two-layer networks on a dataset into caller-owned buffers.");
+  m.def("sgd_batch", &sgd_batch_py, py::arg("seed"), py::arg("trajectory"), py::arg("step"),
+        py::arg("samples"), py::arg("batch"), py::arg("replace") = false,
+        "The minibatch indices of one SGD step, exactly as simulate_network draws them.");
   m.def("ntk_gram", &ntk_gram_py, py::arg("net"), py::arg("u").noconvert(),
         py::arg("w").noconvert(), py::arg("batch"), py::arg("x1").noconvert(),
         py::arg("x2").noconvert() = py::none(), py::arg("threads") = 0,
         "NTK Gram matrices (batch, n1, n2) of a batch of networks.");
   m.def("network_workspace_bytes", &network_workspace_bytes, py::arg("net"),
         py::arg("samples"), py::arg("n_probe"), py::arg("gram"), py::arg("metrics"),
-        py::arg("linearized"), py::arg("pattern"), py::arg("move"), py::arg("n_test") = 0);
+        py::arg("linearized"), py::arg("pattern"), py::arg("move"), py::arg("n_test") = 0,
+        py::arg("batch") = 0);
   m.def("piecewise_workspace_bytes", &piecewise_workspace_bytes, py::arg("net"),
         py::arg("samples"));
   m.def("gram_workspace_bytes", &gram_workspace_bytes, py::arg("net"), py::arg("batch"),

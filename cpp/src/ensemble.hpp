@@ -31,7 +31,8 @@ using Mat = Eigen::Map<RowMatrix>;
 class Recorder {
  public:
   Recorder(const LinearModel& model, const Records& out, Index row, Index n_times)
-      : md_(model), out_(out), row_(row), T_(n_times), d_(model.dim) {}
+      : md_(model), out_(out), row_(row), T_(n_times), d_(model.dim),
+        pn_(model.dim * model.outputs) {}
 
   /// Loss from p, through r = kappa p - beta (see LinearModel).
   double loss(const double* p, double* r_buf, double* sr_buf) const {
@@ -55,7 +56,7 @@ class Recorder {
     double trM = 0.0;
     for (Index i = 0; i < d_; ++i) trM += M[i * d_ + i];
     double p2 = 0.0;
-    for (Index i = 0; i < d_; ++i) p2 += p[i] * p[i];
+    for (Index i = 0; i < pn_; ++i) p2 += p[i] * p[i];
     const double delta = md_.eta_w * a - md_.eta_u * trM;
     if (j == 0 && !have_delta0_) {
       delta0_ = delta;
@@ -64,7 +65,7 @@ class Recorder {
     if (out_.loss) out_.loss[at] = loss;
     if (out_.norm_u2) out_.norm_u2[at] = a;
     if (out_.norm_w2) out_.norm_w2[at] = trM;
-    if (out_.p) std::copy(p, p + d_, out_.p + at * d_);
+    if (out_.p) std::copy(p, p + pn_, out_.p + at * pn_);
     if (out_.alignment) {
       // u = 0 or W = 0 makes the Gram determinant zero: the layers count as parallel, so
       // a = 1 (docs/theory.md §E.1, and what exact.line reports). One neuron is aligned by
@@ -94,14 +95,15 @@ class Recorder {
       if (out_.norm_w2) out_.norm_w2[at] = kNaN;
       if (out_.alignment) out_.alignment[at] = kNaN;
       if (out_.drift) out_.drift[at] = kNaN;
-      if (out_.p) std::fill(out_.p + at * d_, out_.p + (at + 1) * d_, kNaN);
+      if (out_.p) std::fill(out_.p + at * pn_, out_.p + (at + 1) * pn_, kNaN);
       if (out_.ntk) std::fill(out_.ntk + at * d_ * d_, out_.ntk + (at + 1) * d_ * d_, kNaN);
       const Index m = md_.width;
       for (double* rec : {out_.delta_mean, out_.delta_std, out_.delta_drift})
         if (rec) rec[at] = kNaN;
       if (out_.deltas) std::fill(out_.deltas + at * m, out_.deltas + (at + 1) * m, kNaN);
       if (out_.params_all) {
-        if (out_.u) std::fill(out_.u + at * m, out_.u + (at + 1) * m, kNaN);
+        const Index mc = m * md_.outputs;
+        if (out_.u) std::fill(out_.u + at * mc, out_.u + (at + 1) * mc, kNaN);
         if (out_.w) std::fill(out_.w + at * m * d_, out_.w + (at + 1) * m * d_, kNaN);
       }
     }
@@ -111,27 +113,30 @@ class Recorder {
   const LinearModel& md_;
   const Records& out_;
   Index row_, T_, d_;
+  Index pn_;  // entries of p: dim x outputs
   double delta0_ = 0.0;
   bool have_delta0_ = false;
 };
 
-/// One neuron's parameters as the per-neuron records need them: u_i and ||w_i||^2.
+/// One neuron's parameters as the per-neuron records need them: ||U_i||^2 and ||w_i||^2.
 struct NeuronParams {
-  double u;
+  double u2;
   double w2;
 };
 
-/// neuron(i) for parameters stored contiguously: u (m,), w (m, d) row-major.
-inline auto contiguous_neurons(const double* u, const double* w, Index d) {
-  return [u, w, d](Index i) {
+/// neuron(i) for parameters stored contiguously: U (m, c), w (m, d) row-major.
+inline auto contiguous_neurons(const double* u, const double* w, Index d, Index c = 1) {
+  return [u, w, d, c](Index i) {
     const double* wi = w + i * d;
     double w2 = 0.0;
     for (Index k = 0; k < d; ++k) w2 += wi[k] * wi[k];
-    return NeuronParams{u[i], w2};
+    double u2 = 0.0;
+    for (Index a = 0; a < c; ++a) u2 += u[i * c + a] * u[i * c + a];
+    return NeuronParams{u2, w2};
   };
 }
 
-/// The per-neuron conserved quantities delta_i = eta_w u_i^2 - eta_u ||w_i||^2 of
+/// The per-neuron conserved quantities delta_i = eta_w ||U_i||^2 - eta_u ||w_i||^2 of
 /// docs/theory.md §E.5 (conserved by gradient flow for 1-homogeneous activations): their mean, spread and
 /// relative drift, and on request every delta_i. One per thread (per lane), sized once:
 /// nothing is allocated per trajectory or in the time loop. Parameters are read through
@@ -151,7 +156,7 @@ class NeuronRecorder {
     if (!on_) return;
     for (Index i = 0; i < m_; ++i) {
       const NeuronParams q = neuron(i);
-      delta0_[i] = eta_w_ * (q.u * q.u) - eta_u_ * q.w2;
+      delta0_[i] = eta_w_ * q.u2 - eta_u_ * q.w2;
     }
   }
 
@@ -162,7 +167,7 @@ class NeuronRecorder {
     double sum = 0.0, dev = 0.0, scale = 0.0;
     for (Index i = 0; i < m_; ++i) {
       const NeuronParams q = neuron(i);
-      const double a = eta_w_ * (q.u * q.u), b = eta_u_ * q.w2;
+      const double a = eta_w_ * q.u2, b = eta_u_ * q.w2;
       const double delta = a - b;
       delta_[i] = delta;
       sum += delta;
@@ -282,8 +287,8 @@ inline int team_size(const Schedule& sched) {
 template <class Thread>
 struct TrajectoryWorker {
   template <class... Args>
-  TrajectoryWorker(Index m, Index d, const Args&... args)
-      : params(static_cast<std::size_t>(m * (1 + d))), thread(args...),
+  TrajectoryWorker(Index m, Index d, Index c, const Args&... args)
+      : params(static_cast<std::size_t>(m * (c + d))), thread(args...),
         state(static_cast<std::size_t>(thread.state_size())),
         work(static_cast<std::size_t>(workspace_size(thread.state_size()))) {}
   std::vector<double> params;
@@ -313,15 +318,15 @@ template <class Thread, class... Args>
 void run_ensemble(Index width, Index dim, const InitSpec& init, const Schedule& sched,
                   Index trajectories, const Records& out, CancelToken* cancel,
                   const Args&... args) {
-  const Index m = width, d = dim;
+  const Index m = width, d = dim, c = init.outputs;
   auto body = [&](TrajectoryWorker<Thread>& w, Index k) {
-    draw_initial(init, m, d, k, w.params.data(), w.params.data() + m);
-    auto&& sys = w.thread.start(k, w.params.data(), w.params.data() + m, w.state.data());
+    draw_initial(init, m, d, k, w.params.data(), w.params.data() + m * c);
+    auto&& sys = w.thread.start(k, w.params.data(), w.params.data() + m * c, w.state.data());
     write_outcome(out, k, integrate(sys, w.state.data(), sched, w.work.data(), cancel,
                                     out.params_all));
   };
   parallel_items<TrajectoryWorker<Thread>>(trajectories, team_size(sched), cancel, body, m, d,
-                                           args...);
+                                           c, args...);
 }
 
 }  // namespace detail

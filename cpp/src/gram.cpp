@@ -197,6 +197,116 @@ void gram_serial(const Network& net, const double* u, const double* w, const dou
 
 namespace {
 
+/// Z = x W^T (n x m) into h; then h = kappa sqrt(eta_u) act(Z) and s = act'(Z).
+void output_features(const Network& net, const double* w, const double* x, Index n,
+                     double* h, double* s, Gemm& gemm) {
+  const Index m = net.width, d = net.dim;
+  gemm.run<Eigen::RowMajor, Eigen::ColMajor>(n, m, d, x, d, w, d, h, m, 1.0, false);
+  const double cu = net.kappa * std::sqrt(net.eta_u);
+  for (Index q = 0; q < n * m; ++q) {
+    const double z = h[q];
+    double a = z, da = 1.0;
+    switch (net.act) {
+      case Activation::relu:
+        a = z > 0 ? z : 0.0;
+        da = z > 0 ? 1.0 : 0.0;
+        break;
+      case Activation::tanh:
+        a = std::tanh(z);
+        da = 1.0 - a * a;
+        break;
+      case Activation::erf:
+        a = std::erf(z);
+        da = kTwoOverSqrtPi * std::exp(-z * z);
+        break;
+      case Activation::linear:
+        break;
+    }
+    h[q] = cu * a;
+    s[q] = da;
+  }
+}
+
+/// g = kappa sqrt(eta_w) s diag(U_a): the second-layer-weighted slopes of output a.
+void output_slopes(const Network& net, const double* s, Index n, const double* u, Index a,
+                   double* g) {
+  const Index m = net.width, c = net.outputs;
+  const double cw = net.kappa * std::sqrt(net.eta_w);
+  for (Index j = 0; j < n; ++j)
+    for (Index i = 0; i < m; ++i) g[j * m + i] = s[j * m + i] * (cw * u[i * c + a]);
+}
+
+}  // namespace
+
+void OutputGramScratch::reserve(const Network& net, Index n1, Index n2) {
+  const Index m = net.width, d = net.dim;
+  // Only grows: one scratch serves Grams of several shapes (training, probe, test x train).
+  auto grow = [](AlignedBuffer* b, Index size) {
+    if (static_cast<Index>(b->size()) < size) b->resize(static_cast<std::size_t>(size));
+  };
+  for (AlignedBuffer* b : {&h1, &s1, &ga}) grow(b, n1 * m);
+  for (AlignedBuffer* b : {&h2, &s2, &gb}) grow(b, n2 * m);
+  for (AlignedBuffer* b : {&xx, &hh, &tile}) grow(b, n1 * n2);
+  gemm.reserve(n1, m, d);
+  gemm.reserve(n2, m, d);
+  gemm.reserve(n1, n2, d);
+  gemm.reserve(n1, n2, m);
+}
+
+double OutputGramScratch::bytes(const Network& net, Index n1, Index n2) {
+  OutputGramScratch s;
+  s.gemm = Gemm::meter();
+  const Index m = net.width, d = net.dim;
+  s.gemm.reserve(n1, m, d);
+  s.gemm.reserve(n2, m, d);
+  s.gemm.reserve(n1, n2, d);
+  s.gemm.reserve(n1, n2, m);
+  const double n1d = static_cast<double>(n1), n2d = static_cast<double>(n2);
+  return 8.0 * (3.0 * (n1d + n2d) * static_cast<double>(m) + 3.0 * n1d * n2d +
+                static_cast<double>(s.gemm.reserved_doubles()));
+}
+
+void gram_outputs(const Network& net, const double* u, const double* w, const double* x1,
+                  Index n1, const double* x2, Index n2, OutputGramScratch& s, double* out) {
+  const Index m = net.width, d = net.dim, c = net.outputs;
+  const bool sym = x2 == nullptr;
+  if (sym) n2 = n1;
+  output_features(net, w, x1, n1, s.h1.data(), s.s1.data(), s.gemm);
+  const double* h2 = s.h1.data();
+  const double* s2 = s.s1.data();
+  if (!sym) {
+    output_features(net, w, x2, n2, s.h2.data(), s.s2.data(), s.gemm);
+    h2 = s.h2.data();
+    s2 = s.s2.data();
+  }
+  const double* xb = sym ? x1 : x2;
+  s.gemm.run<Eigen::RowMajor, Eigen::ColMajor>(n1, n2, d, x1, d, xb, d, s.xx.data(), n2, 1.0,
+                                               false);
+  s.gemm.run<Eigen::RowMajor, Eigen::ColMajor>(n1, n2, m, s.h1.data(), m, h2, m, s.hh.data(),
+                                               n2, 1.0, false);
+  const Index ldo = n2 * c;
+  for (Index a = 0; a < c; ++a) {
+    output_slopes(net, s.s1.data(), n1, u, a, s.ga.data());
+    for (Index b = sym ? a : 0; b < c; ++b) {
+      output_slopes(net, s2, n2, u, b, s.gb.data());
+      s.gemm.run<Eigen::RowMajor, Eigen::ColMajor>(n1, n2, m, s.ga.data(), m, s.gb.data(), m,
+                                                   s.tile.data(), n2, 1.0, false);
+      for (Index j = 0; j < n1; ++j) {
+        // A diagonal block of a symmetric Gram: its lower triangle, mirrored below.
+        const Index kend = sym && a == b ? j + 1 : n2;
+        for (Index k = 0; k < kend; ++k) {
+          double v = s.tile[j * n2 + k] * s.xx[j * n2 + k];
+          if (a == b) v += s.hh[j * n2 + k];
+          out[(j * c + a) * ldo + k * c + b] = v;
+          if (sym) out[(k * c + b) * ldo + j * c + a] = v;
+        }
+      }
+    }
+  }
+}
+
+namespace {
+
 /// Row of the t-th block of a lower triangle enumerated row by row: (0,0), (1,0), (1,1), ...
 Index lower_block_row(Index t) {
   Index bi = static_cast<Index>((std::sqrt(8.0 * static_cast<double>(t) + 1.0) - 1.0) / 2.0);
@@ -276,6 +386,46 @@ void gram_team(const Network& net, const double* u, const double* w, const GramF
   }
 }
 
+/// Runs f on an OpenMP thread, keeping the first exception of any thread in `error` (to be
+/// rethrown after the parallel region). True when f returned normally.
+template <class F>
+bool keep_first_error(std::exception_ptr& error, F&& f) {
+  try {
+    f();
+    return true;
+  } catch (...) {
+#pragma omp critical(ntkflow_gram_error)
+    if (!error) error = std::current_exception();
+    return false;
+  }
+}
+
+/// ntk_gram for c >= 2 outputs: whole matrices per thread (the output blocks of one matrix
+/// are not split across threads).
+void ntk_gram_outputs(const Network& net, const double* u, const double* w, Index batch,
+                      const double* x1, Index n1, const double* x2, Index n2, double* out,
+                      int threads, CancelToken* cancel) {
+  const Index m = net.width, d = net.dim, c = net.outputs;
+  const Index rows = n1 * c, cols = (x2 ? n2 : n1) * c;
+  const int nt = std::max(1, threads > 0 ? threads : omp_get_max_threads());
+  std::exception_ptr error;
+#pragma omp parallel num_threads(nt)
+  {
+    OutputGramScratch s;
+    const bool ready = keep_first_error(error, [&] { s.reserve(net, n1, x2 ? n2 : n1); });
+#pragma omp for schedule(dynamic, 1)
+    for (Index b = 0; b < batch; ++b) {
+      if (!ready || cancel_requested(cancel)) continue;
+      keep_first_error(error, [&] {
+        gram_outputs(net, u + b * m * c, w + b * m * d, x1, n1, x2, n2, s,
+                     out + b * rows * cols);
+      });
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  if (cancel && cancel->stop.load()) throw Cancelled();
+}
+
 }  // namespace
 }  // namespace detail
 
@@ -287,8 +437,12 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
     throw std::invalid_argument("ntk_gram: width, dim, n1 (and n2) must be >= 1");
   if (batch == 0) return;
   const bool sym = x2 == nullptr;
-  const Index cols = sym ? n1 : n2;
   const Index m = net.width, d = net.dim;
+  if (net.outputs > 1) {
+    ntk_gram_outputs(net, u, w, batch, x1, n1, x2, n2, out, threads, cancel);
+    return;
+  }
+  const Index cols = sym ? n1 : n2;
   const Index feat = gram_feature_size(net, n1) + (sym ? 0 : gram_feature_size(net, n2));
   const int nt = std::max(1, threads > 0 ? threads : omp_get_max_threads());
   std::exception_ptr error;
@@ -298,26 +452,18 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
     {
       AlignedBuffer hs, gs;
       GramScratch s;
-      bool ready = false;
-      try {
+      const bool ready = keep_first_error(error, [&] {
         hs.resize(static_cast<std::size_t>(feat));
         gs.resize(net.act == Activation::linear ? 0 : static_cast<std::size_t>(feat));
         s.reserve(net, n1, sym ? n1 : n2);
-        ready = true;
-      } catch (...) {
-#pragma omp critical(ntkflow_gram_error)
-        if (!error) error = std::current_exception();
-      }
+      });
 #pragma omp for schedule(dynamic, 1)
       for (Index b = 0; b < batch; ++b) {
         if (!ready || cancel_requested(cancel)) continue;
-        try {
+        keep_first_error(error, [&] {
           gram_serial(net, u + b * m, w + b * m * d, x1, n1, x2, n2, hs.data(), gs.data(), s,
                       out + b * n1 * cols);
-        } catch (...) {
-#pragma omp critical(ntkflow_gram_error)
-          if (!error) error = std::current_exception();
-        }
+        });
       }
     }
   } else {
@@ -332,14 +478,7 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
 #pragma omp parallel num_threads(nt)
     {
       GramScratch s;
-      bool ready = false;
-      try {
-        s.reserve(net, n1, sym ? n1 : n2);
-        ready = true;
-      } catch (...) {
-#pragma omp critical(ntkflow_gram_error)
-        if (!error) error = std::current_exception();
-      }
+      const bool ready = keep_first_error(error, [&] { s.reserve(net, n1, sym ? n1 : n2); });
       for (Index b = 0; b < batch; ++b)
         gram_team(net, u + b * m, w + b * m * d, f1, f2, sym, out + b * n1 * cols, s, prep,
                   ready, error, cancel);
@@ -351,6 +490,8 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
 
 double gram_workspace_bytes(const Network& net, Index batch, Index n1, Index n2, int threads) {
   const int nt = std::max(1, threads > 0 ? threads : omp_get_max_threads());
+  if (net.outputs > 1)
+    return nt * detail::OutputGramScratch::bytes(net, n1, n2 > 0 ? n2 : n1);
   const double feat = static_cast<double>(detail::gram_feature_size(net, n1) +
                                           detail::gram_feature_size(net, n2));
   const double copies = batch >= nt ? static_cast<double>(nt) : 1.0;

@@ -84,6 +84,25 @@ void gram_serial(const Network& net, const double* u, const double* w, const dou
                  Index n1, const double* x2, Index n2, double* hs, double* gs, GramScratch& s,
                  double* out);
 
+/// Scratch of the Gram of a network with c >= 2 outputs (gram_outputs): features and
+/// n1 x n2 tiles, sized once by reserve().
+struct OutputGramScratch {
+  Gemm gemm;
+  AlignedBuffer h1, s1, h2, s2, ga, gb;  ///< (n, width) features
+  AlignedBuffer xx, hh, tile;            ///< (n1, n2)
+  void reserve(const Network& net, Index n1, Index n2);
+  /// Bytes reserve() allocates, GEMM packing included.
+  static double bytes(const Network& net, Index n1, Index n2);
+};
+
+/// The (n1 c, n2 c) Gram of a network with c outputs (docs/theory.md §I.2), U (width, c):
+/// K[(j,a),(k,b)] = kappa^2 [eta_u delta_ab h_j . h_k + eta_w (x_j . x_k) sum_i s_ji s_ki
+/// U_ia U_ib]. Output block (a, b) is (Gw_a Gw_b^T) o (X1 X2^T), plus H1 H2^T when a = b,
+/// with Gw_a = kappa sqrt(eta_w) act'(Z) diag(U_a). x2 null: K(x1, x1), exactly symmetric
+/// (blocks b > a are mirrored from a < b, diagonal blocks from their lower triangle).
+void gram_outputs(const Network& net, const double* u, const double* w, const double* x1,
+                  Index n1, const double* x2, Index n2, OutputGramScratch& s, double* out);
+
 /// Doubles of feature scratch gram_serial needs.
 inline Index gram_feature_size(const Network& net, Index n) {
   return net.act == Activation::linear ? n * net.dim : n * net.width;

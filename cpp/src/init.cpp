@@ -12,36 +12,56 @@
 namespace ntkflow {
 namespace detail {
 
-/// Trajectory k (local to this call) of an ensemble: u (width), w (width x dim, row-major).
-/// Normals 0..m-1 of the stream give u; normals m..m(1+d)-1 give the independent part of W,
-/// so W_ik = s_w / sqrt(d) (rho g_i + sqrt(1 - rho^2) h_ik) has corr(u_i, W_ik) = rho.
+/// Trajectory k (local to this call) of an ensemble: u (width x outputs), w (width x dim,
+/// row-major). Normals 0..mc-1 of the stream give U; normals mc..mc+m d_w-1 give the
+/// independent part of the d_w = dim (- 1 with a bias) weight columns, so that for c = 1
+/// W_ik = s_w / sqrt(d_w) (rho g_i + sqrt(1 - rho^2) h_ik) has corr(u_i, W_ik) = rho; the
+/// next m normals give the biases (the last column) times s_b.
 /// Never inlined: with link-time optimisation GCC inlined it into the SIMD-lane driver of
 /// linear.cpp, whose code may contract a * b + c into an FMA, and the x86-64-v4 build then
 /// drew correlated inits one ulp away from initial_params.
 [[gnu::noinline]] void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w) {
-  const Index m = width, d = dim;
+  const Index m = width, d = dim, c = init.outputs;
   if (init.given) {
-    std::copy(init.u0 + k * m, init.u0 + (k + 1) * m, u);
+    std::copy(init.u0 + k * m * c, init.u0 + (k + 1) * m * c, u);
     std::copy(init.w0 + k * m * d, init.w0 + (k + 1) * m * d, w);
     return;
   }
   const Philox rng(init.seed, static_cast<std::uint64_t>(init.first_trajectory + k));
-  rng.normals(0, static_cast<std::uint64_t>(m), u);  // g
-  const double sw = init.s_w / std::sqrt(static_cast<double>(d));
+  const Index dw = init.bias ? d - 1 : d;  // weight columns; the bias is column dw
+  const auto mc = static_cast<std::uint64_t>(m * c);
+  rng.normals(0, mc, u);  // g
+  const double sw = dw > 0 ? init.s_w / std::sqrt(static_cast<double>(dw)) : 0.0;
   if (init.copy) {
     const double ratio = sw / init.s_u;
     for (Index i = 0; i < m; ++i) u[i] *= init.s_u;
     for (Index i = 0; i < m; ++i)
-      for (Index c = 0; c < d; ++c) w[i * d + c] = ratio * u[i];
-    return;
+      for (Index q = 0; q < dw; ++q) w[i * d + q] = ratio * u[i];
+  } else {
+    // h, drawn into the leading m dw entries of w and spread over the rows from the end
+    // (row i moves to i d >= i dw: never over an entry still to be read).
+    rng.normals(mc, static_cast<std::uint64_t>(m * dw), w);
+    if (d != dw)
+      for (Index i = m - 1; i >= 0; --i)
+        for (Index q = dw - 1; q >= 0; --q) w[i * d + q] = w[i * dw + q];
+    const double rho = init.correlation;
+    const double rho_c = std::sqrt(std::max(0.0, 1.0 - rho * rho));
+    if (c == 1) {
+      for (Index i = 0; i < m; ++i) {
+        const double gi = u[i];
+        for (Index q = 0; q < dw; ++q) w[i * d + q] = sw * (rho * gi + rho_c * w[i * d + q]);
+        u[i] = init.s_u * gi;
+      }
+    } else {  // correlation is 0 here (checked by the caller)
+      for (Index q = 0; q < m * d; ++q) w[q] *= sw;
+      for (Index q = 0; q < m * c; ++q) u[q] *= init.s_u;
+    }
   }
-  rng.normals(static_cast<std::uint64_t>(m), static_cast<std::uint64_t>(m * d), w);  // h
-  const double rho = init.correlation;
-  const double rho_c = std::sqrt(std::max(0.0, 1.0 - rho * rho));
-  for (Index i = 0; i < m; ++i) {
-    const double gi = u[i];
-    for (Index c = 0; c < d; ++c) w[i * d + c] = sw * (rho * gi + rho_c * w[i * d + c]);
-    u[i] = init.s_u * gi;
+  if (init.bias) {
+    for (Index i = 0; i < m; ++i) {
+      const double b = rng.normals_at(mc + static_cast<std::uint64_t>(m * dw + i));
+      w[i * d + dw] = init.s_b * b;
+    }
   }
 }
 
@@ -52,7 +72,7 @@ void initial_params(const InitSpec& init, Index width, Index dim, Index trajecto
   const int nt = threads > 0 ? threads : omp_get_max_threads();
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (Index k = 0; k < trajectories; ++k)
-    detail::draw_initial(init, width, dim, k, u + k * width, w + k * width * dim);
+    detail::draw_initial(init, width, dim, k, u + k * width * init.outputs, w + k * width * dim);
 }
 
 std::string build_isa() {

@@ -110,6 +110,14 @@ template <class S>
 struct has_switching<S, std::void_t<decltype(std::declval<S&>().switch_fraction(
                             std::declval<const DenseStep&>()))>> : std::true_type {};
 
+/// Systems trained by minibatch descent expose minibatch(step): the batch of the 0-based
+/// step whose direction the next field evaluation gives (gd only).
+template <class S, class = void>
+struct has_minibatch : std::false_type {};
+template <class S>
+struct has_minibatch<S, std::void_t<decltype(std::declval<S&>().minibatch(std::int64_t{}))>>
+    : std::true_type {};
+
 /// Systems with kFused = true advance whole Runge-Kutta steps themselves (start / step /
 /// attempt / commit) instead of exposing one field evaluation per stage.
 template <class S, class = void>
@@ -216,6 +224,11 @@ Outcome integrate_fixed(System& sys, double* y, const Schedule& s, double* ws,
   Outcome o;
   double d0 = 0.0, d1 = 0.0;
   double l0;
+  auto next_batch = [&](std::int64_t step) {
+    if constexpr (has_minibatch<System>::value)
+      if (gd) sys.minibatch(step);
+  };
+  next_batch(0);
   if constexpr (fused)
     l0 = sys.start(y, watch.want_dloss(), &d0);
   else
@@ -248,6 +261,7 @@ Outcome integrate_fixed(System& sys, double* y, const Schedule& s, double* ws,
         } else {
           for (Index q = 0; q < n; ++q) y[q] += hp * k1[q];
         }
+        next_batch(o.steps + 1);
         l1 = sys.field(y, k1, watch.want_dloss(), &d1);
         }
         const double t_new = (i + 1 == nsteps) ? tj : t_start + static_cast<double>(i + 1) * h;

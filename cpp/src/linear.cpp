@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ensemble.hpp"
+#include "linear_decay.hpp"
 #include "linear_fused.hpp"
 #include "linear_lanes.hpp"
 #include "ntkflow/core.hpp"
@@ -37,7 +38,8 @@ class LinearFull {
         sr_(scratch + 2 * d_),
         g_(scratch + 3 * d_),
         M_(scratch + 4 * d_),
-        wg_(scratch + 4 * d_ + d_ * d_) {}
+        wg_(scratch + 4 * d_ + d_ * d_),
+        decay_(has_decay(md)) {}
 
   static Index state_size(const LinearModel& md) { return md.width * (1 + md.dim); }
   Index size() const { return m_ * (1 + d_); }
@@ -49,9 +51,17 @@ class LinearFull {
       const double r = kappa * u.dot(w) - md_.beta[0];
       const double sr = md_.sigma[0] * r;
       const double g = -kappa * sr;
-      Vec(dy, m_) = (md_.eta_u * g) * w;
-      Vec(dy + m_, m_) = (md_.eta_w * g) * u;
-      if (want_dloss) *dl = -g * g * (md_.eta_u * w.squaredNorm() + md_.eta_w * u.squaredNorm());
+      if (decay_) {
+        Vec(dy, m_) = (md_.eta_u * g) * w - (md_.eta_u * md_.lambda_u) * u;
+        Vec(dy + m_, m_) = (md_.eta_w * g) * u - (md_.eta_w * md_.lambda_w) * w;
+      } else {
+        Vec(dy, m_) = (md_.eta_u * g) * w;
+        Vec(dy + m_, m_) = (md_.eta_w * g) * u;
+      }
+      if (want_dloss) {
+        *dl = -g * g * (md_.eta_u * w.squaredNorm() + md_.eta_w * u.squaredNorm());
+        if (decay_) *dl += decay_rate(md_) * g * u.dot(w);
+      }
       return md_.loss_min + 0.5 * r * sr;
     }
     const ConstVec u(y, m_);
@@ -63,7 +73,14 @@ class LinearFull {
     wg.noalias() = W * g;
     Vec(dy, m_) = md_.eta_u * wg;
     Mat(dy + m_, m_, d_).noalias() = (md_.eta_w * u) * g.transpose();
-    if (want_dloss) *dl = -(md_.eta_u * wg.squaredNorm() + md_.eta_w * u.squaredNorm() * g.squaredNorm());
+    if (decay_) {
+      Vec(dy, m_) -= (md_.eta_u * md_.lambda_u) * u;
+      Mat(dy + m_, m_, d_) -= (md_.eta_w * md_.lambda_w) * W;
+    }
+    if (want_dloss) {
+      *dl = -(md_.eta_u * wg.squaredNorm() + md_.eta_w * u.squaredNorm() * g.squaredNorm());
+      if (decay_) *dl += decay_rate(md_) * g.dot(p);  // grad L . theta_dot, p = W^T u
+    }
     return loss;
   }
 
@@ -108,6 +125,7 @@ class LinearFull {
   NeuronRecorder* neurons_;
   Index row_, T_, m_, d_;
   double *p_, *r_, *sr_, *g_, *M_, *wg_;
+  bool decay_;
 };
 
 /// Reduced state y = [p (d), M (d x d, row-major), a] (docs/theory.md §B.1).
@@ -118,7 +136,7 @@ class LinearReduced {
   LinearReduced(const LinearModel& md, const Records& out, Index row, Index n_times,
                 double* scratch, NeuronRecorder*)
       : md_(md), rec_(md, out, row, n_times), d_(md.dim), r_(scratch), sr_(scratch + d_),
-        g_(scratch + 2 * d_), mg_(scratch + 3 * d_) {}
+        g_(scratch + 2 * d_), mg_(scratch + 3 * d_), decay_(has_decay(md)) {}
 
   static Index state_size(const LinearModel& md) { return md.dim * (1 + md.dim) + 1; }
   Index size() const { return d_ + d_ * d_ + 1; }
@@ -135,7 +153,12 @@ class LinearReduced {
     dp = md_.eta_w * a * g + md_.eta_u * mg;
     Mat(dy + d_, d_, d_).noalias() = md_.eta_w * (g * p.transpose() + p * g.transpose());
     dy[d_ + d_ * d_] = 2.0 * md_.eta_u * p.dot(g);
-    if (want_dloss) *dl = -g.dot(dp);
+    if (decay_) {  // docs/theory.md §B.1 with weight decay: the system stays closed
+      dp -= decay_rate(md_) * p;
+      Mat(dy + d_, d_, d_) -= (2.0 * md_.eta_w * md_.lambda_w) * M;
+      dy[d_ + d_ * d_] -= 2.0 * md_.eta_u * md_.lambda_u * a;
+    }
+    if (want_dloss) *dl = -g.dot(dp);  // dL/dt = (dL/dp) . dp/dt, dL/dp = -g
     return loss;
   }
 
@@ -162,6 +185,7 @@ class LinearReduced {
   Recorder rec_;
   Index d_;
   double *r_, *sr_, *g_, *mg_;
+  bool decay_;
 };
 
 /// Per-thread scratch of the linear systems, for run_ensemble.
@@ -193,6 +217,9 @@ void simulate_linear(const LinearModel& model, const InitSpec& init, const Sched
                      LinearMethod method, Index trajectories, const Records& out,
                      CancelToken* cancel) {
   using namespace detail;
+  if (!(model.lambda_u >= 0.0 && std::isfinite(model.lambda_u)) ||
+      !(model.lambda_w >= 0.0 && std::isfinite(model.lambda_w)))
+    throw std::invalid_argument("lambda_u and lambda_w must be finite and >= 0");
   auto run = [&](auto tag) {
     using Thread = LinearThread<typename decltype(tag)::type>;
     run_ensemble<Thread>(model.width, model.dim, init, sched, trajectories, out, cancel, model,

@@ -9,6 +9,9 @@
 // O(d^3) small-matrix work plus ONE pass over the m(1+d) parameters (apply the step matrix
 // and accumulate the next Gram) instead of a dozen full-vector passes. It is the same
 // explicit Runge-Kutta method applied to all m(1+d) parameters; only rounding differs.
+//
+// Weight decay keeps this structure: it adds -eta_u lambda_u to J[0,0] and -eta_w lambda_w I
+// to J[1:,1:], so every stage state stays in the span of the columns of Theta.
 #pragma once
 
 #include <Eigen/Core>
@@ -18,6 +21,7 @@
 
 #include "integrate.hpp"
 #include "ensemble.hpp"
+#include "linear_decay.hpp"
 #include "ntkflow/core.hpp"
 
 namespace ntkflow::detail {
@@ -44,7 +48,7 @@ class LinearFused {
               NeuronRecorder* neurons)
       : md_(md), out_(out), rec_(md, out, row, n_times), neurons_(neurons), row_(row),
         T_(n_times),
-        m_(md.width), d_(md.dim), q_(1 + md.dim) {
+        m_(md.width), d_(md.dim), q_(1 + md.dim), decay_(has_decay(md)) {
     for (Small* s : {&gram_, &gram_next_, &S_, &T_step_, &E_}) s->setZero(q_, q_);
     for (auto& k : K_) k.setZero(q_, q_);
     v_.setZero(q_);
@@ -137,10 +141,16 @@ class LinearFused {
     g_ = -md_.kappa * sr_;
   }
 
-  /// K += S J(g): column 0 gets S[:,1:] eta_u g, columns 1: get S[:,0] eta_w g^T.
+  /// K += S J(g): column 0 gets S[:,1:] eta_u g, columns 1: get S[:,0] eta_w g^T; with
+  /// decay also -eta_u lambda_u S[:,0] and -eta_w lambda_w S[:,1:].
   void add_field_matrix(const Small& S, const DVec& g, Small& K) const {
     K.col(0).noalias() += md_.eta_u * (S.template block<Q, D>(0, 1, q_, d_) * g);
     K.template block<Q, D>(0, 1, q_, d_).noalias() += (md_.eta_w * S.col(0)) * g.transpose();
+    if (decay_) {
+      K.col(0) -= (md_.eta_u * md_.lambda_u) * S.col(0);
+      K.template block<Q, D>(0, 1, q_, d_) -=
+          (md_.eta_w * md_.lambda_w) * S.template block<Q, D>(0, 1, q_, d_);
+    }
   }
 
   void stages(const Tableau& tab, double h) {
@@ -162,6 +172,7 @@ class LinearFused {
     if (want_dloss) {
       mg_.noalias() = gram.template block<D, D>(1, 1, d_, d_) * g_;
       *dl = -(md_.eta_w * gram(0, 0) * g_.squaredNorm() + md_.eta_u * g_.dot(mg_));
+      if (decay_) *dl += decay_rate(md_) * g_.dot(p_);  // grad L . theta_dot with decay
     }
     return loss;
   }
@@ -284,6 +295,7 @@ class LinearFused {
   Recorder rec_;
   NeuronRecorder* neurons_;
   Index row_, T_, m_, d_, q_;
+  bool decay_;
   Small gram_, gram_next_, S_, S_last_, T_step_, E_;
   std::array<Small, 7> K_;
   SmallVec v_;

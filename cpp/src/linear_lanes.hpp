@@ -21,6 +21,7 @@
 
 #include "ensemble.hpp"
 #include "integrate.hpp"
+#include "linear_decay.hpp"
 #include "ntkflow/core.hpp"
 
 namespace ntkflow::detail {
@@ -50,7 +51,7 @@ struct LaneNeurons {
   int l;
   NeuronParams operator()(Index i) const {
     const double wi = w[i][l];
-    return NeuronParams{u[i][l], wi * wi};
+    return NeuronParams{u[i][l] * u[i][l], wi * wi};
   }
 };
 
@@ -157,10 +158,13 @@ class LanesWorker {
 
   /// Stage algebra of linear_fused.hpp with d = 1, per lane: S_s = I + h sum_j a_sj K_j,
   /// p_s = S_s[:,1]^T Gram S_s[:,0], g_s = -kappa sigma (kappa p_s - beta),
-  /// K_s = S_s J(g_s); the step matrix is I + h sum_s b_s K_s.
+  /// K_s = S_s J(g_s); the step matrix is I + h sum_s b_s K_s. Decay puts -eta_u lambda_u
+  /// and -eta_w lambda_w on the diagonal of J.
   void step(const Tableau& tab, double h) {
     const double kappa = md_.kappa, sigma = md_.sigma[0], beta = md_.beta[0];
     const double eu = md_.eta_u, ew = md_.eta_w;
+    const double du = md_.eta_u * md_.lambda_u, dw = md_.eta_w * md_.lambda_w;
+    const bool decay = has_decay(md_);
     for (int s = 0; s < tab.stages; ++s) {
       LaneVec s00 = splat(1.0), s01{}, s10{}, s11 = splat(1.0);
       for (int j = 0; j < s; ++j) {
@@ -179,6 +183,12 @@ class LanesWorker {
       k10_[s] = eu * (s11 * g);
       k01_[s] = (ew * s00) * g;
       k11_[s] = (ew * s10) * g;
+      if (decay) {
+        k00_[s] -= du * s00;
+        k10_[s] -= du * s10;
+        k01_[s] -= dw * s01;
+        k11_[s] -= dw * s11;
+      }
     }
     LaneVec t00 = splat(1.0), t01{}, t10{}, t11 = splat(1.0);
     for (int s = 0; s < tab.stages; ++s) {
@@ -262,6 +272,7 @@ class LanesWorker {
     if (!want_dloss) return;
     const LaneVec g = -kappa * (sigma * r);
     dl = -(md_.eta_w * a_ * (g * g) + md_.eta_u * (g * (b_ * g)));
+    if (has_decay(md_)) dl += decay_rate(md_) * (g * c_);
   }
 
   void record_params(Index k, int l, Index slot) {

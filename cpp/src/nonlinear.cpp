@@ -1,13 +1,17 @@
-// Two-layer networks with an activation on a dataset: gradient flow / descent of the full
-// m(1 + d) parameters, with the records of the linear path plus the kernel records
-// (Gram matrices, kernel metrics, parameter movement, relu pattern changes, linearised run).
+// Two-layer networks with an activation on a dataset: gradient flow / descent / minibatch
+// SGD of the full m(c + d) parameters, with the records of the linear path plus the kernel
+// records (Gram matrices, kernel metrics, parameter movement, relu pattern changes,
+// linearised run, held-out set).
 //
-// Gradient of L = 1/(2n) ||r||^2, r = kappa act(X W^T) u - y, by matrix products only
-// (no per-parameter Jacobian): with Z = X W^T (n x m), H = act(Z), S = act'(Z),
-//   dL/du = kappa/n H^T r,     dL/dW = kappa/n diag(u) (diag(r) S)^T X.
-// Two GEMMs of n m d each per evaluation; everything else is O(n m).
+// Gradient of L = (1/n) sum_j l(F_j, Y_j), F = kappa act(X W^T) U (n x c), by matrix
+// products only (no per-parameter Jacobian): with Z = X W^T (n x m), H = act(Z),
+// S = act'(Z) and R = dl/dF (n x c),
+//   dL/dU = kappa/n H^T R,     dL/dW = kappa/n (S o (R U^T))^T X
+// (for c = 1: kappa/n diag(u) (diag(r) S)^T X). Two GEMMs of n m d each per evaluation;
+// everything else is O(n m c). Weight decay adds lambda_u U and lambda_w W.
 #include <Eigen/Eigenvalues>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -19,6 +23,7 @@
 #include "gemm.hpp"
 #include "gram.hpp"
 #include "ntkflow/nonlinear.hpp"
+#include "ntkflow/philox.hpp"
 
 namespace ntkflow {
 namespace detail {
@@ -54,15 +59,30 @@ struct Plan {
 
 // GEMM packing space for every product shape of the gradient (also metered by
 // network_workspace_bytes).
-void reserve_gradient_gemm(Gemm& gemm, Index n, Index m, Index d) {
+void reserve_gradient_gemm(Gemm& gemm, const Network& net, Index n) {
+  const Index m = net.width, d = net.dim, c = net.outputs;
   gemm.reserve(n, m, d);  // Z = X W^T
-  gemm.reserve(m, d, n);  // (diag(r) S)^T X
+  gemm.reserve(m, d, n);  // (S o E)^T X
   gemm.reserve(d, d, m);  // W^T W
+  if (c == 1) return;     // the rest are matrix-vector products
+  gemm.reserve(n, c, m);  // F = H U
+  gemm.reserve(m, c, n);  // H^T R
+  gemm.reserve(n, m, c);  // E = R U^T
+  gemm.reserve(d, c, m);  // P = W^T U
+  gemm.reserve(n, c, d);  // linear: F = X P
+  gemm.reserve(d, c, n);  // linear: X^T R
+  gemm.reserve(m, c, d);  // linear: W C
+  gemm.reserve(m, d, c);  // linear: U C^T
 }
 
-// The same for the network's outputs on n_test test inputs (Z = X_test W^T).
+// The same for the network's outputs on n_test test inputs (Z = X_test W^T, F = H U).
 void reserve_test_gemm(Gemm& gemm, const Network& net, Index n_test) {
-  if (net.act != Activation::linear && n_test > 0) gemm.reserve(n_test, net.width, net.dim);
+  if (n_test <= 0) return;
+  if (net.act != Activation::linear) gemm.reserve(n_test, net.width, net.dim);
+  if (net.outputs > 1) {
+    gemm.reserve(n_test, net.outputs, net.width);
+    gemm.reserve(n_test, net.outputs, net.dim);
+  }
 }
 
 /// Fraction of f (n) whose sign differs from the +-1 target y; f = 0 (and NaN) counts as
@@ -72,6 +92,70 @@ double sign_error(const double* f, const double* y, Index n) {
   for (Index j = 0; j < n; ++j) wrong += (y[j] > 0 ? !(f[j] > 0) : !(f[j] < 0)) ? 1 : 0;
   return static_cast<double>(wrong) / static_cast<double>(n);
 }
+
+/// Classification error of outputs F (rows x c) against targets Y: the sign error for one
+/// output, else the fraction of rows whose argmax differs from the target's (a NaN output
+/// counts as an error).
+double class_error(const double* F, const double* Y, Index rows, Index c) {
+  if (c == 1) return sign_error(F, Y, rows);
+  Index wrong = 0;
+  for (Index j = 0; j < rows; ++j) {
+    const double* f = F + j * c;
+    const double* y = Y + j * c;
+    Index af = 0, ay = 0;
+    bool nan = std::isnan(f[0]);
+    for (Index a = 1; a < c; ++a) {
+      nan = nan || std::isnan(f[a]);
+      if (f[a] > f[af]) af = a;
+      if (y[a] > y[ay]) ay = a;
+    }
+    wrong += (nan || af != ay) ? 1 : 0;
+  }
+  return static_cast<double>(wrong) / static_cast<double>(rows);
+}
+
+/// Turns the outputs F (rows x c) into R = dl/dF in place and returns the mean loss
+/// (1/rows) sum_j l(F_j, Y_j), evaluated without overflow for any finite F.
+double loss_and_slope(Loss loss, double* F, const double* Y, Index rows, Index c) {
+  const double inv = 1.0 / static_cast<double>(rows);
+  switch (loss) {
+    case Loss::logistic: {  // c = 1, Y = +-1: l = log(1 + e^-z), z = y f
+      double sum = 0.0;
+      for (Index j = 0; j < rows; ++j) {
+        const double z = Y[j] * F[j];
+        const double e = std::exp(-std::abs(z));
+        sum += std::max(-z, 0.0) + std::log1p(e);
+        const double sig = z >= 0 ? e / (1.0 + e) : 1.0 / (1.0 + e);  // sigmoid(-z)
+        F[j] = std::isnan(z) ? z : -Y[j] * sig;
+      }
+      return sum * inv;
+    }
+    case Loss::softmax: {  // l = logsumexp(f) - y . f for y on the simplex
+      double sum = 0.0;
+      for (Index j = 0; j < rows; ++j) {
+        double* f = F + j * c;
+        const double* y = Y + j * c;
+        double top = f[0];
+        for (Index a = 1; a < c; ++a) top = std::max(top, f[a]);
+        if (!std::isfinite(top)) top = 0.0;  // inf / NaN outputs: let them propagate
+        double z = 0.0;
+        for (Index a = 0; a < c; ++a) z += std::exp(f[a] - top);
+        const double lse = top + std::log(z);
+        for (Index a = 0; a < c; ++a) {
+          if (y[a] != 0.0) sum += y[a] * (lse - f[a]);
+          f[a] = std::exp(f[a] - top) / z - y[a];
+        }
+      }
+      return sum * inv;
+    }
+    case Loss::square:
+      break;
+  }
+  Vec r(F, rows * c);
+  r -= ConstVec(Y, rows * c);
+  return 0.5 * r.squaredNorm() / static_cast<double>(rows);
+}
+
 /// relu's field jumps where a pre-activation crosses 0; the adaptive solver then integrates
 /// it piece by piece (docs/theory.md §H). Fixed steps and descent step across as they are.
 bool is_piecewise(const Network& net, const Schedule& sched) {
@@ -91,20 +175,61 @@ LinearModel recorder_model(const Network& net) {
   LinearModel lm;  // only the fields the Recorder reads when writing
   lm.width = net.width;
   lm.dim = net.dim;
+  lm.outputs = net.outputs;
   lm.kappa = net.kappa;
   lm.eta_u = net.eta_u;
   lm.eta_w = net.eta_w;
   return lm;
 }
 
+// Key of the minibatch streams: the seed's, changed, so that they never meet the
+// initialisation's (Philox(seed, trajectory)).
+constexpr std::uint64_t kSgdKey = 0x53474431;  // "SGD1"
+
+/// The high 64 bits of a * b, portably.
+std::uint64_t mulhi64(std::uint64_t a, std::uint64_t b) {
+  const std::uint64_t a0 = a & 0xffffffffu, a1 = a >> 32, b0 = b & 0xffffffffu, b1 = b >> 32;
+  const std::uint64_t p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
+  const std::uint64_t mid = (p00 >> 32) + (p01 & 0xffffffffu) + (p10 & 0xffffffffu);
+  return p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
+}
+
+/// The batch of (seed, trajectory, step) into out (see sgd_batch in nonlinear.hpp). perm
+/// holds the identity 0..n-1 on entry and on return (the partial shuffle is undone).
+void draw_batch(std::uint64_t seed, std::uint64_t trajectory, std::int64_t step, Index n,
+                Index batch, bool replace, Index* perm, Index* out) {
+  const Philox rng(seed ^ kSgdKey, trajectory);
+  const std::uint64_t base = static_cast<std::uint64_t>(step) << 32;
+  std::array<std::uint32_t, 4> w{};
+  for (Index t = 0; t < batch; ++t) {
+    const auto ut = static_cast<std::uint64_t>(t);
+    if ((ut & 1) == 0) w = rng.block(base | (ut >> 1));
+    const std::uint64_t v = (ut & 1) == 0 ? (std::uint64_t{w[0]} << 32) | w[1]
+                                          : (std::uint64_t{w[2]} << 32) | w[3];
+    if (replace) {
+      out[t] = static_cast<Index>(mulhi64(v, static_cast<std::uint64_t>(n)));
+    } else {
+      const Index r = t + static_cast<Index>(mulhi64(v, static_cast<std::uint64_t>(n - t)));
+      std::swap(perm[t], perm[r]);
+      out[t] = r;  // the swap, undone below
+    }
+  }
+  if (replace) return;
+  for (Index t = batch - 1; t >= 0; --t) {
+    const Index r = out[t];
+    out[t] = perm[t];
+    std::swap(perm[t], perm[r]);
+  }
+}
+
 }  // namespace
 
 /// Everything one thread needs, sized once; it is also the System of the trajectory it is
-/// running (start() loads one). State y = [u (m), W (m x d, row-major)].
+/// running (start() loads one). State y = [U (m x c), W (m x d)], both row-major.
 class NetworkThread {
  public:
   NetworkThread(const Network& net, const TrainingData& data, const Schedule& sched,
-                const Records& out, const KernelRecords& kr)
+                const Records& out, const KernelRecords& kr, const InitSpec& init)
       : net_(net),
         lm_(recorder_model(net)),
         data_(data),
@@ -115,55 +240,68 @@ class NetworkThread {
         n_(data.samples),
         m_(net.width),
         d_(net.dim),
+        c_(net.outputs),
+        wo_(net.width * net.outputs),
+        nc_(data.samples * net.outputs),
         T_(sched.n_times),
-        g_(plan_.probe_gram ? kr.n_probe : n_),
+        g_((plan_.probe_gram ? kr.n_probe : n_) * net.outputs),
         nt_(plan_.test ? kr.n_test : 0),
         neurons_(out, net.width, sched.n_times, net.eta_u, net.eta_w),
-        piecewise_(is_piecewise(net, sched)) {
+        piecewise_(is_piecewise(net, sched)),
+        sgd_(data.batch > 0 && sched.solver == Solver::gd),
+        seed_(init.seed),
+        first_(init.first_trajectory) {
     const bool linear = net.act == Activation::linear;
+    const bool multi = c_ > 1;
     // Feature buffers serve the gradient (Z/H and S/B, n x m) and the Gram features.
     Index feat = linear ? 0 : n_ * m_;
-    if (plan_.any_gram()) feat = std::max(feat, gram_feature_size(net, n_));
-    if (plan_.probe_gram) feat = std::max(feat, gram_feature_size(net, kr.n_probe));
+    if (!multi) {
+      if (plan_.any_gram()) feat = std::max(feat, gram_feature_size(net, n_));
+      if (plan_.probe_gram) feat = std::max(feat, gram_feature_size(net, kr.n_probe));
+      if (plan_.test_lin)  // features of both sides of the cross Gram K_0(X_test, X)
+        feat = std::max(feat, gram_feature_size(net, nt_) + gram_feature_size(net, n_));
+    }
     if (plan_.test && !linear) feat = std::max(feat, nt_ * m_);  // test pre-activations
-    if (plan_.test_lin)  // features of both sides of the cross Gram K_0(X_test, X)
-      feat = std::max(feat, gram_feature_size(net, nt_) + gram_feature_size(net, n_));
     hs_.resize(static_cast<std::size_t>(feat));
     gs_.resize(static_cast<std::size_t>(linear ? 0 : feat));
-    f_.resize(static_cast<std::size_t>(n_));
-    ky_.resize(static_cast<std::size_t>(n_));
-    p_.resize(static_cast<std::size_t>(d_));
-    c_.resize(static_cast<std::size_t>(d_));
+    if ((multi && !linear) || is_piecewise(net, sched)) e_.resize(static_cast<std::size_t>(n_ * m_));
+    f_.resize(static_cast<std::size_t>(nc_));
+    ky_.resize(static_cast<std::size_t>(nc_));
+    p_.resize(static_cast<std::size_t>(d_ * c_));
+    cv_.resize(static_cast<std::size_t>(d_ * c_));
     M_.resize(static_cast<std::size_t>(d_ * d_));
     if (plan_.move) {
-      u0_.resize(static_cast<std::size_t>(m_));
+      u0_.resize(static_cast<std::size_t>(wo_));
       w0_.resize(static_cast<std::size_t>(m_ * d_));
     }
     if (plan_.pattern) {
       pattern0_.resize(static_cast<std::size_t>(n_ * m_));
       changed_.resize(static_cast<std::size_t>(m_));
     }
-    if (plan_.k0()) k0_.resize(static_cast<std::size_t>(n_ * n_));
-    if (plan_.metrics && !plan_.train_gram) kt_.resize(static_cast<std::size_t>(n_ * n_));
+    if (plan_.k0()) k0_.resize(static_cast<std::size_t>(nc_ * nc_));
+    if (plan_.metrics && !plan_.train_gram) kt_.resize(static_cast<std::size_t>(nc_ * nc_));
     if (plan_.linearized) {
-      eig_.emplace(n_);  // preallocates its n x n storage
-      coef_.resize(n_);
-      twin_g_.resize(static_cast<std::size_t>(n_));
-      twin_r_.resize(static_cast<std::size_t>(n_));
+      eig_.emplace(nc_);  // preallocates its (n c) x (n c) storage
+      coef_.resize(nc_);
+      twin_g_.resize(static_cast<std::size_t>(nc_));
+      twin_r_.resize(static_cast<std::size_t>(nc_));
     }
-    if (plan_.test) ft_.resize(static_cast<std::size_t>(nt_));
+    if (plan_.test) {
+      ft_.resize(static_cast<std::size_t>(nt_ * c_));
+      fts_.resize(static_cast<std::size_t>(nt_ * c_));
+    }
     if (plan_.test_lin) {
-      ft0_.resize(static_cast<std::size_t>(nt_));
-      ftl_.resize(static_cast<std::size_t>(nt_));
-      kx_.resize(static_cast<std::size_t>(nt_ * n_));
-      twin_h_.resize(static_cast<std::size_t>(n_));
-      twin_w_.resize(static_cast<std::size_t>(n_));
+      ft0_.resize(static_cast<std::size_t>(nt_ * c_));
+      ftl_.resize(static_cast<std::size_t>(nt_ * c_));
+      kx_.resize(static_cast<std::size_t>(nt_ * c_ * nc_));
+      twin_h_.resize(static_cast<std::size_t>(nc_));
+      twin_w_.resize(static_cast<std::size_t>(nc_));
     }
     if (piecewise_) {
       z_.resize(static_cast<std::size_t>(n_ * m_));
       on_.resize(static_cast<std::size_t>(n_ * m_));
       P_.resize(static_cast<std::size_t>(m_ * d_));
-      scratch_.resize(static_cast<std::size_t>(m_ * (1 + d_)));
+      scratch_.resize(static_cast<std::size_t>(m_ * (c_ + d_)));
       mode_.resize(static_cast<std::size_t>(n_ * m_));
       slides_.reserve(static_cast<std::size_t>(std::min<Index>(n_ * m_, 4096)));
       crossing_.reserve(64);
@@ -172,28 +310,41 @@ class NetworkThread {
       for (Index j = 0; j < n_; ++j)
         xnorm2_[j] = ConstVec(data.x + j * d_, d_).squaredNorm();
     }
-    reserve_gradient_gemm(gemm_, n_, m_, d_);
+    if (sgd_) {
+      const Index b = data.batch;
+      xb_.resize(static_cast<std::size_t>(b * d_));
+      yb_.resize(static_cast<std::size_t>(b * c_));
+      idx_.resize(static_cast<std::size_t>(b));
+      perm_.resize(static_cast<std::size_t>(n_));
+      for (Index j = 0; j < n_; ++j) perm_[j] = j;
+    }
+    reserve_gradient_gemm(gemm_, net, n_);
     if (plan_.test) reserve_test_gemm(gemm_, net, nt_);
-    if (plan_.any_gram()) gram_.reserve(net, n_, n_);
-    if (plan_.probe_gram) gram_.reserve(net, kr.n_probe, kr.n_probe);
-    if (plan_.test_lin) gram_.reserve(net, nt_, n_);
-    const Eigen::Map<const Eigen::VectorXd> yv(data.y, n_);
-    y_norm2_ = yv.squaredNorm();
+    if (multi) {
+      if (plan_.any_gram()) ogram_.reserve(net, n_, n_);
+      if (plan_.probe_gram) ogram_.reserve(net, kr.n_probe, kr.n_probe);
+      if (plan_.test_lin) ogram_.reserve(net, nt_, n_);
+    } else {
+      if (plan_.any_gram()) gram_.reserve(net, n_, n_);
+      if (plan_.probe_gram) gram_.reserve(net, kr.n_probe, kr.n_probe);
+      if (plan_.test_lin) gram_.reserve(net, nt_, n_);
+    }
+    y_norm2_ = ConstVec(data.y, nc_).squaredNorm();
   }
 
-  Index state_size() const { return m_ * (1 + d_); }
+  Index state_size() const { return m_ * (c_ + d_); }
 
   NetworkThread& start(Index k, const double* u, const double* w, double* y) {
     row_ = k;
     rec_.emplace(lm_, out_, k, T_);
-    std::copy(u, u + m_, y);
-    std::copy(w, w + m_ * d_, y + m_);
-    const ConstVec uu(u, m_);
+    std::copy(u, u + wo_, y);
+    std::copy(w, w + m_ * d_, y + wo_);
+    const ConstVec uu(u, wo_);
     const ConstMat W(w, m_, d_);
     rec_->set_reference(uu.squaredNorm(), gram_trace(w));
-    neurons_.reference(contiguous_neurons(u, w, d_));
+    neurons_.reference(contiguous_neurons(u, w, d_, c_));
     if (plan_.move) {
-      std::copy(u, u + m_, u0_.begin());
+      std::copy(u, u + wo_, u0_.begin());
       std::copy(w, w + m_ * d_, w0_.begin());
       u0_norm_ = uu.norm();
       w0_norm_ = W.norm();
@@ -203,19 +354,17 @@ class NetworkThread {
       for (Index q = 0; q < n_ * m_; ++q) pattern0_[q] = hs_[q] > 0 ? 1 : 0;
     }
     if (plan_.k0()) {
-      gram_serial(net_, u, w, data_.x, n_, nullptr, 0, hs_.data(), gs_.data(), gram_,
-                  k0_.data());
-      const Eigen::Map<const Eigen::VectorXd> k0(k0_.data(), n_ * n_);
+      gram(u, w, data_.x, n_, nullptr, 0, k0_.data());
+      const Eigen::Map<const Eigen::VectorXd> k0(k0_.data(), nc_ * nc_);
       k0_max_ = k0.cwiseAbs().maxCoeff();
       k0_unit_ = k0_max_ > 0 ? (k0 / k0_max_).norm() : 0.0;  // ||K_0|| / max|K_0|
     }
     if (plan_.test_lin) {
-      // K_0(X_test, X) (n_test x n) and f_0 on the test set, once per trajectory.
-      gram_serial(net_, u, w, kr_.test_x, nt_, data_.x, n_, hs_.data(), gs_.data(), gram_,
-                  kx_.data());
+      // K_0(X_test, X) (n_test c x n c) and f_0 on the test set, once per trajectory.
+      gram(u, w, kr_.test_x, nt_, data_.x, n_, kx_.data());
       test_outputs(y, ft0_.data());
-      Vec r0t(ftl_.data(), nt_);  // scratch: the test residual at t = 0
-      r0t = ConstVec(ft0_.data(), nt_) - ConstVec(kr_.test_y, nt_);
+      Vec r0t(ftl_.data(), nt_ * c_);  // scratch: the test residual at t = 0
+      r0t = ConstVec(ft0_.data(), nt_ * c_) - ConstVec(kr_.test_y, nt_ * c_);
       r0t_norm_ = r0t.norm();
     }
     if (plan_.linearized) linearised_losses(y);
@@ -224,70 +373,55 @@ class NetworkThread {
       for (Index q = 0; q < n_ * m_; ++q) set_mode(q, hs_[q] > 0 ? kOn : kOff);
       slides_.clear();
     }
+    view_ = View{data_.x, data_.y, n_};
     return *this;
   }
 
   // ---- the System interface of integrate.hpp ----
-  Index size() const { return m_ * (1 + d_); }
+  Index size() const { return m_ * (c_ + d_); }
+
+  /// The minibatch of a descent step (has_minibatch): its inputs and noisy targets become
+  /// the data of the next field evaluation. Records always use the whole training set.
+  void minibatch(std::int64_t step) {
+    if (!sgd_) return;
+    const Index b = data_.batch;
+    const auto traj = static_cast<std::uint64_t>(first_ + row_);
+    draw_batch(seed_, traj, step, n_, b, data_.replace, perm_.data(), idx_.data());
+    for (Index t = 0; t < b; ++t) {
+      const Index j = idx_[t];
+      std::copy(data_.x + j * d_, data_.x + (j + 1) * d_, xb_.data() + t * d_);
+      std::copy(data_.y + j * c_, data_.y + (j + 1) * c_, yb_.data() + t * c_);
+    }
+    if (data_.label_noise > 0) {
+      const Philox rng(seed_ ^ kSgdKey, traj);
+      const std::uint64_t base = (static_cast<std::uint64_t>(step) << 32) | 0x80000000u;
+      for (Index q = 0; q < b * c_; ++q) {
+        const auto uq = static_cast<std::uint64_t>(q);
+        yb_[q] += data_.label_noise * rng.normal_pair(base + (uq >> 1))[uq & 1];
+      }
+    }
+    view_ = View{xb_.data(), yb_.data(), b};
+  }
 
   double field(const double* y, double* dy, bool want_dloss, double* dl) {
-    const ConstVec u(y, m_);
-    const ConstMat W(y + m_, m_, d_);
-    const ConstMat X(data_.x, n_, d_);
-    const double kappa = net_.kappa;
-    const double scale = kappa / static_cast<double>(n_);
-    Vec du(dy, m_);
-    Mat dW(dy + m_, m_, d_);
     double loss;
     if (piecewise_) {
       loss = field_piecewise(y, dy);
     } else if (net_.act == Activation::linear) {
-      // f = kappa X p with p = W^T u: O((n + m) d), the data never meets the width.
-      loss = forward_linear(y);
-      Vec c(c_.data(), d_);
-      c.noalias() = X.transpose() * ConstVec(f_.data(), n_);  // f_ holds r here
-      c *= scale;
-      du.noalias() = W * c;
-      du *= -net_.eta_u;
-      // dW = -eta_w u c^T, written out: an Eigen outer product of a scaled vector may
-      // evaluate the vector into a heap temporary.
-      for (Index i = 0; i < m_; ++i) {
-        const double a = -net_.eta_w * u[i];
-        for (Index k = 0; k < d_; ++k) dy[m_ + i * d_ + k] = a * c_[k];
-      }
+      loss = field_linear(y, dy);
     } else {
-      loss = forward(y, true);
-      const ConstVec r(f_.data(), n_);  // f_ holds r after forward()
-      const ConstMat H(hs_.data(), n_, m_);
-      Mat B(gs_.data(), n_, m_);
-      if (net_.eta_u > 0) {
-        du.noalias() = H.transpose() * r;
-        du *= -net_.eta_u * scale;
-      } else {
-        du.setZero();
-      }
-      if (net_.eta_w > 0) {
-        B.array().colwise() *= r.array();  // B = diag(r) S
-        gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(m_, d_, n_, B.data(), m_, data_.x, d_,
-                                                    dy + m_, d_, -net_.eta_w * scale, false);
-        dW.array().colwise() *= u.array();
-      } else {
-        dW.setZero();
-      }
+      loss = field_smooth(y, dy);
     }
-    if (want_dloss) {
-      // dL/dt = -(eta_u ||dL/du||^2 + eta_w ||dL/dW||^2) = -(||du||^2/eta_u + ||dW||^2/eta_w)
-      double v = 0.0;
-      if (net_.eta_u > 0) v += du.squaredNorm() / net_.eta_u;
-      if (net_.eta_w > 0) v += dW.squaredNorm() / net_.eta_w;
-      *dl = -v;
-    }
+    if (net_.lambda_u > 0) Vec(dy, wo_) -= (net_.eta_u * net_.lambda_u) * ConstVec(y, wo_);
+    if (net_.lambda_w > 0 && !piecewise_)  // piecewise folds it into P (sliding controls)
+      Vec(dy + wo_, m_ * d_) -= (net_.eta_w * net_.lambda_w) * ConstVec(y + wo_, m_ * d_);
+    if (want_dloss) *dl = loss_rate(y, dy);
     // A saturating activation can keep the loss finite while the weights run off to 1e173:
     // the records (||W||^2, the NTK) would overflow under an "ok" status. Such a state
     // counts as diverged, like a non-finite loss.
     if (std::isfinite(loss)) {
-      const double a = u.squaredNorm();
-      const double b = ConstVec(y + m_, m_ * d_).squaredNorm();
+      const double a = ConstVec(y, wo_).squaredNorm();
+      const double b = ConstVec(y + wo_, m_ * d_).squaredNorm();
       const double k2 = net_.kappa * net_.kappa;
       if (!std::isfinite(k2 * (1.0 + net_.eta_u + net_.eta_w) * (a + b)))
         return std::numeric_limits<double>::infinity();
@@ -296,55 +430,53 @@ class NetworkThread {
   }
 
   void record(const double* y, Index j) {
-    const ConstVec u(y, m_);
-    const ConstMat W(y + m_, m_, d_);
+    const ConstVec u(y, wo_);
+    const ConstMat W(y + wo_, m_, d_);
     const Index at = row_ * T_ + j;
+    const View all{data_.x, data_.y, n_};
+    double* error = kr_.error ? kr_.error + at : nullptr;
     double loss;
     if (net_.act == Activation::linear) {
-      loss = forward_linear(y, kr_.error ? kr_.error + at : nullptr);
+      loss = forward_linear(y, all, error);  // also P = W^T U into p_
     } else {
-      pre_activation(y + m_);
+      pre_activation(y + wo_);
       if (plan_.pattern) record_pattern(at);
-      loss = forward(y, false, /*have_z=*/true, kr_.error ? kr_.error + at : nullptr);
+      loss = forward(y, all, false, /*have_z=*/true, error);
+      end_to_end(y);
     }
-    Vec p(p_.data(), d_);
-    p.noalias() = W.transpose() * u;
-    gram_trace(y + m_);  // M = W^T W into M_
+    gram_trace(y + wo_);  // M = W^T W into M_
     rec_->write(j, p_.data(), u.squaredNorm(), M_.data(), loss);
     if (plan_.linearized) {
       twin_at(j);  // f_ still holds r_t = f_t(X) - y
       if (kr_.lin_gap) {
-        const double gap = (ConstVec(f_.data(), n_) - ConstVec(twin_r_.data(), n_)).norm();
+        const double gap = (ConstVec(f_.data(), nc_) - ConstVec(twin_r_.data(), nc_)).norm();
         kr_.lin_gap[at] = r0_norm_ > 0 ? gap / r0_norm_ : kNaN;
       }
     }
     if (plan_.test) record_test(y, at);
-    neurons_.write(row_, j, contiguous_neurons(y, y + m_, d_));
+    neurons_.write(row_, j, contiguous_neurons(y, y + wo_, d_, c_));
     if (plan_.move) {
-      const ConstVec u0(u0_.data(), m_);
+      const ConstVec u0(u0_.data(), wo_);
       const ConstMat W0(w0_.data(), m_, d_);
       if (kr_.move_u) kr_.move_u[at] = u0_norm_ > 0 ? (u - u0).norm() / u0_norm_ : kNaN;
       if (kr_.move_w) kr_.move_w[at] = w0_norm_ > 0 ? (W - W0).norm() / w0_norm_ : kNaN;
     }
     if (plan_.train_gram || plan_.metrics) {
-      double* K = plan_.train_gram ? kr_.gram + at * n_ * n_ : kt_.data();
-      gram_serial(net_, y, y + m_, data_.x, n_, nullptr, 0, hs_.data(), gs_.data(), gram_, K);
+      double* K = plan_.train_gram ? kr_.gram + at * nc_ * nc_ : kt_.data();
+      gram(y, y + wo_, data_.x, n_, nullptr, 0, K);
       if (plan_.metrics) record_metrics(K, at);
     }
-    if (plan_.probe_gram) {
-      gram_serial(net_, y, y + m_, kr_.probe, g_, nullptr, 0, hs_.data(), gs_.data(), gram_,
-                  kr_.gram + at * g_ * g_);
-    }
+    if (plan_.probe_gram)
+      gram(y, y + wo_, kr_.probe, kr_.n_probe, nullptr, 0, kr_.gram + at * g_ * g_);
   }
 
   void record_params(const double* y, Index slot) {
     if (out_.u == nullptr && out_.w == nullptr) return;
     const Index tp = out_.params_all ? T_ : 1;
     const Index at = row_ * tp + slot;
-    if (out_.u) std::copy(y, y + m_, out_.u + at * m_);
-    if (out_.w) std::copy(y + m_, y + m_ * (1 + d_), out_.w + at * m_ * d_);
+    if (out_.u) std::copy(y, y + wo_, out_.u + at * wo_);
+    if (out_.w) std::copy(y + wo_, y + wo_ + m_ * d_, out_.w + at * m_ * d_);
   }
-
 
   // ---- switching hooks of integrate_dopri5 (relu only; see is_piecewise) ----
 
@@ -363,7 +495,7 @@ class NetworkThread {
         if (mode_[q] == kSlide || inside(mode_[q], z_[q])) continue;
         double c[5] = {0, 0, 0, 0, 0}, ck[5];
         for (Index k = 0; k < d_; ++k) {
-          ds.coeffs(m_ + i * d_ + k, ck);
+          ds.coeffs(wo_ + i * d_ + k, ck);
           for (int e = 0; e < 5; ++e) c[e] += ck[e] * x[k];
         }
         // Already outside at the start (rounding at a surface just switched): the mode
@@ -390,8 +522,7 @@ class NetworkThread {
   bool update_modes(const double* y, bool fresh) {
     if (!piecewise_) return false;
     switched_.clear();
-    if (!fresh) field_piecewise(y, scratch_.data());  // z, r and the controls at y
-    const ConstVec r_now(f_.data(), n_);
+    if (!fresh) field_piecewise(y, scratch_.data());  // z, E and the controls at y
     for (std::size_t s = 0; s < slides_.size();) {
       const Slide& sl = slides_[s];
       const double z = z_[sl.j * m_ + sl.i];
@@ -401,8 +532,8 @@ class NetworkThread {
       // the exit is tangential and needs no event. Rounding noise (a unit pinned at w = 0
       // by more surfaces than dimensions) stays below the threshold.
       const double off = sched_.atol * std::sqrt(xnorm2_[sl.j]);
-      const double rj = r_now[sl.j];
-      const double alpha = rj != 0 ? sl.beta / rj : 0.5;
+      const double e = e_[sl.j * m_ + sl.i];
+      const double alpha = e != 0 ? sl.beta / e : 0.5;
       std::uint8_t to = kSlide;
       if (alpha >= 1.0 && z > off) to = kOn;
       if (alpha <= 0.0 && z < -off) to = kOff;
@@ -440,20 +571,30 @@ class NetworkThread {
       switched_.push_back(q);
     }
     if (switched_.empty()) return false;
-    field_piecewise(y, scratch_.data());  // P on the new pattern, for the sliding test
-    // Then sliding, on the field of the new pattern: a switched pair slides when the flow
-    // pushes into its surface from both sides. d(w_i . x_j)/dt up to the factor
-    // eta_w kappa / n > 0: dz_off without the pair, dz_on with it.
-    const ConstVec u(y, m_);
-    const ConstVec r(f_.data(), n_);
+    field_piecewise(y, scratch_.data());  // P and E on the new pattern, for the side test
+    // Then the side of each switched pair on its surface, from the field of the new
+    // pattern: d(w_i . x_j)/dt up to the factor eta_w kappa / n > 0 is dz_off without the
+    // pair and dz_on with it (e_ij = R_j . U_i). Both push into the surface: it slides.
+    // Both push one way (or one is tangential, = 0): it takes that side, whatever z rounds
+    // to, so that no step starts on a side its own field leaves at once (such a pair is
+    // not watched for crossings: it would run a whole step on the wrong piece). Both push
+    // away: it keeps the side it was crossing to. A pair found well off its surface (a
+    // repair, |z| > atol |x_j|) keeps the side of z and never slides.
     for (const Index q : switched_) {
       const Index j = q / m_, i = q % m_;
+      if (std::abs(z_[q]) > sched_.atol * std::sqrt(xnorm2_[j])) continue;
       const ConstVec x(data_.x + j * d_, d_);
+      const double e = e_[q];
       double pj = x.dot(ConstVec(P_.data() + i * d_, d_));
-      if (mode_[q] == kOn) pj -= r[j] * xnorm2_[j];
-      const double dz_off = -u[i] * pj;
-      const double dz_on = dz_off - u[i] * r[j] * xnorm2_[j];
-      if (dz_on < 0 && dz_off > 0) add_slide(j, i);
+      if (mode_[q] == kOn) pj -= e * xnorm2_[j];
+      const double dz_off = -pj;
+      const double dz_on = dz_off - e * xnorm2_[j];
+      if (dz_on < 0 && dz_off > 0)
+        add_slide(j, i);
+      else if (dz_on <= 0 && dz_off <= 0)
+        set_mode(q, kOff);
+      else if (dz_on >= 0 && dz_off >= 0)
+        set_mode(q, kOn);
     }
     return true;
   }
@@ -475,9 +616,16 @@ class NetworkThread {
   }
 
  private:
+  /// The data a field evaluation sees: the training set, or a step's minibatch.
+  struct View {
+    const double* x;  // (rows, d)
+    const double* y;  // (rows, c)
+    Index rows;
+  };
+
   struct Slide {
     Index j, i;       // sample, unit
-    double beta = 0;  // alpha_j r_j, alpha_j in [0, 1] the control: its term in P_i
+    double beta = 0;  // alpha_j e_ij, alpha_j in [0, 1] the control: its term in P_i
   };
 
   static bool inside(std::uint8_t mode, double z) { return mode == kOn ? z > 0 : z <= 0; }
@@ -514,45 +662,38 @@ class NetworkThread {
 
   /// The relu field on the current pieces: pairs kOn and kOff use the smooth field of their
   /// side (continued past the surface within a step), sliding pairs the Filippov field
-  /// that keeps w_i . x_j = 0. Writes dy; leaves Z in z_, r in f_ and
-  /// P = (diag(r) S)^T X (with the sliding terms) in P_. Returns the loss.
+  /// that keeps w_i . x_j = 0. Writes dy (weight decay of W included); leaves Z in z_,
+  /// R in f_, E = R U^T in e_ and P (m x d) in P_, where unit i's field is
+  /// dw_i = -eta_w kappa/n P_i: P = (on o E)^T X + the sliding terms + (n lambda_w / kappa) W.
+  /// Returns the loss.
   double field_piecewise(const double* y, double* dy) {
-    const ConstVec u(y, m_);
     const Index len = n_ * m_;
-    pre_activation(y + m_, z_.data());
+    pre_activation(y + wo_, z_.data());
     // H = z on the pairs switched on and 0 elsewhere (one vectorisable pass); sliding pairs
     // (a short list) take relu(z), which is 0 up to the drift off their surface.
     double* H = hs_.data();
     for (Index q = 0; q < len; ++q) H[q] = z_[q] * on_[q];
     for (const Slide& sl : slides_) H[sl.j * m_ + sl.i] = std::max(z_[sl.j * m_ + sl.i], 0.0);
-    const ConstMat Hm(H, n_, m_);
-    Vec r(f_.data(), n_);
-    r.noalias() = Hm * u;
-    r *= net_.kappa;
-    r -= ConstVec(data_.y, n_);
-    const double loss = 0.5 * r.squaredNorm() / static_cast<double>(n_);
-    const double scale = net_.kappa / static_cast<double>(n_);
-    Vec du(dy, m_);
-    if (net_.eta_u > 0) {
-      du.noalias() = Hm.transpose() * r;
-      du *= -net_.eta_u * scale;
-    } else {
-      du.setZero();
-    }
-    double* B = gs_.data();  // diag(r) S with S = relu' on the pieces (sliding: 0 here)
-    for (Index j = 0; j < n_; ++j)
-      for (Index i = 0; i < m_; ++i) B[j * m_ + i] = on_[j * m_ + i] * r[j];
+    const View all{data_.x, data_.y, n_};
+    const double loss = outputs_to_slope(y, all);  // R into f_
+    output_layer_field(y, dy, n_);
+    // E = R U^T (c = 1: e_ji = r_j u_i), B = on o E.
+    residual_times_u(y, n_, e_.data());
+    double* B = gs_.data();
+    for (Index q = 0; q < len; ++q) B[q] = on_[q] * e_[q];
     gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(m_, d_, n_, B, m_, data_.x, d_, P_.data(), d_,
                                                 1.0, false);
-    slide_controls();
-    for (Index i = 0; i < m_; ++i) {
-      const double a = -net_.eta_w * scale * u[i];
-      for (Index k = 0; k < d_; ++k) dy[m_ + i * d_ + k] = a * P_[i * d_ + k];
+    if (net_.lambda_w > 0) {  // decay is part of the unit's field the controls act on
+      const double k = static_cast<double>(n_) * net_.lambda_w / net_.kappa;
+      Vec(P_.data(), m_ * d_) += k * ConstVec(y + wo_, m_ * d_);
     }
+    slide_controls();
+    const double a = -net_.eta_w * net_.kappa / static_cast<double>(n_);
+    for (Index q = 0; q < m_ * d_; ++q) dy[wo_ + q] = a * P_[q];
     return loss;
   }
 
-  /// Equivalent controls of the sliding pairs, unit by unit. With beta_j = alpha_j r_j the
+  /// Equivalent controls of the sliding pairs, unit by unit. With beta_j = alpha_j e_ij the
   /// sliding part of unit i's field is P_i + sum_j beta_j x_j; the controls minimise its
   /// norm over alpha in [0, 1] (cyclic coordinate descent on a convex quadratic, exact in
   /// one pass for one pair). Where that minimum is reached inside the box, every
@@ -561,7 +702,6 @@ class NetworkThread {
   /// least-motion selection of Filippov's set. Always from alpha = 0: the field stays a
   /// function of the state alone.
   void slide_controls() {
-    const ConstVec r(f_.data(), n_);
     for (std::size_t s0 = 0; s0 < slides_.size();) {
       const Index i = slides_[s0].i;
       std::size_t s1 = s0 + 1;
@@ -574,10 +714,10 @@ class NetworkThread {
         for (std::size_t s = s0; s < s1; ++s) {
           Slide& sl = slides_[s];
           const ConstVec x(data_.x + sl.j * d_, d_);
-          const double rj = r[sl.j];
+          const double e = e_[sl.j * m_ + i];
           v -= sl.beta * x;
           const double best = xnorm2_[sl.j] > 0 ? -x.dot(v) / xnorm2_[sl.j] : 0.0;
-          const double beta = std::clamp(best, std::min(0.0, rj), std::max(0.0, rj));
+          const double beta = std::clamp(best, std::min(0.0, e), std::max(0.0, e));
           v += beta * x;
           change = std::max(change, std::abs(beta - sl.beta) * std::sqrt(xnorm2_[sl.j]));
           size = std::max(size, std::abs(beta) * std::sqrt(xnorm2_[sl.j]));
@@ -589,6 +729,120 @@ class NetworkThread {
     }
   }
 
+  /// F = kappa H U on v's rows from H in hs_, then R = dl/dF into f_. Returns the mean
+  /// loss; with `error`, first writes there the classification error of F.
+  double outputs_to_slope(const double* y, const View& v, double* error = nullptr) {
+    const ConstMat H(hs_.data(), v.rows, m_);
+    if (c_ == 1) {
+      Vec r(f_.data(), v.rows);
+      r.noalias() = H * ConstVec(y, m_);
+      r *= net_.kappa;
+    } else {
+      gemm_.run<Eigen::RowMajor, Eigen::RowMajor>(v.rows, c_, m_, hs_.data(), m_, y, c_,
+                                                  f_.data(), c_, net_.kappa, false);
+    }
+    if (error) *error = class_error(f_.data(), v.y, v.rows, c_);
+    return loss_and_slope(net_.loss, f_.data(), v.y, v.rows, c_);
+  }
+
+  /// dU = -eta_u kappa/rows H^T R into dy, from H in hs_ and R in f_ (no decay).
+  void output_layer_field(const double* y, double* dy, Index rows) {
+    (void)y;
+    const double scale = net_.kappa / static_cast<double>(rows);
+    if (!(net_.eta_u > 0)) {
+      std::fill(dy, dy + wo_, 0.0);
+    } else if (c_ == 1) {
+      Vec du(dy, m_);
+      du.noalias() = ConstMat(hs_.data(), rows, m_).transpose() * ConstVec(f_.data(), rows);
+      du *= -net_.eta_u * scale;
+    } else {
+      gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(m_, c_, rows, hs_.data(), m_, f_.data(), c_,
+                                                  dy, c_, -net_.eta_u * scale, false);
+    }
+  }
+
+  /// E = R U^T (rows x m) into e, from R in f_: e_ji = R_j . U_i.
+  void residual_times_u(const double* y, Index rows, double* e) {
+    if (c_ == 1) {
+      for (Index j = 0; j < rows; ++j)
+        for (Index i = 0; i < m_; ++i) e[j * m_ + i] = f_[j] * y[i];
+    } else {
+      gemm_.run<Eigen::RowMajor, Eigen::ColMajor>(rows, m_, c_, f_.data(), c_, y, c_, e, m_,
+                                                  1.0, false);
+    }
+  }
+
+  /// The smooth field of a tanh / erf / relu (fixed-step) network on view_.
+  double field_smooth(const double* y, double* dy) {
+    const View& v = view_;
+    const double loss = forward(y, v, true);
+    output_layer_field(y, dy, v.rows);
+    double* dw = dy + wo_;
+    if (!(net_.eta_w > 0)) {
+      std::fill(dw, dw + m_ * d_, 0.0);
+      return loss;
+    }
+    const double scale = net_.kappa / static_cast<double>(v.rows);
+    Mat B(gs_.data(), v.rows, m_);  // S, then S o E
+    if (c_ == 1) {
+      B.array().colwise() *= ConstVec(f_.data(), v.rows).array();  // B = diag(r) S
+      gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(m_, d_, v.rows, B.data(), m_, v.x, d_, dw,
+                                                  d_, -net_.eta_w * scale, false);
+      Mat(dw, m_, d_).array().colwise() *= ConstVec(y, m_).array();
+    } else {
+      residual_times_u(y, v.rows, e_.data());
+      B.array() *= Eigen::Map<const RowMatrix>(e_.data(), v.rows, m_).array();
+      gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(m_, d_, v.rows, B.data(), m_, v.x, d_, dw,
+                                                  d_, -net_.eta_w * scale, false);
+    }
+    return loss;
+  }
+
+  /// Linear activation: F = kappa X P with P = W^T U, so with C = kappa/rows X^T R (d x c),
+  /// dU = -eta_u W C and dW = -eta_w U C^T: O((rows + m) d c), the data never meet the width.
+  double field_linear(const double* y, double* dy) {
+    const View& v = view_;
+    const double loss = forward_linear(y, v);
+    const double scale = net_.kappa / static_cast<double>(v.rows);
+    const ConstMat W(y + wo_, m_, d_);
+    if (c_ == 1) {
+      Vec c(cv_.data(), d_);
+      c.noalias() = ConstMat(v.x, v.rows, d_).transpose() * ConstVec(f_.data(), v.rows);
+      c *= scale;
+      Vec du(dy, m_);
+      du.noalias() = W * c;
+      du *= -net_.eta_u;
+      // dW = -eta_w u c^T, written out: an Eigen outer product of a scaled vector may
+      // evaluate the vector into a heap temporary.
+      for (Index i = 0; i < m_; ++i) {
+        const double a = -net_.eta_w * y[i];
+        for (Index k = 0; k < d_; ++k) dy[wo_ + i * d_ + k] = a * cv_[k];
+      }
+    } else {
+      gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(d_, c_, v.rows, v.x, d_, f_.data(), c_,
+                                                  cv_.data(), c_, scale, false);
+      gemm_.run<Eigen::RowMajor, Eigen::RowMajor>(m_, c_, d_, y + wo_, d_, cv_.data(), c_, dy,
+                                                  c_, -net_.eta_u, false);
+      gemm_.run<Eigen::RowMajor, Eigen::ColMajor>(m_, d_, c_, y, c_, cv_.data(), c_, dy + wo_,
+                                                  d_, -net_.eta_w, false);
+    }
+    return loss;
+  }
+
+  /// dL/dt along the field dy (decay included): grad L = -dtheta/eta - lambda theta per layer.
+  double loss_rate(const double* y, const double* dy) const {
+    double v = 0.0;
+    auto layer = [&](const double* p, const double* dp, Index len, double eta, double lambda) {
+      if (!(eta > 0)) return;
+      const ConstVec dv(dp, len);
+      v += dv.squaredNorm() / eta;
+      if (lambda > 0) v += lambda * ConstVec(p, len).dot(dv);
+    };
+    layer(y, dy, wo_, net_.eta_u, net_.lambda_u);
+    layer(y + wo_, dy + wo_, m_ * d_, net_.eta_w, net_.lambda_w);
+    return -v;
+  }
+
   /// M = W^T W into M_; returns its trace ||W||_F^2 (as the Recorder sums it).
   double gram_trace(const double* w) {
     gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(d_, d_, m_, w, d_, w, d_, M_.data(), d_, 1.0,
@@ -598,11 +852,22 @@ class NetworkThread {
     return tr;
   }
 
-  /// Z = X W^T into hs_ (n x m).
-  void pre_activation(const double* w) { pre_activation(w, hs_.data()); }
-  void pre_activation(const double* w, double* z) {
-    gemm_.run<Eigen::RowMajor, Eigen::ColMajor>(n_, m_, d_, data_.x, d_, w, d_, z, m_, 1.0,
-                                                false);
+  /// P = W^T U (d x c) into p_.
+  void end_to_end(const double* y) {
+    if (c_ == 1) {
+      Vec p(p_.data(), d_);
+      p.noalias() = ConstMat(y + wo_, m_, d_).transpose() * ConstVec(y, m_);
+    } else {
+      gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(d_, c_, m_, y + wo_, d_, y, c_, p_.data(), c_,
+                                                  1.0, false);
+    }
+  }
+
+  /// Z = X W^T (n x m) on the training inputs into hs_ (or z), or on `rows` inputs x.
+  void pre_activation(const double* w) { pre_activation(w, data_.x, n_, hs_.data()); }
+  void pre_activation(const double* w, double* z) { pre_activation(w, data_.x, n_, z); }
+  void pre_activation(const double* w, const double* x, Index rows, double* z) {
+    gemm_.run<Eigen::RowMajor, Eigen::ColMajor>(rows, m_, d_, x, d_, w, d_, z, m_, 1.0, false);
   }
 
   /// Whether some pair of sample j may be outside its piece (a branch-free pass over the
@@ -622,19 +887,14 @@ class NetworkThread {
     on_[q] = mode == kOn ? 1.0 : 0.0;
   }
 
-  /// From Z (computed here unless have_z): H = act(Z) in hs_, S = act'(Z) in gs_ (when
-  /// want_s), then r = kappa H u - y in f_. Returns the loss.
-  /// With `error`, also writes there the sign error of f on the training targets.
-  double forward(const double* y, bool want_s, bool have_z = false, double* error = nullptr) {
-    if (!have_z) pre_activation(y + m_);
-    activate(hs_.data(), gs_.data(), n_ * m_, want_s);
-    const ConstMat H(hs_.data(), n_, m_);
-    Vec r(f_.data(), n_);
-    r.noalias() = H * ConstVec(y, m_);
-    r *= net_.kappa;
-    if (error) *error = sign_error(f_.data(), data_.y, n_);
-    r -= ConstVec(data_.y, n_);
-    return 0.5 * r.squaredNorm() / static_cast<double>(n_);
+  /// From Z on v's rows (computed here unless have_z): H = act(Z) in hs_, S = act'(Z) in
+  /// gs_ (when want_s), then R = dl/dF in f_. Returns the loss; with `error`, also writes
+  /// there the classification error of F on v's targets.
+  double forward(const double* y, const View& v, bool want_s, bool have_z = false,
+                 double* error = nullptr) {
+    if (!have_z) pre_activation(y + wo_, v.x, v.rows, hs_.data());
+    activate(hs_.data(), gs_.data(), v.rows * m_, want_s);
+    return outputs_to_slope(y, v, error);
   }
 
   /// H = act(Z) in place over len entries, and S = act'(Z) when want_s.
@@ -664,46 +924,62 @@ class NetworkThread {
     }
   }
 
-  /// Linear activation: r = kappa X W^T u - y in f_, p in p_. Returns the loss; with
-  /// `error`, also writes there the sign error of f on the training targets.
-  double forward_linear(const double* y, double* error = nullptr) {
-    Vec p(p_.data(), d_);
-    p.noalias() = ConstMat(y + m_, m_, d_).transpose() * ConstVec(y, m_);
-    Vec r(f_.data(), n_);
-    r.noalias() = ConstMat(data_.x, n_, d_) * p;
-    r *= net_.kappa;
-    if (error) *error = sign_error(f_.data(), data_.y, n_);
-    r -= ConstVec(data_.y, n_);
-    return 0.5 * r.squaredNorm() / static_cast<double>(n_);
+  /// Linear activation on v's rows: P = W^T U in p_, R = dl/dF for F = kappa X P in f_.
+  /// Returns the loss; with `error`, also writes there the classification error of F.
+  double forward_linear(const double* y, const View& v, double* error = nullptr) {
+    end_to_end(y);
+    if (c_ == 1) {
+      Vec r(f_.data(), v.rows);
+      r.noalias() = ConstMat(v.x, v.rows, d_) * ConstVec(p_.data(), d_);
+      r *= net_.kappa;
+    } else {
+      gemm_.run<Eigen::RowMajor, Eigen::RowMajor>(v.rows, c_, d_, v.x, d_, p_.data(), c_,
+                                                  f_.data(), c_, net_.kappa, false);
+    }
+    if (error) *error = class_error(f_.data(), v.y, v.rows, c_);
+    return loss_and_slope(net_.loss, f_.data(), v.y, v.rows, c_);
   }
 
-  /// The network's outputs f(x) on the test inputs into out (n_test); uses hs_ (nonlinear)
-  /// or p_ (linear) as scratch.
+  /// The network's outputs F(x) on the test inputs into out (n_test x c); uses hs_
+  /// (nonlinear) or p_ (linear) as scratch.
   void test_outputs(const double* y, double* out) {
-    const ConstVec u(y, m_);
-    Vec f(out, nt_);
     if (net_.act == Activation::linear) {
-      Vec p(p_.data(), d_);
-      p.noalias() = ConstMat(y + m_, m_, d_).transpose() * u;
-      f.noalias() = ConstMat(kr_.test_x, nt_, d_) * p;
-    } else {
-      gemm_.run<Eigen::RowMajor, Eigen::ColMajor>(nt_, m_, d_, kr_.test_x, d_, y + m_, d_,
-                                                  hs_.data(), m_, 1.0, false);
-      activate(hs_.data(), nullptr, nt_ * m_, false);
-      f.noalias() = ConstMat(hs_.data(), nt_, m_) * u;
+      end_to_end(y);
+      if (c_ == 1) {
+        Vec f(out, nt_);
+        f.noalias() = ConstMat(kr_.test_x, nt_, d_) * ConstVec(p_.data(), d_);
+        f *= net_.kappa;
+      } else {
+        gemm_.run<Eigen::RowMajor, Eigen::RowMajor>(nt_, c_, d_, kr_.test_x, d_, p_.data(), c_,
+                                                    out, c_, net_.kappa, false);
+      }
+      return;
     }
-    f *= net_.kappa;
+    pre_activation(y + wo_, kr_.test_x, nt_, hs_.data());
+    activate(hs_.data(), nullptr, nt_ * m_, false);
+    if (c_ == 1) {
+      Vec f(out, nt_);
+      f.noalias() = ConstMat(hs_.data(), nt_, m_) * ConstVec(y, m_);
+      f *= net_.kappa;
+    } else {
+      gemm_.run<Eigen::RowMajor, Eigen::RowMajor>(nt_, c_, m_, hs_.data(), m_, y, c_, out, c_,
+                                                  net_.kappa, false);
+    }
+  }
+
+  /// The loss of outputs F (rows x c) against targets Y, F left as it is (fts_ is scratch).
+  double loss_of(const double* F, const double* Y, Index rows) {
+    std::copy(F, F + rows * c_, fts_.begin());
+    return loss_and_slope(net_.loss, fts_.data(), Y, rows, c_);
   }
 
   /// test_loss, test_error and test_lin_gap at record slot `at` (after twin_at for it).
   void record_test(const double* y, Index at) {
     test_outputs(y, ft_.data());
-    const ConstVec f(ft_.data(), nt_), yt(kr_.test_y, nt_);
-    if (kr_.test_loss)
-      kr_.test_loss[at] = 0.5 * (f - yt).squaredNorm() / static_cast<double>(nt_);
-    if (kr_.test_error) kr_.test_error[at] = sign_error(ft_.data(), kr_.test_y, nt_);
+    if (kr_.test_loss) kr_.test_loss[at] = loss_of(ft_.data(), kr_.test_y, nt_);
+    if (kr_.test_error) kr_.test_error[at] = class_error(ft_.data(), kr_.test_y, nt_, c_);
     if (kr_.test_lin_gap) {
-      const double gap = (f - ConstVec(ftl_.data(), nt_)).norm();
+      const double gap = (ConstVec(ft_.data(), nt_ * c_) - ConstVec(ftl_.data(), nt_ * c_)).norm();
       kr_.test_lin_gap[at] = r0t_norm_ > 0 ? gap / r0t_norm_ : kNaN;
     }
   }
@@ -722,20 +998,20 @@ class NetworkThread {
     kr_.pattern_change[at] = static_cast<double>(count) / static_cast<double>(m_);
   }
 
-  /// Kernel metrics of K_t (n x n, symmetric) against K_0. Every quantity is formed from
+  /// Kernel metrics of K_t (n c x n c, symmetric) against K_0. Every quantity is formed from
   /// K_t / max|K_t| and K_0 / max|K_0|: plain sums of squares overflow once Gram entries
   /// pass ~1e154 (and underflow below ~1e-154) while the run itself is still finite. The
   /// scalings divide: the reciprocal of a subnormal maximum would be inf.
   void record_metrics(const double* K, Index at) {
-    const Index nn = n_ * n_;
+    const Index nn = nc_ * nc_;
     const Eigen::Map<const Eigen::VectorXd> kt(K, nn), k0(k0_.data(), nn);
     const double ct = kt.cwiseAbs().maxCoeff(), c0 = k0_max_;
     const double dt = ct > 0 ? ct : 1.0, d0 = c0 > 0 ? c0 : 1.0;  // all-zero: any divisor
     const double kt_norm = (kt / dt).norm();  // of K_t / ct; Eigen evaluates lazily
     const double dot0 = (kt / dt).dot(k0 / d0);
-    const ConstVec yv(data_.y, n_);
-    Vec ky(ky_.data(), n_);
-    ky.noalias() = (ConstMat(K, n_, n_) / dt) * yv;
+    const ConstVec yv(data_.y, nc_);
+    Vec ky(ky_.data(), nc_);
+    ky.noalias() = (ConstMat(K, nc_, nc_) / dt) * yv;
     const double yky = yv.dot(ky);
     const double k0_unit = k0_unit_;
     if (kr_.ntk_change) {
@@ -755,16 +1031,18 @@ class NetworkThread {
   }
 
   /// loss_lin at every record time, from the initial state in y: the residual of the
-  /// linearised network is V g(Lambda) V^T r0 with g = exp(-lambda t / n) (flow) or
-  /// (1 - lr lambda / n)^t (descent, t = whole steps), exactly.
+  /// linearised network (square loss) is V g(Lambda) V^T r0 with g = exp(-lambda t / n)
+  /// (flow) or (1 - lr lambda / n)^t (descent, t = whole steps), exactly.
   void linearised_losses(const double* y) {
-    const double loss0 =
-        net_.act == Activation::linear ? forward_linear(y) : forward(y, false);
-    (void)loss0;
-    r0_norm_ = ConstVec(f_.data(), n_).norm();
-    // Eigen's tridiagonalisation takes one n-vector from the heap: once per trajectory,
+    const View all{data_.x, data_.y, n_};
+    if (net_.act == Activation::linear)
+      forward_linear(y, all);
+    else
+      forward(y, all, false);
+    r0_norm_ = ConstVec(f_.data(), nc_).norm();
+    // Eigen's tridiagonalisation takes one vector from the heap: once per trajectory,
     // outside the time loop.
-    eig_->compute(Eigen::Map<const Eigen::MatrixXd>(k0_.data(), n_, n_),
+    eig_->compute(Eigen::Map<const Eigen::MatrixXd>(k0_.data(), nc_, nc_),
                   Eigen::ComputeEigenvectors);
     twin_ok_ = eig_->info() == Eigen::Success;
     if (!twin_ok_) {
@@ -774,7 +1052,7 @@ class NetworkThread {
     }
     // The projection of the initial residual on the eigenvectors: every later twin
     // prediction is a diagonal scaling of it (twin_at).
-    coef_.noalias() = eig_->eigenvectors().transpose() * ConstVec(f_.data(), n_);
+    coef_.noalias() = eig_->eigenvectors().transpose() * ConstVec(f_.data(), nc_);
     if (!kr_.loss_lin) return;
     const Eigen::VectorXd& lam = eig_->eigenvalues();
     const double inv_n = 1.0 / static_cast<double>(n_);
@@ -782,7 +1060,7 @@ class NetworkThread {
     for (Index j = 0; j < T_; ++j) {
       const double t = sched_.times[j];
       double acc = 0.0;
-      for (Index i = 0; i < n_; ++i) {
+      for (Index i = 0; i < nc_; ++i) {
         const double l = std::max(lam[i], 0.0);  // K_0 is PSD; clip round-off below 0
         if (coef_[i] == 0.0) continue;  // an unstable mode with no residual adds 0, not inf*0
         const double g = gd ? std::pow(1.0 - sched_.lr * l * inv_n, t) : std::exp(-l * t * inv_n);
@@ -799,9 +1077,10 @@ class NetworkThread {
   ///   flow:    g = exp(-x),      h = (1 - exp(-x)) / lambda = (t / n) (-expm1(-x) / x)
   ///   descent: g = (1 - a)^t,    h = (lr / n) sum_{k<t} (1 - a)^k,  a = lr lambda / n
   /// written so that lambda -> 0 gives h = t / n (lr t / n) without dividing by zero.
-  /// O(n^2 + n_test n), no allocation.
+  /// O(N^2 + n_test c N) for N = n c, no allocation.
   void twin_at(Index j) {
     const Index at = row_ * T_ + j;
+    const Index ntc = nt_ * c_;
     if (!twin_ok_) {
       std::fill(twin_r_.begin(), twin_r_.end(), kNaN);
       if (plan_.test_lin) std::fill(ftl_.begin(), ftl_.end(), kNaN);
@@ -813,7 +1092,7 @@ class NetworkThread {
     const double inv_n = 1.0 / static_cast<double>(n_);
     const bool gd = sched_.solver == Solver::gd;
     const double t = sched_.times[j];
-    for (Index i = 0; i < n_; ++i) {
+    for (Index i = 0; i < nc_; ++i) {
       double g = 0.0, h = 0.0;
       if (coef_[i] != 0.0) {  // an unstable mode with no residual adds 0, not inf * 0
         const double l = std::max(lam[i], 0.0);
@@ -838,18 +1117,26 @@ class NetworkThread {
       if (plan_.test_lin) twin_h_[i] = h * coef_[i];
     }
     const Eigen::MatrixXd& V = eig_->eigenvectors();
-    Vec r(twin_r_.data(), n_);
-    r.noalias() = V * ConstVec(twin_g_.data(), n_);
+    Vec r(twin_r_.data(), nc_);
+    r.noalias() = V * ConstVec(twin_g_.data(), nc_);
     if (!plan_.test_lin) return;
-    Vec w(twin_w_.data(), n_);
-    w.noalias() = V * ConstVec(twin_h_.data(), n_);
-    Vec f(ftl_.data(), nt_);
-    f = ConstVec(ft0_.data(), nt_);
-    f.noalias() -= ConstMat(kx_.data(), nt_, n_) * w;
-    const ConstVec yt(kr_.test_y, nt_);
-    if (kr_.test_loss_lin)
-      kr_.test_loss_lin[at] = 0.5 * (f - yt).squaredNorm() / static_cast<double>(nt_);
-    if (kr_.test_error_lin) kr_.test_error_lin[at] = sign_error(ftl_.data(), kr_.test_y, nt_);
+    Vec w(twin_w_.data(), nc_);
+    w.noalias() = V * ConstVec(twin_h_.data(), nc_);
+    Vec f(ftl_.data(), ntc);
+    f = ConstVec(ft0_.data(), ntc);
+    f.noalias() -= ConstMat(kx_.data(), ntc, nc_) * w;
+    if (kr_.test_loss_lin) kr_.test_loss_lin[at] = loss_of(ftl_.data(), kr_.test_y, nt_);
+    if (kr_.test_error_lin)
+      kr_.test_error_lin[at] = class_error(ftl_.data(), kr_.test_y, nt_, c_);
+  }
+
+  /// The NTK Gram K(x1, x2) of the network (u, w): (n1 c, n2 c); x2 null: K(x1, x1).
+  void gram(const double* u, const double* w, const double* x1, Index n1, const double* x2,
+            Index n2, double* out) {
+    if (c_ == 1)
+      gram_serial(net_, u, w, x1, n1, x2, n2, hs_.data(), gs_.data(), gram_, out);
+    else
+      gram_outputs(net_, u, w, x1, n1, x2, n2, ogram_, out);
   }
 
   const Network net_;
@@ -859,20 +1146,23 @@ class NetworkThread {
   const Records& out_;
   const KernelRecords& kr_;
   const Plan plan_;
-  const Index n_, m_, d_, T_, g_, nt_;
+  // samples, width, dim, outputs, offset of W in the state (m c), Gram rows (n c), times,
+  // rows of the probe / training Gram record, test samples
+  const Index n_, m_, d_, c_, wo_, nc_, T_, g_, nt_;
   Index row_ = 0;
   std::optional<Recorder> rec_;
   NeuronRecorder neurons_;
-  AlignedBuffer hs_, gs_;
-  AlignedBuffer f_, p_, c_, M_, ky_;
+  AlignedBuffer hs_, gs_, e_;                          // H, S (then S o E), E = R U^T
+  AlignedBuffer f_, p_, cv_, M_, ky_;                  // F then R; W^T U; X^T R; W^T W
   AlignedBuffer u0_, w0_, k0_, kt_;
-  AlignedBuffer ft_, ft0_, ftl_, kx_;                  // test outputs, twin's, cross Gram
+  AlignedBuffer ft_, fts_, ft0_, ftl_, kx_;            // test outputs, twin's, cross Gram
   AlignedBuffer twin_g_, twin_h_, twin_r_, twin_w_;    // twin coefficients and vectors
   std::vector<std::uint8_t> pattern0_, changed_;
   std::optional<Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>> eig_;
   Eigen::VectorXd coef_;
   Gemm gemm_;
-  GramScratch gram_;
+  GramScratch gram_;         // one output
+  OutputGramScratch ogram_;  // c >= 2 outputs
   double u0_norm_ = 0, w0_norm_ = 0, k0_unit_ = 0, k0_max_ = 0, y_norm2_ = 0;
   double r0_norm_ = 0, r0t_norm_ = 0;  // ||f_0 - y|| on the training and the test set
   bool twin_ok_ = false;
@@ -888,6 +1178,14 @@ class NetworkThread {
   };
   std::vector<Crossing> crossing_;  // the pairs crossing first in the current step
   std::vector<Index> switched_;     // pairs switched by update_modes
+  // Minibatch descent: the step's batch (inputs, noisy targets, indices) and the
+  // permutation the draws shuffle (the identity between steps).
+  const bool sgd_;
+  const std::uint64_t seed_;
+  const Index first_;
+  AlignedBuffer xb_, yb_;
+  std::vector<Index> idx_, perm_;
+  View view_{nullptr, nullptr, 0};
 };
 
 }  // namespace detail
@@ -895,8 +1193,24 @@ class NetworkThread {
 void simulate_network(const Network& net, const TrainingData& data, const InitSpec& init,
                       const Schedule& sched, Index trajectories, const Records& out,
                       const KernelRecords& kernel, CancelToken* cancel) {
-  if (net.width < 1 || net.dim < 1 || data.samples < 1 || trajectories < 0)
-    throw std::invalid_argument("simulate_network: width, dim and samples must be >= 1");
+  if (net.width < 1 || net.dim < 1 || net.outputs < 1 || data.samples < 1 || trajectories < 0)
+    throw std::invalid_argument("simulate_network: width, dim, outputs and samples must be >= 1");
+  if (init.outputs != net.outputs)
+    throw std::invalid_argument("simulate_network: init.outputs must equal net.outputs");
+  if (net.loss == Loss::logistic && net.outputs != 1)
+    throw std::invalid_argument("the logistic loss needs one output");
+  if (net.loss == Loss::softmax && net.outputs < 2)
+    throw std::invalid_argument("the softmax loss needs two or more outputs");
+  if (!(net.lambda_u >= 0) || !(net.lambda_w >= 0))
+    throw std::invalid_argument("weight decay must be >= 0");
+  if (data.batch < 0 || (!data.replace && data.batch > data.samples))
+    throw std::invalid_argument("the batch must hold 1..samples inputs (without replacement)");
+  if (data.batch > 0 && sched.solver != Solver::gd)
+    throw std::invalid_argument("minibatches are for gradient descent only");
+  if (data.label_noise != 0 && (data.batch == 0 || !(data.label_noise > 0)))
+    throw std::invalid_argument("label noise must be > 0 and needs minibatch descent");
+  if (kernel.loss_lin && net.loss != Loss::square)
+    throw std::invalid_argument("the linearised run is solved for the square loss only");
   if (out.ntk && net.act != Activation::linear)
     throw std::invalid_argument("the (dim, dim) NTK record exists for the linear activation only");
   if (kernel.probe && kernel.n_probe < 1)
@@ -907,7 +1221,19 @@ void simulate_network(const Network& net, const TrainingData& data, const InitSp
                          kernel.test_error_lin || kernel.test_lin_gap))
     throw std::invalid_argument("test records need a test set");
   detail::run_ensemble<detail::NetworkThread>(net.width, net.dim, init, sched, trajectories,
-                                              out, cancel, net, data, sched, out, kernel);
+                                              out, cancel, net, data, sched, out, kernel, init);
+}
+
+void sgd_batch(std::uint64_t seed, Index trajectory, std::int64_t step, Index samples,
+               Index batch, bool replace, Index* out) {
+  if (samples < 1 || batch < 1 || (!replace && batch > samples) || trajectory < 0 ||
+      step < 0 || step >= (std::int64_t{1} << 32))
+    throw std::invalid_argument("sgd_batch: needs samples >= 1, 1 <= batch (<= samples "
+                                "without replacement), trajectory >= 0, 0 <= step < 2^32");
+  std::vector<Index> perm(static_cast<std::size_t>(replace ? 0 : samples));
+  for (Index j = 0; j < static_cast<Index>(perm.size()); ++j) perm[j] = j;
+  detail::draw_batch(seed, static_cast<std::uint64_t>(trajectory), step, samples, batch,
+                     replace, perm.data(), out);
 }
 
 double piecewise_workspace_bytes(const Network& net, Index samples) {
@@ -915,50 +1241,66 @@ double piecewise_workspace_bytes(const Network& net, Index samples) {
                d = static_cast<double>(net.dim);
   // z, relu' on the pieces, P, a field's scratch, ||x_j||^2; the modes (bytes); the sliding
   // pairs reserved up front (they grow past that only when more pairs slide at once).
-  const double doubles = 2.0 * n * m + m * d + m * (1.0 + d) + n;
+  const double c = static_cast<double>(net.outputs);
+  // + E = R U^T (n x m)
+  const double doubles = 3.0 * n * m + m * d + m * (c + d) + n;
   const double slides = std::min(n * m, 4096.0) * (2.0 * sizeof(Index) + 2.0 * sizeof(double));
   return 8.0 * doubles + n * m + slides + 64.0 * sizeof(Index);
 }
 
 double network_workspace_bytes(const Network& net, Index samples, Index n_probe, bool gram,
                                bool metrics, bool linearized, bool pattern, bool move,
-                               Index n_test) {
+                               Index n_test, Index batch) {
   const double n = static_cast<double>(samples), m = static_cast<double>(net.width),
                d = static_cast<double>(net.dim), np = static_cast<double>(n_probe),
-               nt = static_cast<double>(n_test);
+               nt = static_cast<double>(n_test), c = static_cast<double>(net.outputs),
+               b = static_cast<double>(batch);
+  const double N = n * c, Nt = nt * c;  // rows of the Gram matrices and of the outputs
   const bool linear = net.act == Activation::linear;
+  const bool multi = net.outputs > 1;
   const bool any_gram = gram || metrics || linearized;
-  double feat = linear ? 0.0 : n * m;
-  if (any_gram) feat = std::max(feat, linear ? n * d : n * m);
-  if (gram && n_probe > 0) feat = std::max(feat, linear ? np * d : np * m);
   const bool test_lin = linearized && n_test > 0;
+  const bool probe_gram = gram && n_probe > 0;
+  double feat = linear ? 0.0 : n * m;
+  if (!multi) {  // one output: the Gram features share the gradient's buffers
+    if (any_gram) feat = std::max(feat, linear ? n * d : n * m);
+    if (probe_gram) feat = std::max(feat, linear ? np * d : np * m);
+    if (test_lin) feat = std::max(feat, (linear ? d : m) * (nt + n));
+  }
   if (n_test > 0 && !linear) feat = std::max(feat, nt * m);
-  if (test_lin) feat = std::max(feat, (linear ? d : m) * (nt + n));
-  double doubles = (linear ? 1.0 : 2.0) * feat + n + 3.0 * d + d * d;
-  doubles += 10.0 * m * (1.0 + d);  // state and integrator stages
-  doubles += m * (1.0 + d);         // initial parameters
-  doubles += 2.0 * m;               // per-neuron delta_i(0) and delta_i(t)
-  if (move) doubles += m * (1.0 + d);  // their copy, the reference of move_u / move_w
-  if (metrics || linearized) doubles += n * n;
-  if (metrics) doubles += n * n;
-  if (linearized) doubles += 2.0 * n * n + 4.0 * n;  // eigenvectors and work
-  if (linearized) doubles += 2.0 * n;                // twin coefficients and residual
-  if (n_test > 0) doubles += nt;                     // test outputs
-  if (test_lin) doubles += nt * n + 2.0 * nt + 2.0 * n;  // cross Gram, twin's test outputs
+  double doubles = (linear ? 1.0 : 2.0) * feat + 2.0 * N + 2.0 * d * c + d * d;
+  if (multi && !linear) doubles += n * m;  // E = R U^T
+  doubles += 10.0 * m * (c + d);  // state and integrator stages
+  doubles += m * (c + d);         // initial parameters
+  doubles += 2.0 * m;             // per-neuron delta_i(0) and delta_i(t)
+  if (move) doubles += m * (c + d);  // their copy, the reference of move_u / move_w
+  if (metrics || linearized) doubles += N * N;
+  if (metrics) doubles += N * N;
+  if (linearized) doubles += 2.0 * N * N + 4.0 * N;  // eigenvectors and work
+  if (linearized) doubles += 2.0 * N;                // twin coefficients and residual
+  if (n_test > 0) doubles += 2.0 * Nt;               // test outputs and a loss's scratch
+  if (test_lin) doubles += Nt * N + 2.0 * Nt + 2.0 * N;  // cross Gram, twin's test outputs
+  if (batch > 0) doubles += b * (d + c) + 2.0 * b + n;  // the batch, its indices, perm
   double bytes = 8.0 * doubles;
   if (pattern) bytes += n * m + m;
   // GEMM packing space, measured on the same reservations the thread makes.
-  const bool probe_gram = gram && n_probe > 0;
   detail::Gemm gradient = detail::Gemm::meter();
-  detail::reserve_gradient_gemm(gradient, samples, net.width, net.dim);
+  detail::reserve_gradient_gemm(gradient, net, samples);
   detail::reserve_test_gemm(gradient, net, n_test);
+  bytes += 8.0 * static_cast<double>(gradient.reserved_doubles());
+  if (multi) {
+    double most = 0.0;
+    if (any_gram) most = std::max(most, detail::OutputGramScratch::bytes(net, samples, samples));
+    if (probe_gram) most = std::max(most, detail::OutputGramScratch::bytes(net, n_probe, n_probe));
+    if (test_lin) most = std::max(most, detail::OutputGramScratch::bytes(net, n_test, samples));
+    return bytes + most;
+  }
   detail::GramScratch scratch;
   scratch.gemm = detail::Gemm::meter();
   if (any_gram) scratch.reserve_gemm(net, samples, samples);
   if (probe_gram) scratch.reserve_gemm(net, n_probe, n_probe);
   if (test_lin) scratch.reserve_gemm(net, n_test, samples);
-  bytes += 8.0 * static_cast<double>(gradient.reserved_doubles() +
-                                     scratch.gemm.reserved_doubles());
+  bytes += 8.0 * static_cast<double>(scratch.gemm.reserved_doubles());
   if (any_gram || probe_gram || test_lin) bytes += detail::GramScratch::buffer_bytes(net);
   return bytes;
 }

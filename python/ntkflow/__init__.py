@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 from . import exact, mechanisms
 from ._gram import ntk_gram
 from ._memory import memory_budget, set_memory_budget
-from ._simulate import initial_params, simulate
+from ._simulate import initial_params, sgd_batches, simulate
 from ._table import Table
 from ._validate import MemoryBudgetError
 from .mechanisms import Classification, classify, classify_exact
@@ -24,8 +24,10 @@ from .specs import (
     GradientFlow,
     LatentLine,
     Moments,
+    Objective,
     Params,
     Record,
+    SGD,
     TwoLayer,
 )
 from .store import Store
@@ -57,11 +59,13 @@ __all__ = [
     "LatentLine",
     "MemoryBudgetError",
     "Moments",
+    "Objective",
     "Params",
     "Parametrization",
     "PhaseDiagram",
     "Record",
     "Result",
+    "SGD",
     "Store",
     "Sweep",
     "Task",
@@ -79,6 +83,7 @@ __all__ = [
     "ntk_gram",
     "phase_diagram",
     "set_memory_budget",
+    "sgd_batches",
     "simulate",
     "sweep",
     "width_study",

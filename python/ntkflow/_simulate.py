@@ -12,6 +12,7 @@ from ._progress import TrajectoryProgress
 from ._validate import integer, require
 from .result import Result
 from .specs import (
+    AUTO_METRICS_ROWS,
     DATA_RULE,
     Data,
     Dataset,
@@ -21,6 +22,7 @@ from .specs import (
     Init,
     Params,
     Record,
+    SGD,
     Training,
     TwoLayer,
 )
@@ -31,15 +33,19 @@ _METHODS = {"full": "fused", "stagewise": "stagewise", "reduced": "reduced"}
 Path = Literal["auto", "moments", "data"]
 
 
-def _init_spec(init: Init, seed: int, first_trajectory: int) -> Any:
+def _init_spec(init: Init, seed: int, first_trajectory: int, outputs: int = 1,
+               bias: bool = False) -> Any:
     spec = _core.InitSpec()
     spec.seed = seed
     spec.first_trajectory = first_trajectory
+    spec.outputs = outputs
+    spec.bias = bias
     if isinstance(init, Params):
         spec.given = True
     else:
         spec.s_u = init.s_u
         spec.s_w = init.s_w
+        spec.s_b = init.s_b
         if init.correlation == "copy":
             spec.copy = True
         else:
@@ -47,18 +53,37 @@ def _init_spec(init: Init, seed: int, first_trajectory: int) -> Any:
     return spec
 
 
-def _start(init: Init, seed: int, first_trajectory: int) -> tuple[Any, Any, Any]:
+def _augmented_w(init: Params, bias: bool) -> NDArray[np.float64]:
+    """The core's W of given parameters: with a bias, b0 (zeros if absent) as a last column."""
+    if not bias:
+        return np.asarray(init.W0)
+    b = np.zeros(init.u0.shape[:2]) if init.b0 is None else init.b0
+    return np.ascontiguousarray(np.concatenate([init.W0, b[:, :, None]], axis=2))
+
+
+def _start(init: Init, seed: int, first_trajectory: int, outputs: int = 1,
+           bias: bool = False) -> tuple[Any, Any, Any]:
     """The core's init arguments: its InitSpec and the given u0, W0 (or None, None)."""
-    spec = _init_spec(init, seed, first_trajectory)
+    spec = _init_spec(init, seed, first_trajectory, outputs, bias)
     if isinstance(init, Params):
-        return spec, init.u0, init.W0
+        return spec, np.ascontiguousarray(init.u0), _augmented_w(init, bias)
     return spec, None, None
 
 
+def _check_outputs_init(init: Gaussian, outputs: int) -> None:
+    """Correlated and copied inits pair u_i with w_i: they need one output."""
+    if outputs > 1:
+        require(init.correlation != "copy" and float(init.correlation) == 0.0,
+                "init.correlation",
+                f"must be 0 for a network with {outputs} outputs (a correlation pairs the "
+                "scalar u_i with w_i)", init.correlation)
+
+
 def draw_initial(
-    init: Init, width: int, dim: int, trajectories: int, *, seed: int, first_trajectory: int = 0
+    init: Init, width: int, dim: int, trajectories: int, *, seed: int, first_trajectory: int = 0,
+    outputs: int = 1, bias: bool = False,
 ) -> Params:
-    """Initial parameters exactly as ``simulate`` draws them."""
+    """Initial parameters exactly as ``simulate`` draws them (``b0`` with ``bias``)."""
     if isinstance(init, Params):
         return init
     # Checked here too, not only in simulate: the config runner and the sweeps call this
@@ -69,11 +94,42 @@ def draw_initial(
     seed = integer(seed, "seed", minimum=0)
     require(seed < 2**64, "seed", "must be < 2**64", seed)
     first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
-    _memory.check(8.0 * trajectories * width * (1 + dim), "the initial parameters",
+    _check_outputs_init(init, outputs)
+    _memory.check(8.0 * trajectories * width * (outputs + dim + bias), "the initial parameters",
                   "use fewer trajectories")
-    u, W = _core.initial_params(_init_spec(init, seed, first_trajectory), width=width,
-                                dim=dim, trajectories=trajectories)
+    u, W = _core.initial_params(_init_spec(init, seed, first_trajectory, outputs, bias),
+                                width=width, dim=dim + bias, trajectories=trajectories)
+    if outputs > 1:
+        u = u.reshape(trajectories, width, outputs)
+    if bias:
+        return Params(u, np.ascontiguousarray(W[:, :, :dim]), np.ascontiguousarray(W[:, :, dim]))
     return Params(u, W)
+
+
+def _count(init: Init, trajectories: int | None, net: TwoLayer, dim: int, outputs: int,
+           first_trajectory: int) -> int:
+    """The number of trajectories, with given ``Params`` checked against the network."""
+    if isinstance(init, Params):
+        n = init.trajectories if trajectories is None else integer(
+            trajectories, "trajectories", minimum=1)
+        require(n == init.trajectories, "trajectories",
+                f"must equal the number of given Params ({init.trajectories})", trajectories)
+        require(init.width == net.width, "init",
+                f"Params width must be net.width = {net.width}", init.width)
+        require(init.dim == dim, "init", f"Params dim must be the data's dim = {dim}",
+                init.dim)
+        require(init.outputs == outputs, "init",
+                f"Params u0 must have {outputs} output column(s), the targets' "
+                "(u0 of shape (trajectories, width, outputs))", init.outputs)
+        require(init.b0 is None or net.bias, "init",
+                "Params b0 is for a network with bias=True", "b0 given")
+    else:
+        n = 1 if trajectories is None else integer(trajectories, "trajectories", minimum=1)
+        _check_outputs_init(init, outputs)
+    require(first_trajectory + n <= 2**63, "first_trajectory",
+            f"+ trajectories must be <= 2**63 (int64 trajectory indices; trajectories = {n})",
+            first_trajectory)
+    return n
 
 
 def initial_params(
@@ -85,17 +141,19 @@ def initial_params(
     dim: int | None = None,
     data: Data | None = None,
     first_trajectory: int = 0,
+    outputs: int | None = None,
 ) -> Params:
     """An initialisation without training: the parameters ``simulate`` starts from.
 
     ``initial_params(net, init, trajectories=n, seed=s, dim=d, first_trajectory=k)`` equals,
     bit for bit, ``simulate(net, data, train, init=init, trajectories=n, seed=s,
-    first_trajectory=k).initial_params()`` for any data of dimension d and any training.
+    first_trajectory=k).initial_params()`` for any data of dimension d (and d outputs)
+    and any training.
 
     Parameters
     ----------
     net : TwoLayer
-        Only its width is used.
+        Its width, and its bias (``b0`` is drawn when ``net.bias``).
     init : Gaussian or Params
         Default ``Gaussian(1, 1)``. Given ``Params`` are checked against width and dim and
         returned as they are.
@@ -107,11 +165,14 @@ def initial_params(
         The input dimension, given directly or as the data it belongs to; exactly one.
     first_trajectory : int
         Global index of the first trajectory, as in ``simulate``.
+    outputs : int, optional
+        Outputs c (columns of U); default the data's target columns, or 1 with ``dim``.
 
     Returns
     -------
     Params
-        ``u0`` (trajectories, width) and ``W0`` (trajectories, width, dim).
+        ``u0`` (trajectories, width[, outputs]), ``W0`` (trajectories, width, dim) and,
+        with ``net.bias``, ``b0`` (trajectories, width).
     """
     init = Gaussian() if init is None else init
     require(isinstance(net, TwoLayer), "net", "must be a TwoLayer", net)
@@ -121,25 +182,20 @@ def initial_params(
     if data is not None:
         require(hasattr(data, "moments"), "data", DATA_RULE, data)
         d = int(data.dim)
+        c = int(getattr(data, "outputs", 1))
     else:
         d = integer(dim, "dim", minimum=1)
+        c = 1
+    if outputs is not None:
+        c = integer(outputs, "outputs", minimum=1)
     seed = integer(seed, "seed", minimum=0)
     require(seed < 2**64, "seed", "must be < 2**64", seed)
     first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
+    n = _count(init, trajectories, net, d, c, first_trajectory)
     if isinstance(init, Params):
-        n = init.trajectories if trajectories is None else integer(
-            trajectories, "trajectories", minimum=1)
-        require(n == init.trajectories, "trajectories",
-                f"must equal the number of given Params ({init.trajectories})", trajectories)
-        require(init.width == net.width, "init",
-                f"Params width must be net.width = {net.width}", init.width)
-        require(init.dim == d, "init", f"Params dim must be dim = {d}", init.dim)
         return init
-    n = 1 if trajectories is None else integer(trajectories, "trajectories", minimum=1)
-    require(first_trajectory + n <= 2**63, "first_trajectory",
-            f"+ trajectories must be <= 2**63 (int64 trajectory indices; trajectories = {n})",
-            first_trajectory)
-    return draw_initial(init, net.width, d, n, seed=seed, first_trajectory=first_trajectory)
+    return draw_initial(init, net.width, d, n, seed=seed, first_trajectory=first_trajectory,
+                        outputs=c, bias=net.bias)
 
 
 def simulate(
@@ -168,10 +224,11 @@ def simulate(
         loop, so a step costs O(width * dim) whatever the number of samples. A network
         with an activation needs a ``Dataset``: a step costs two products of
         samples x width x dim.
-    train : GradientFlow or GradientDescent
-        relu networks: the flow field jumps where a pre-activation ``w_i . x_j`` crosses 0,
-        and the flow can slide along such a surface. The default ``dopri5`` integrates
-        them piece by piece, locating every crossing and following the sliding flow
+    train : GradientFlow, GradientDescent or SGD
+        It also carries the objective: loss and weight decay (see ``Objective``). relu
+        networks: the flow field jumps where a pre-activation ``w_i . x_j`` crosses 0, and
+        the flow can slide along such a surface. The default ``dopri5`` integrates them
+        piece by piece, locating every crossing and following the sliding flow
         (``Result.events`` counts the crossings; see ``GradientFlow``); fixed-step ``rk4``
         and descent step across with O(dt) error at each crossing.
     init : Gaussian or Params
@@ -199,13 +256,16 @@ def simulate(
         width, O(dim^2) per step. "stagewise" and "reduced" are for the moments path
         only.
     path : {"auto", "moments", "data"}
-        A linear network on a ``Dataset`` is the same model on the samples and on their
-        moments. "moments" integrates the moment form (O(width dim^2) per step; on a
-        ``Dataset`` the kernel metrics then come from the (dim, dim) NTK records, exactly).
-        "data" integrates on the samples, which Gram records (``Record.gram``), the
-        linearised run (``Record.linearized``) and a test set (``Record.test``) need, and which also records ``move_u`` and
-        ``move_w``. "auto": "moments" for a linear network unless a record needs the
-        samples; always "data" with an activation.
+        A linear network trained on the square loss is the same model on the samples and
+        on their moments. "moments" integrates the moment form (O(width dim^2) per step; on
+        a ``Dataset`` the kernel metrics then come from the (dim, dim) NTK records,
+        exactly); with several outputs or a bias it trains on the square root of the
+        moments, dim rows in place of the samples (docs/theory.md §I.4; no kernel metrics
+        with several outputs). "data" integrates on the samples, which Gram records
+        (``Record.gram``), the linearised run (``Record.linearized``), a test set
+        (``Record.test``), the logistic and softmax losses and SGD need, and which also
+        records ``move_u`` and ``move_w``. "auto": "moments" for a linear network unless
+        one of these needs the samples; always "data" with an activation.
     progress : bool, optional
         A progress bar on stderr counting finished trajectories (tqdm). None (default):
         shown when stderr is a terminal and tqdm is installed, and only once the call has
@@ -229,8 +289,8 @@ def simulate(
     record = Record() if record is None else record
     require(isinstance(net, TwoLayer), "net", "must be a TwoLayer", net)
     require(hasattr(data, "moments"), "data", DATA_RULE, data)
-    require(isinstance(train, (GradientFlow, GradientDescent)), "train",
-            "must be a GradientFlow or GradientDescent", train)
+    require(isinstance(train, (GradientFlow, GradientDescent, SGD)), "train",
+            "must be a GradientFlow, GradientDescent or SGD", train)
     require(isinstance(init, (Gaussian, Params)), "init", "must be a Gaussian or Params", init)
     require(isinstance(record, Record), "record", "must be a Record", record)
     require(method in _METHODS, "method", 'must be "full", "stagewise" or "reduced"', method)
@@ -238,37 +298,31 @@ def simulate(
             'must be "auto", "moments" or "data"', path)
     require(progress is None or isinstance(progress, (bool, np.bool_)), "progress",
             "must be None, True or False", progress)
-    chosen = _choose_path(net, data, record, method, path)
+    chosen = _choose_path(net, data, train, record, method, path)
     seed = integer(seed, "seed", minimum=0)
     require(seed < 2**64, "seed", "must be < 2**64", seed)
     first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
     n_threads = 0 if threads is None else integer(threads, "threads", minimum=1)
     dim = int(data.dim)
     width = net.width
-    if isinstance(init, Params):
-        n = init.trajectories if trajectories is None else integer(
-            trajectories, "trajectories", minimum=1)
-        require(n == init.trajectories, "trajectories",
-                f"must equal the number of given Params ({init.trajectories})", trajectories)
-        require(init.width == width, "init", f"Params width must be net.width = {width}",
-                init.width)
-        require(init.dim == dim, "init", f"Params dim must be the data's dim = {dim}", init.dim)
-    else:
-        n = 1 if trajectories is None else integer(trajectories, "trajectories", minimum=1)
-    require(first_trajectory + n <= 2**63, "first_trajectory",
-            f"+ trajectories must be <= 2**63 (int64 trajectory indices; trajectories = {n})",
-            first_trajectory)
+    n = _count(init, trajectories, net, dim, int(getattr(data, "outputs", 1)), first_trajectory)
     times = record.resolve_times(train)
     T = times.size
     if isinstance(train, GradientFlow) and train.solver != "dopri5":
         _check_fixed_steps(train, times)
     ntk_mode = record.ntk
-    if chosen == "data":
+    if chosen == "data" or (isinstance(data, Dataset) and (net.bias or data.outputs > 1)):
         assert isinstance(data, Dataset)
+        if chosen == "moments":
+            require(method == "full", "method",
+                    f'"{method}" needs one output and no bias (the moments path of '
+                    'linear.cpp); use method="full"', method)
         return _simulate_data(net, data, train, init, n, seed, record, first_trajectory,
-                              n_threads, times, progress)
+                              n_threads, times, progress, moments=chosen == "moments")
     if ntk_mode == "scalar":
         require(dim == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
+    if ntk_mode == "metrics":  # on moments they come from the (dim, dim) kernel, cheaply
+        ntk_mode = "auto"
     if method == "reduced":
         require(record.params is None, "record.params",
                 'must be None with method="reduced" (the reduced state has no parameters)',
@@ -301,6 +355,8 @@ def simulate(
     model.kappa = net.kappa
     model.eta_u = train.eta_u
     model.eta_w = train.eta_w
+    model.lambda_u = train.lambda_u
+    model.lambda_w = train.lambda_w
     model.loss_min = float(mom.loss_min)
     sched = _schedule(train, record, n_threads, width, dim, None)
 
@@ -388,12 +444,13 @@ def _check_deltas(record: Record, n: int, T: int, width: int) -> float:
 
 
 def _record_buffers(record: Record, n: int, T: int, tp: int, width: int, dim: int,
-                    keep_ntk: bool, neurons: bool = True) -> dict[str, NDArray[Any]]:
+                    keep_ntk: bool, neurons: bool = True,
+                    outputs: int = 1) -> dict[str, NDArray[Any]]:
     """The output buffers both core drivers fill: n trajectories at T record times (tp for
     parameters). Allocated here, once, after the memory check; the core writes in place."""
     rec: dict[str, NDArray[Any]] = {
         "loss": np.empty((n, T)),
-        "p": np.empty((n, T, dim)),
+        "p": np.empty((n, T, dim * outputs)),
         "norm_u2": np.empty((n, T)),
         "norm_w2": np.empty((n, T)),
         "alignment": np.empty((n, T)),
@@ -414,24 +471,35 @@ def _record_buffers(record: Record, n: int, T: int, tp: int, width: int, dim: in
     if record.loss_below is not None:
         rec["t_hit"] = np.full(n, np.nan)
     if record.params is not None:
-        rec["u"] = np.empty((n, tp, width))
+        rec["u"] = np.empty((n, tp, width * outputs))
         rec["W"] = np.empty((n, tp, width, dim))
     return rec
 
 
 def _result(rec: dict[str, Any], times: NDArray[np.float64], dim: int, ntk_mode: str,
-            record: Record, **fields: Any) -> Result:
+            record: Record, outputs: int = 1, bias: bool = False, **fields: Any) -> Result:
     """The Result of either path from the core's record buffers: squeezes dim = 1 and the
-    scalar NTK, and keeps the parameters at the end only when that was asked for."""
-    p = rec["p"][..., 0] if dim == 1 else rec["p"]
+    scalar NTK, shapes U (width, outputs), splits the bias column off W, and keeps the
+    parameters at the end only when that was asked for. `dim` is the core's (bias
+    included)."""
+    p = rec["p"]
+    if outputs > 1:
+        p = p.reshape(p.shape[:2] + (dim, outputs))
+    elif dim == 1:
+        p = p[..., 0]
     ntk = rec.get("ntk")
     if ntk is not None and (ntk_mode == "scalar" or (ntk_mode == "auto" and dim == 1)):
         ntk = ntk[..., 0, 0]
-    u = W = None
+    u = W = b = None
     if record.params is not None:
         u, W = rec["u"], rec["W"]
+        if outputs > 1:
+            u = u.reshape(u.shape[:2] + (-1, outputs))
+        if bias:
+            W, b = W[..., :-1], W[..., -1]
         if record.params == "final":
             u, W = u[:, 0], W[:, 0]
+            b = None if b is None else b[:, 0]
     return Result(
         times=times,
         loss=rec["loss"],
@@ -449,6 +517,7 @@ def _result(rec: dict[str, Any], times: NDArray[np.float64], dim: int, ntk_mode:
         t_hit=rec.get("t_hit"),
         u=u,
         W=W,
+        b=b,
         delta_mean=rec.get("delta_mean"),
         delta_std=rec.get("delta_std"),
         delta_drift=rec.get("delta_drift"),
@@ -468,7 +537,7 @@ def _schedule(train: Training, record: Record, n_threads: int, width: int, dim: 
         sched.rtol = train.rtol
         sched.atol = train.atol
         sched.max_steps = step_limit(train, width, dim, samples)
-    else:
+    else:  # descent and SGD: the clock counts steps
         sched.solver = _core.Solver.gd
         sched.lr = train.lr
     if record.loss_below is not None:
@@ -476,12 +545,20 @@ def _schedule(train: Training, record: Record, n_threads: int, width: int, dim: 
     return sched
 
 
-def _choose_path(net: TwoLayer, data: Data, record: Record, method: str, path: str) -> str:
+def _choose_path(net: TwoLayer, data: Data, train: Training, record: Record, method: str,
+                 path: str) -> str:
     """The integration path, or a ValueError naming what prevents the one asked for."""
     on_samples = isinstance(data, Dataset)
-    needs = [name for name, on in (("record.gram", record.gram is not None),
-                                   ("record.linearized", record.linearized),
-                                   ("record.test", record.test is not None)) if on]
+    outputs = int(getattr(data, "outputs", 1))
+    needs = [name for name, on in (
+        ("record.gram", record.gram is not None),
+        ("record.linearized", record.linearized),
+        ("record.test", record.test is not None),
+        (f'loss="{train.loss}"', train.loss != "square"),
+        ("SGD", isinstance(train, SGD))) if on]
+    require(on_samples or not net.bias, "net.bias",
+            "needs a Dataset: the moments of the inputs (x, 1) include the mean of x, which "
+            "LatentLine and Moments do not give", net.bias)
     if net.act != "linear":
         require(on_samples, "data",
                 f'must be a Dataset for act="{net.act}" (a network with an activation '
@@ -548,19 +625,33 @@ def _simulate_data(
     n_threads: int,
     times: NDArray[np.float64],
     progress: bool | None,
+    moments: bool = False,
 ) -> Result:
-    """The dataset path: the full parameters of a network with any activation."""
+    """The dataset path: the full parameters of a network with any activation, outputs,
+    bias, loss and training (flow, descent, SGD). With `moments` (a linear network, the
+    square loss) the core trains on the square root of the data's moments instead of the
+    samples (see _root_moments): the same flow at O((dim + width) dim outputs) per step."""
     dim, width, T = data.dim, net.width, times.size
-    samples = data.samples
+    c = data.outputs
+    D = dim + net.bias  # the core's input dimension: the bias is a last column of ones
     linear = net.act == "linear"
     ntk_mode = record.ntk
-    if not linear:
-        require(ntk_mode in ("auto", "none"), "record.ntk",
-                f'must be "auto" (kernel metrics) or "none" for act="{net.act}": the '
-                '(dim, dim) kernel exists for linear networks only (see record.gram)',
-                ntk_mode)
+    _check_targets(data, train.loss, "data")
+    X_core, Y_core = _inputs(data.X, net.bias), data.y
+    loss_min = 0.0
+    if moments:
+        X_core, Y_core, loss_min = _root_moments(X_core, data.y)
+        if c > 1:  # the metrics would be of the root's Gram, not the training set's
+            ntk_mode = "none"
+    samples = int(X_core.shape[0])
+    kernel = linear and c == 1  # the (dim, dim) kernel record exists
+    if not kernel:
+        require(ntk_mode in ("auto", "metrics", "none"), "record.ntk",
+                f'must be "auto", "metrics" or "none" for act="{net.act}" with {c} '
+                "output(s): the (dim, dim) kernel exists for linear one-output networks only "
+                "(see record.gram)", ntk_mode)
     if ntk_mode == "scalar":
-        require(dim == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
+        require(D == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
     probe = record.probe if record.gram == "probe" else None
     if probe is not None:
         require(probe.shape[1] == dim, "record.probe",
@@ -571,15 +662,36 @@ def _simulate_data(
         require(test.dim == dim, "record.test",
                 f"must have dim {dim}, the training data's (X with {dim} columns)",
                 f"dim {test.dim}")
+        require(test.outputs == c, "record.test",
+                f"must have {c} target column(s), the training data's", f"{test.outputs}")
+        _check_targets(test, train.loss, "record.test")
         n_test = test.samples
-    # Classification error only where the targets are labels: all exactly +-1.
-    train_labels = _labels(data.y)
+    require(not record.linearized or train.loss == "square", "record.linearized",
+            f'needs loss="square": the linearised run is solved exactly for the square loss '
+            f'only (loss="{train.loss}")', record.linearized)
+    batch = 0
+    if isinstance(train, SGD):
+        batch = train.batch_size
+        require(train.replace or batch <= samples, "batch_size",
+                f"must be <= the {samples} training samples without replacement "
+                "(or use replace=True)", batch)
+        require(record.loss_below is None, "record.loss_below",
+                "is not available with SGD (it would need the full-data loss after every "
+                "step)", record.loss_below)
+    # Classification error only where the targets are labels (and the samples are run).
+    train_labels = not moments and _labels(data.y)
     test_labels = test is not None and _labels(test.y)
     test_lin = test is not None and record.linearized
-    metrics = ntk_mode != "none"
-    keep_ntk = linear and metrics
+    # The metrics cost O((samples c)^2 width) per record time ((samples)^2 dim for the
+    # linear kernel): "auto" takes them only for a small Gram matrix.
+    metrics = ntk_mode == "metrics" or (ntk_mode != "none" and (
+        kernel or samples * c <= AUTO_METRICS_ROWS))
+    keep_ntk = kernel and ntk_mode in ("auto", "scalar", "matrix")
+    if moments:  # the core's Gram would be the root's: the metrics come from the kernel
+        keep_ntk = keep_ntk or (kernel and metrics)
+        metrics = False
     relu = net.act == "relu"
-    g = samples if probe is None else int(probe.shape[0])
+    g = (samples if probe is None else int(probe.shape[0])) * c
 
     # Size everything before allocating anything; the Gram record is checked on its own so
     # that the error names it.
@@ -590,19 +702,20 @@ def _simulate_data(
                       f"{g} x {g} Gram matrices)",
                       "record fewer times or trajectories, use a smaller probe set, or run "
                       "the ensemble in chunks with first_trajectory")
-    per_time = (5 + dim + (dim * dim if keep_ntk else 0) + (3 if metrics else 0) + 2
+    per_time = (5 + D * c + (D * D if keep_ntk else 0) + (3 if metrics else 0) + 2
                 + (1 if relu else 0) + (2 if record.linearized else 0)
                 + (1 if train_labels else 0) + (1 if test is not None else 0)
                 + (1 if test_labels else 0) + (2 if test_lin else 0)
                 + (1 if test_lin and test_labels else 0) + 3)  # + delta_mean, _std, _drift
-    params_bytes = 8.0 * n * tp * width * (1 + dim) if record.params else 0.0
+    params_bytes = 8.0 * n * tp * width * (c + D) if record.params else 0.0
     deltas_bytes = _check_deltas(record, n, T, width)
     gram_bytes = 8.0 * n * T * g * g if record.gram is not None else 0.0
-    cnet = core_network(width, dim, net.act, net.kappa, train.eta_u, train.eta_w)
+    cnet = core_network(width, D, net.act, net.kappa, train.eta_u, train.eta_w, c, train.loss,
+                        train.lambda_u, train.lambda_w)
     teams = min(n_threads or int(_core.max_threads()), n)
     workspace = float(_core.network_workspace_bytes(
-        cnet, samples, g if probe is not None else 0, record.gram is not None, metrics,
-        record.linearized, relu, True, n_test))  # move_u / move_w are always recorded
+        cnet, samples, g // c if probe is not None else 0, record.gram is not None, metrics,
+        record.linearized, relu, True, n_test, batch))  # move_u / move_w always recorded
     if relu and isinstance(train, GradientFlow) and train.solver == "dopri5":
         workspace += float(_core.piecewise_workspace_bytes(cnet, samples))
     total = (8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes + deltas_bytes
@@ -611,8 +724,11 @@ def _simulate_data(
                    f"simulating {n} trajectories of width {width} on {samples} samples, "
                    f"recorded at {T} times")
 
-    sched = _schedule(train, record, n_threads, width, dim, samples)
-    rec = _record_buffers(record, n, T, tp, width, dim, keep_ntk)
+    sched = _schedule(train, record, n_threads, width, D, samples)
+    rec = _record_buffers(record, n, T, tp, width, D, keep_ntk, outputs=c)
+    if moments:  # the root's loss is the data loss less its minimum
+        sched.loss_threshold = (-1.0 if record.loss_below is None
+                                else max(record.loss_below - loss_min, 0.0))
     rec["move_u"] = np.empty((n, T))
     rec["move_w"] = np.empty((n, T))
     if metrics:
@@ -637,21 +753,28 @@ def _simulate_data(
     with TrajectoryProgress(n, progress) as hook:
         _core.simulate_network(
             cnet,
-            data.X,
-            data.y,
-            *_start(init, seed, first_trajectory),
+            X_core,
+            Y_core,
+            *_start(init, seed, first_trajectory, c, net.bias),
             sched,
             times,
             n,
             rec,
             params_all=record.params == "all",
-            probe=probe,
-            test_x=None if test is None else test.X,
+            probe=None if probe is None else _inputs(probe, net.bias),
+            test_x=None if test is None else _inputs(test.X, net.bias),
             test_y=None if test is None else test.y,
             progress=hook,
+            batch=batch,
+            replace=isinstance(train, SGD) and train.replace,
+            label_noise=train.label_noise if isinstance(train, SGD) else 0.0,
         )
 
-    return _result(rec, times, dim, ntk_mode, record, net=net, data=data, train=train,
+    if loss_min > 0:
+        rec["loss"] += loss_min
+    if moments and keep_ntk and ntk_mode != "none":
+        rec.update(_moment_kernel_metrics(rec["ntk"], _inputs(data.X, net.bias), data.y))
+    return _result(rec, times, D, ntk_mode, record, net=net, data=data, train=train,
                    init=init, seed=seed, first_trajectory=first_trajectory, method="full",
                    gram=rec.get("gram"), ntk_change=rec.get("ntk_change"),
                    kernel_distance=rec.get("kernel_distance"), kta=rec.get("kta"),
@@ -661,22 +784,99 @@ def _simulate_data(
                    test_loss=rec.get("test_loss"), test_error=rec.get("test_error"),
                    test_loss_lin=rec.get("test_loss_lin"),
                    test_error_lin=rec.get("test_error_lin"),
-                   test_lin_gap=rec.get("test_lin_gap"), path="data")
+                   test_lin_gap=rec.get("test_lin_gap"), outputs=c, bias=net.bias,
+                   path="moments" if moments else "data")
+
+
+def _root_moments(X: NDArray[np.float64], Y: NDArray[np.float64]
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """A linear network with the square loss sees its data only through Sigma = X^T X / n
+    and B = X^T Y / n: rows Q = sqrt(r) diag(sqrt(lam)) V^T (Sigma = V diag(lam) V^T, r
+    eigenvalues > 0) with targets Q beta (beta the least-squares solution) give the same
+    gradient, and a loss smaller by L* = 1/(2n) ||X beta - Y||^2 (returned, to be added
+    back). r <= dim rows instead of n: the moments path for any number of outputs."""
+    n = X.shape[0]
+    Sigma = X.T @ X / n
+    lam, V = np.linalg.eigh(0.5 * (Sigma + Sigma.T))
+    keep = lam > max(float(lam.max()), 0.0) * X.shape[1] * np.finfo(float).eps * 16
+    r = int(np.sum(keep))
+    Q = np.ascontiguousarray(np.sqrt(r * lam[keep])[:, None] * V[:, keep].T)
+    beta = np.linalg.lstsq(X, Y, rcond=None)[0]
+    resid = X @ beta - Y
+    return Q, np.ascontiguousarray(Q @ beta), 0.5 * float(np.sum(resid * resid)) / n
+
+
+def _inputs(X: NDArray[np.float64], bias: bool) -> NDArray[np.float64]:
+    """The core's inputs: with a bias, a last column of ones (W's last column is b)."""
+    if not bias:
+        return X
+    return np.ascontiguousarray(np.concatenate([X, np.ones((X.shape[0], 1))], axis=1))
 
 
 def _labels(y: NDArray[np.float64]) -> bool:
-    """Whether targets are class labels: every one exactly +1 or -1."""
-    return bool(np.all((y == 1.0) | (y == -1.0)))
+    """Whether targets are class labels: every one exactly +1 or -1 (one output), or
+    one-hot rows (several outputs)."""
+    if y.ndim == 1:
+        return bool(np.all((y == 1.0) | (y == -1.0)))
+    return bool(np.all((y == 0.0) | (y == 1.0)) and np.all(y.sum(axis=1) == 1.0))
 
 
-def core_network(width: int, dim: int, act: str, kappa: float, eta_u: float,
-                 eta_w: float) -> Any:
-    """The core's description of a network and its learning rates (validated values)."""
+def _check_targets(data: Dataset, loss: str, name: str) -> None:
+    """The targets a loss is defined on: +-1 labels (logistic), rows on the simplex with
+    two or more outputs (softmax)."""
+    y = data.y
+    if loss == "logistic":
+        require(y.ndim == 1 and _labels(y), name,
+                'must have one target column of +-1 labels for loss="logistic"',
+                f"targets of shape {y.shape}")
+    elif loss == "softmax":
+        require(y.ndim == 2, name,
+                'must have two or more target columns for loss="softmax": one-hot rows '
+                "(samples, classes), e.g. Dataset(X, labels, classes=k)",
+                f"targets of shape {y.shape}")
+        sums = y.sum(axis=1)
+        require(bool(np.all(y >= 0) and np.all(np.abs(sums - 1.0) <= 1e-12 * y.shape[1])),
+                name, 'must have targets on the simplex for loss="softmax" (each row >= 0, '
+                "summing to 1: one-hot class vectors)", "other targets")
+
+
+def sgd_batches(seed: int, trajectory: int, step: int, samples: int, batch_size: int,
+                replace: bool = False) -> NDArray[np.int64]:
+    """The training-sample indices SGD uses at one step, exactly as ``simulate`` draws
+    them: ``batch_size`` indices into [0, samples) for the global trajectory index
+    ``trajectory`` (``first_trajectory`` + local index) and the 0-based ``step``."""
+    seed = integer(seed, "seed", minimum=0)
+    require(seed < 2**64, "seed", "must be < 2**64", seed)
+    trajectory = integer(trajectory, "trajectory", minimum=0)
+    require(trajectory < 2**63, "trajectory", "must be < 2**63", trajectory)
+    step = integer(step, "step", minimum=0)
+    require(step < 2**32, "step", "must be < 2**32", step)
+    samples = integer(samples, "samples", minimum=1)
+    batch_size = integer(batch_size, "batch_size", minimum=1)
+    require(replace or batch_size <= samples, "batch_size",
+            f"must be <= samples = {samples} without replacement", batch_size)
+    _memory.check(8.0 * (batch_size + (0 if replace else samples)),
+                  f"sgd_batches for {samples} samples (the shuffle holds them all)",
+                  "ask for fewer samples")
+    out: NDArray[np.int64] = _core.sgd_batch(seed, trajectory, step, samples, batch_size,
+                                             bool(replace))
+    return out
+
+
+def core_network(width: int, dim: int, act: str, kappa: float, eta_u: float, eta_w: float,
+                 outputs: int = 1, loss: str = "square", lambda_u: float = 0.0,
+                 lambda_w: float = 0.0) -> Any:
+    """The core's description of a network, its learning rates and its objective
+    (validated values; dim counts a bias column)."""
     cnet = _core.Network()
     cnet.width = width
     cnet.dim = dim
+    cnet.outputs = outputs
     cnet.act = getattr(_core.Activation, act)
+    cnet.loss = getattr(_core.Loss, loss)
     cnet.kappa = kappa
     cnet.eta_u = eta_u
     cnet.eta_w = eta_w
+    cnet.lambda_u = lambda_u
+    cnet.lambda_w = lambda_w
     return cnet

@@ -46,7 +46,8 @@ SCHEMA: dict[str, dict[str, dict[str, tuple[type, ...]]]] = {
     "simulate": {
         "network": {"width": (int,), "kappa": _NUM},
         "init": {"s_u": _NUM, "s_w": _NUM, "correlation": (int, float, str)},
-        "train": {"eta_u": _NUM, "eta_w": _NUM, **_SOLVE},
+        "train": {"eta_u": _NUM, "eta_w": _NUM, "lambda_u": _NUM, "lambda_w": _NUM,
+                  **_SOLVE},
         "run": {"trajectories": (int,), "seed": (int,), "method": (str,),
                 "spacing": (str,)},
         **_COMMON,
@@ -225,9 +226,14 @@ def _run_simulate(cfg: dict[str, Any], out: Path, figures: bool, eps: float, tau
     loss_below = solve.pop("loss_below", None)
     times = solve.pop("times", 200)
     t_max = solve.pop("t_max")
+    decay = {k: tr[k] for k in ("lambda_u", "lambda_w") if k in tr}
     if t_max == "auto":
         if data.dim != 1:  # pragma: no cover - LatentLine only here
             raise ConfigError("train.t_max=\"auto\" needs one-dimensional data")
+        if any(v != 0 for v in decay.values()):
+            raise ConfigError('train.t_max="auto" comes from the closed form, which '
+                              "has no weight decay: give train.t_max as a number with "
+                              "train.lambda_u or train.lambda_w")
         probe = _call("train", GradientFlow, eta_u=tr.get("eta_u", 1.0),
                       eta_w=tr.get("eta_w", 1.0))
         params = _call("run", draw_initial, init, net.width, 1, n, seed=seed)
@@ -235,7 +241,7 @@ def _run_simulate(cfg: dict[str, Any], out: Path, figures: bool, eps: float, tau
         t = np.asarray(sol.escape_time) + 40.0 / np.asarray(sol.rate)
         t_max = float(np.max(t[np.isfinite(t)]))
     train = _call("train", GradientFlow, eta_u=tr.get("eta_u", 1.0),
-                  eta_w=tr.get("eta_w", 1.0), t_max=t_max, **solve)
+                  eta_w=tr.get("eta_w", 1.0), t_max=t_max, **decay, **solve)
     record = _call("run", Record, times=times, spacing=run_.get("spacing", "log"),
                    loss_below=loss_below)
     res = _call("run", simulate, net, data, train, init=init, trajectories=n, seed=seed,
@@ -262,7 +268,8 @@ def _run_simulate(cfg: dict[str, Any], out: Path, figures: bool, eps: float, tau
         from . import plots
 
         solution = (exact.line(res, net, data, train)
-                    if train.eta_u > 0 and train.eta_w > 0 else None)
+                    if train.eta_u > 0 and train.eta_w > 0 and train.lambda_u == 0
+                    and train.lambda_w == 0 else None)
         plots.trajectories(res, solution, path=out / "trajectories.png")
         files.append(out / "trajectories.png")
     return files

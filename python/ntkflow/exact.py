@@ -47,7 +47,9 @@ def line(source: Params | Result, net: TwoLayer, data: Data, train: Training) ->
         Linear, any width and kappa.
     data : LatentLine, or Moments / Dataset of dimension 1
     train : GradientFlow
-        Learning rates eta_u, eta_w > 0 (the solver settings are irrelevant here).
+        Learning rates eta_u, eta_w > 0 (the solver settings are irrelevant here). No
+        weight decay: ``lambda_u`` and ``lambda_w`` must be 0 (with decay, simulate the
+        flow; ``method="reduced"`` integrates the closed reduced system of §B.1).
 
     Returns
     -------
@@ -65,6 +67,10 @@ def line(source: Params | Result, net: TwoLayer, data: Data, train: Training) ->
     assert isinstance(train, GradientFlow)
     require(train.eta_u > 0, "eta_u", "must be > 0 for exact.line", train.eta_u)
     require(train.eta_w > 0, "eta_w", "must be > 0 for exact.line", train.eta_w)
+    for name in ("lambda_u", "lambda_w"):
+        require(getattr(train, name) == 0.0, name,
+                'must be 0 for exact.line (the closed form has no weight decay; simulate '
+                'the flow instead, e.g. with method="reduced")', getattr(train, name))
     params = _params_of(source)
     require(params.width == net.width, "params", f"width must be net.width = {net.width}",
             params.width)
@@ -92,7 +98,8 @@ def reduced(
     """The width-independent reduced flow (docs/theory.md §B.1) from the same initial
     parameters.
 
-    Integrates ``(p, M, a) = (W^T u, W^T W, ||u||^2)`` with the training's solver and
+    Integrates ``(p, M, a) = (W^T u, W^T W, ||u||^2)`` with the training's solver (and its
+    weight decay, which keeps the system closed: docs/theory.md §B.5) and
     returns a ``Result`` with the same records as ``simulate`` (no parameters), at
     ``times`` (default: those of the Result given, else 101 evenly spaced).
     """

@@ -75,12 +75,16 @@ class Result:
     times : (times,)
         Record times (step numbers for gradient descent).
     loss : (trajectories, times)
-        ``1/2 E[(f(x) - y)^2]`` on the data or moments.
-    p : (trajectories, times[, dim])
+        The training loss L of ``train.loss`` (square: ``1/2 E[||f(x) - y||^2]``) on the
+        data or moments, without the weight-decay penalty; for SGD on the whole training
+        set, without label noise.
+    p : (trajectories, times[, dim][, outputs])
         End-to-end weights ``W^T u`` (for dim = 1, ``u . w``); with an activation it is
-        still ``W^T u``, the vector behind ``alignment``, but no longer the function.
+        still ``W^T u``, the vector behind ``alignment``, but no longer the function. With c
+        outputs ``W^T U`` (dim, c); with a bias the inputs are ``(x, 1)``, so p has dim + 1
+        rows, the last ``sum_i b_i U_i``.
     norm_u2, norm_w2 : (trajectories, times)
-        ``||u||^2`` and ``||W||_F^2``.
+        ``||U||_F^2`` and ``||W||_F^2`` (biases included in ``W``).
     alignment : (trajectories, times)
         ``||W^T u|| / (||u|| ||W||_F)`` in [0, 1]; 1 when u = 0 or W = 0 (no angle:
         the layers count as parallel, docs/theory.md §E.1).
@@ -123,9 +127,10 @@ class Result:
         where a pre-activation ``w_i . x_j`` crossed 0 (docs/theory.md §H); 0 otherwise.
     t_hit : (trajectories,) or None
         First time the loss reached ``Record.loss_below`` (NaN if never).
-    u, W : arrays or None
-        Parameters kept on request: (trajectories[, times], width) and
-        (trajectories[, times], width, dim).
+    u, W, b : arrays or None
+        Parameters kept on request: ``u`` (trajectories[, times], width[, outputs]),
+        ``W`` (trajectories[, times], width, dim) and, for a network with a bias, ``b``
+        (trajectories[, times], width).
     gram : (trajectories, times, samples, samples) or (..., probes, probes) or None
         The learning-rate-weighted NTK Gram matrix
         ``kappa^2 [eta_u H H^T + eta_w (G G^T) o (X X^T)]`` (docs/theory.md §C.1) on the
@@ -151,14 +156,15 @@ class Result:
         over the run is docs/theory.md §E.5's ``delta_lin`` (see ``delta_lin()``). NaN when
         ``f_0(X) = y``.
     error : (trajectories, times) or None
-        Training classification error, the fraction of samples with
-        ``sign(f(x)) != y``; ``f(x) = 0`` counts as an error. Recorded on the data path
-        when every training target is exactly +1 or -1.
+        Training classification error, recorded on the data path when the targets are
+        labels. One output, every target exactly +1 or -1: the fraction of samples with
+        ``sign(f(x)) != y`` (``f(x) = 0`` counts as an error). c >= 2 outputs, one-hot
+        rows: the fraction whose ``argmax f(x)`` is not the target class.
     test_loss : (trajectories, times) or None
-        ``1/(2 n_test) sum_j (f(x_j) - y_j)^2`` on ``Record.test``.
+        The loss L on ``Record.test``.
     test_error : (trajectories, times) or None
-        Classification error on ``Record.test`` (as ``error``), when every test target is
-        exactly +1 or -1.
+        Classification error on ``Record.test`` (as ``error``), when its targets are
+        labels.
     test_loss_lin, test_error_lin : (trajectories, times) or None
         Test loss and error of the linearised twin (``Record.test`` with
         ``Record.linearized``): its test outputs are exactly
@@ -216,6 +222,7 @@ class Result:
     delta_std: NDArray[np.float64] | None = None
     delta_drift: NDArray[np.float64] | None = None
     deltas: NDArray[np.float64] | None = None
+    b: NDArray[np.float64] | None = None
     path: str | None = None
     _initial: list[Params] = field(default_factory=list, repr=False)
 
@@ -226,6 +233,11 @@ class Result:
     @property
     def dim(self) -> int:
         return int(self.data.dim)
+
+    @property
+    def outputs(self) -> int:
+        """Outputs c of the network (target columns of the data)."""
+        return int(getattr(self.data, "outputs", 1))
 
     @property
     def ok(self) -> NDArray[np.bool_]:
@@ -246,7 +258,8 @@ class Result:
 
             self._initial.append(
                 draw_initial(self.init, self.net.width, self.dim, self.trajectories,
-                             seed=self.seed, first_trajectory=self.first_trajectory)
+                             seed=self.seed, first_trajectory=self.first_trajectory,
+                             outputs=self.outputs, bias=self.net.bias)
             )
         return self._initial[0]
 
@@ -272,7 +285,7 @@ class Result:
         return out
 
     def predict(self, X: Any, at: int = -1) -> NDArray[np.float64]:
-        """The network's outputs ``f(x) = kappa sum_i u_i act(w_i . x)`` on new inputs,
+        """The network's outputs ``f(x) = kappa sum_i U_i act(w_i . x + b_i)`` on new inputs,
         from the kept parameters (NumPy; the core's activations, ``relu'(0) = 0``).
 
         Parameters
@@ -286,7 +299,7 @@ class Result:
 
         Returns
         -------
-        array (trajectories, samples)
+        array (trajectories, samples), or (trajectories, samples, outputs) for c >= 2
             A trajectory that did not finish (``status != 0``) gives NaN from ``t_fail``
             on with ``params="all"``, and the outputs of its last state with
             ``params="final"``.
@@ -306,16 +319,21 @@ class Result:
         T = self.times.size
         at = integer(at, "at")
         require(-T <= at < T, "at", f"must index the {T} record times", at)
-        if self.u.ndim == 2:  # params="final": the end of the run only
+        c = self.outputs
+        b = self.b
+        if self.W.ndim == 3:  # params="final": the end of the run only
             require(at % T == T - 1, "at",
                     'must be -1 (the last record time) with record.params="final"', at)
             u, W = self.u, self.W
         else:
             u, W = self.u[:, at], self.W[:, at]
+            b = None if b is None else b[:, at]
         # Contiguous copies: the same bits for params="final" and the last of "all".
-        u = np.ascontiguousarray(u)
+        u = np.ascontiguousarray(u).reshape(u.shape[0], u.shape[1], c)
         W = np.ascontiguousarray(W.reshape(W.shape[0], W.shape[1], d))
         Z = np.einsum("sd,kmd->ksm", x, W)
+        if b is not None:
+            Z = Z + b[:, None, :]
         act = self.net.act
         if act == "relu":
             H = np.maximum(Z, 0.0)
@@ -325,7 +343,10 @@ class Result:
             H = _erf(Z)
         else:
             H = Z
-        out: NDArray[np.float64] = self.net.kappa * np.einsum("ksm,km->ks", H, u)
+        if c == 1:
+            one: NDArray[np.float64] = self.net.kappa * np.einsum("ksm,km->ks", H, u[..., 0])
+            return one
+        out: NDArray[np.float64] = self.net.kappa * np.einsum("ksm,kmc->ksc", H, u)
         return out
 
     def summary(self) -> str:
@@ -357,8 +378,8 @@ class Result:
             ) from None
         vars_: dict[str, Any] = {name: (dims, getattr(self, name)) for name, dims in _DIMS.items()
                                  if getattr(self, name) is not None}
-        d = self.dim
-        vars_["p"] = (("trajectories", "times") + (("dim",) if d > 1 else ()), self.p)
+        extra_p = ("dim", "outputs")[: self.p.ndim - 2]  # p is (.., dim[+1 bias][, outputs])
+        vars_["p"] = (("trajectories", "times") + extra_p, self.p)
         if self.ntk is not None:
             extra = ("dim", "dim_") if self.ntk.ndim == 4 else ()
             vars_["ntk"] = (("trajectories", "times") + extra, self.ntk)

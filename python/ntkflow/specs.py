@@ -20,9 +20,18 @@ def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
 
+def _flag(value: Any, name: str) -> bool:
+    require(isinstance(value, (bool, np.bool_)), name, "must be True or False", value)
+    return bool(value)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TwoLayer:
-    """Two-layer network ``f(x) = kappa * sum_i u_i act(w_i . x)`` (docs/theory.md §0).
+    """Two-layer network ``f(x) = kappa * sum_i U_i act(w_i . x + b_i)`` (docs/theory.md
+    §0, §I).
+
+    The number of outputs c (``U_i`` in R^c) is the number of target columns of the data:
+    one for ``y`` of shape (samples,), c for ``Y`` of shape (samples, c).
 
     Parameters
     ----------
@@ -32,16 +41,22 @@ class TwoLayer:
         Activation.
     kappa : float
         Output scale, > 0.
+    bias : bool
+        A first-layer bias ``b_i`` per unit, trained with ``W`` (learning rate ``eta_w``,
+        decay ``lambda_w``) and drawn at initialisation with its own scale
+        (``Gaussian(s_b=...)``). Needs a ``Dataset``.
     """
 
     width: int
     act: Activation = "linear"
     kappa: float = 1.0
+    bias: bool = False
 
     def __post_init__(self) -> None:
         _set(self, "width", integer(self.width, "width", minimum=1))
         require(self.act in ACTIVATIONS, "act", f"must be one of {ACTIVATIONS}", self.act)
         _set(self, "kappa", real(self.kappa, "kappa", low=0.0, low_open=True))
+        _set(self, "bias", _flag(self.bias, "bias"))
 
 
 class MomentData(NamedTuple):
@@ -165,16 +180,30 @@ DATA_RULE = "must be a LatentLine, Moments or Dataset; for arrays use nf.Dataset
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Dataset:
-    """A training (or test) set ``X`` (samples, dim) and targets ``y`` (samples,).
+    """A training (or test) set: inputs ``X`` (samples, dim) and targets ``y`` (samples,)
+    or ``Y`` (samples, c) for a network with c outputs.
 
     The arrays may be given positionally, ``Dataset(X, y)``, or by keyword.
 
-    A linear network sees it only through its moments, which are computed once (the loss
-    reported is this dataset's own ``1/(2n) sum_j (f(x_j) - y_j)^2``).
+    Parameters
+    ----------
+    X : array (samples, dim)
+        Inputs; (samples,) is read as dim = 1.
+    y : array (samples,) or (samples, c)
+        Targets: real values (square loss), +-1 labels (logistic loss, or square loss with
+        a classification error), or rows on the simplex such as one-hot class vectors
+        (softmax loss). (samples, 1) is read as (samples,).
+    classes : int, optional
+        ``y`` holds integer class labels 0..classes-1: they are stored as one-hot rows
+        (samples, classes), the targets of a network with ``classes`` outputs.
+
+    A linear network with one output sees it only through its moments, which are computed
+    once (the loss reported is this dataset's own ``1/(2n) sum_j (f(x_j) - y_j)^2``).
     """
 
     X: Any
     y: Any
+    classes: int | None = None
     _moments: MomentData | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
@@ -183,10 +212,27 @@ class Dataset:
             X = array(X.reshape(-1, 1), "X", ndim=2)
         n, d = X.shape
         require(n >= 1 and d >= 1, "X", "must have at least one sample and one feature", X)
-        y = array(self.y, "y", ndim=(1, 2))
-        require(y.shape in ((n,), (n, 1)), "y", f"must have shape ({n},) to match X", y)
+        if self.classes is not None:
+            k = integer(self.classes, "classes", minimum=2)
+            y = array(self.y, "y", ndim=(1, 2))
+            require(y.shape in ((n,), (n, 1)), "y",
+                    f"must hold {n} class labels (shape ({n},)) with classes={k}", y)
+            labels = y.reshape(n)
+            require(bool(np.all((labels == np.round(labels)) & (labels >= 0) & (labels < k))),
+                    "y", f"must be integer class labels in 0..{k - 1} (classes={k})", y)
+            y = np.zeros((n, k))
+            y[np.arange(n), labels.astype(np.int64)] = 1.0
+            _set(self, "classes", k)
+        else:
+            y = array(self.y, "y", ndim=(1, 2))
+            require(y.shape[0] == n and (y.ndim == 1 or y.shape[1] >= 1), "y",
+                    f"must have shape ({n},) or ({n}, outputs) to match X", y)
+            if y.ndim == 2 and y.shape[1] == 1:
+                y = y.reshape(n)
+        y = np.ascontiguousarray(y)
+        y.setflags(write=False)
         _set(self, "X", X)
-        _set(self, "y", np.ascontiguousarray(y.reshape(n)))
+        _set(self, "y", y)
         require(bool(np.any(X != 0)), "X", "must not be all zero", X)
 
     @property
@@ -197,7 +243,14 @@ class Dataset:
     def samples(self) -> int:
         return int(self.X.shape[0])
 
+    @property
+    def outputs(self) -> int:
+        """Target columns c: the number of outputs of a network trained on this set."""
+        return 1 if self.y.ndim == 1 else int(self.y.shape[1])
+
     def moments(self) -> MomentData:
+        require(self.outputs == 1, "data",
+                "has several target columns: its moments are for one output", self.outputs)
         if self._moments is None:
             X, y = self.X, self.y
             n = X.shape[0]
@@ -218,16 +271,62 @@ Data = LatentLine | Moments | Dataset
 
 Solver = Literal["euler", "rk4", "dopri5"]
 SOLVERS: tuple[str, ...] = ("euler", "rk4", "dopri5")
+Loss = Literal["square", "logistic", "softmax"]
+LOSSES: tuple[str, ...] = ("square", "logistic", "softmax")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class GradientFlow:
-    """Gradient flow ``du/dt = -eta_u dL/du``, ``dW/dt = -eta_w dL/dW`` on [0, t_max].
+class Objective:
+    """What training minimises, and how fast each layer moves: shared by ``GradientFlow``,
+    ``GradientDescent`` and ``SGD`` (docs/theory.md §I).
 
     Parameters
     ----------
     eta_u, eta_w : float
-        Layer-wise learning rates, >= 0 (0 freezes the layer).
+        Layer-wise learning rates, >= 0 (0 freezes the layer; the biases move with W).
+    lambda_u, lambda_w : float
+        Layer-wise weight decay, >= 0: the objective is
+        ``L + lambda_u/2 ||U||^2 + lambda_w/2 (||W||_F^2 + ||b||^2)``, so the flow is
+        ``dU/dt = -eta_u (dL/dU + lambda_u U)`` and likewise for W; descent steps by
+        ``lr`` times that field. The recorded ``loss`` stays the data loss L. Decay breaks
+        the conservation of ``delta_i``, which then obeys ``d delta_i/dt = -2 eta_u eta_w
+        (lambda_u ||U_i||^2 - lambda_w ||w_i||^2)`` (docs/theory.md §B.5, §E.5). The closed
+        form ``exact.line`` has no decay and refuses it.
+    loss : {"square", "logistic", "softmax"}
+        The per-sample loss of ``L = (1/n) sum_j l(f(x_j), y_j)``: "square"
+        ``1/2 ||f - y||^2``; "logistic" ``log(1 + exp(-y f))`` for one output and +-1
+        labels; "softmax" cross-entropy ``logsumexp(f) - y . f`` for c >= 2 outputs and
+        one-hot (or simplex) targets, e.g. ``Dataset(X, labels, classes=c)``.
+    """
+
+    eta_u: float = 1.0
+    eta_w: float = 1.0
+    lambda_u: float = 0.0
+    lambda_w: float = 0.0
+    loss: Loss = "square"
+
+    def _check_objective(self) -> None:
+        _set(self, "eta_u", real(self.eta_u, "eta_u", low=0.0))
+        _set(self, "eta_w", real(self.eta_w, "eta_w", low=0.0))
+        _set(self, "lambda_u", real(self.lambda_u, "lambda_u", low=0.0))
+        _set(self, "lambda_w", real(self.lambda_w, "lambda_w", low=0.0))
+        require(self.loss in LOSSES, "loss", f"must be one of {LOSSES}", self.loss)
+
+    @property
+    def decay(self) -> bool:
+        """Whether any layer has weight decay."""
+        return self.lambda_u > 0 or self.lambda_w > 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GradientFlow(Objective):
+    """Gradient flow ``du/dt = -eta_u dL/du``, ``dW/dt = -eta_w dL/dW`` on [0, t_max]
+    (plus weight decay, see ``Objective``).
+
+    Parameters
+    ----------
+    eta_u, eta_w, lambda_u, lambda_w, loss
+        The objective and the layer-wise rates: see ``Objective``.
     t_max : float
         Horizon, > 0.
     solver : {"dopri5", "rk4", "euler"}
@@ -256,8 +355,6 @@ class GradientFlow:
     rk4 and euler step across the surfaces with O(dt) error there.
     """
 
-    eta_u: float = 1.0
-    eta_w: float = 1.0
     t_max: float = 10.0
     solver: Solver = "dopri5"
     dt: float = 0.01
@@ -266,8 +363,7 @@ class GradientFlow:
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
-        _set(self, "eta_u", real(self.eta_u, "eta_u", low=0.0))
-        _set(self, "eta_w", real(self.eta_w, "eta_w", low=0.0))
+        self._check_objective()
         _set(self, "t_max", real(self.t_max, "t_max", low=0.0, low_open=True))
         require(self.solver in SOLVERS, "solver", f"must be one of {SOLVERS}", self.solver)
         _set(self, "dt", real(self.dt, "dt", low=0.0, low_open=True))
@@ -278,31 +374,90 @@ class GradientFlow:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class GradientDescent:
-    """Full-batch gradient descent: ``u -= lr * eta_u * dL/du``, ``W -= lr * eta_w * dL/dW``.
+class GradientDescent(Objective):
+    """Full-batch gradient descent: ``u -= lr * eta_u * dL/du``, ``W -= lr * eta_w * dL/dW``
+    (plus weight decay, see ``Objective``).
 
     Record times are step numbers in [0, steps].
+
+    Parameters
+    ----------
+    lr : float
+        Step size, > 0.
+    steps : int
+        Number of steps, >= 1.
+    eta_u, eta_w, lambda_u, lambda_w, loss
+        See ``Objective``.
     """
 
     lr: float = 0.1
     steps: int = 1000
-    eta_u: float = 1.0
-    eta_w: float = 1.0
 
     def __post_init__(self) -> None:
+        self._check_objective()
         _set(self, "lr", real(self.lr, "lr", low=0.0, low_open=True))
         _set(self, "steps", integer(self.steps, "steps", minimum=1))
         # Record times are float64 step numbers, exact up to 2^53.
         require(self.steps <= 2**53, "steps", "must be <= 2**53", self.steps)
-        _set(self, "eta_u", real(self.eta_u, "eta_u", low=0.0))
-        _set(self, "eta_w", real(self.eta_w, "eta_w", low=0.0))
 
     @property
     def t_max(self) -> float:
         return float(self.steps)
 
 
-Training = GradientFlow | GradientDescent
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SGD(Objective):
+    """Minibatch stochastic gradient descent: each step moves the parameters by ``lr``
+    times the flow field of the loss on a batch of ``batch_size`` training samples.
+
+    Batches (and label noise) are drawn in the core from a counter-based generator keyed
+    by (seed, trajectory, step), so a run is the same bit for bit whatever the thread
+    count or chunking; ``nf.sgd_batches`` returns the indices a step uses. Records are
+    taken on the whole training set, without noise. Record times are step numbers.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate, > 0.
+    steps : int
+        Number of steps, 1 <= steps <= 2**32.
+    batch_size : int
+        Samples per step, >= 1 (<= the training samples without replacement).
+    replace : bool
+        Draw each batch with replacement (default: without, a fresh batch every step).
+    label_noise : float
+        Standard deviation of Gaussian noise added to the batch's targets, fresh at every
+        step (label-noise SGD), >= 0. Square loss only.
+    eta_u, eta_w, lambda_u, lambda_w, loss
+        See ``Objective``.
+    """
+
+    lr: float = 0.1
+    steps: int = 1000
+    batch_size: int = 32
+    replace: bool = False
+    label_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._check_objective()
+        _set(self, "lr", real(self.lr, "lr", low=0.0, low_open=True))
+        _set(self, "steps", integer(self.steps, "steps", minimum=1))
+        require(self.steps <= 2**32, "steps",
+                "must be <= 2**32 (the generator's step counter)", self.steps)
+        _set(self, "batch_size", integer(self.batch_size, "batch_size", minimum=1))
+        _set(self, "replace", _flag(self.replace, "replace"))
+        _set(self, "label_noise", real(self.label_noise, "label_noise", low=0.0))
+        require(self.label_noise == 0 or self.loss == "square", "label_noise",
+                f'must be 0 with loss="{self.loss}": noise on the targets is defined for the '
+                "square loss only (labels of the logistic or softmax loss are not real "
+                "values)", self.label_noise)
+
+    @property
+    def t_max(self) -> float:
+        return float(self.steps)
+
+
+Training = GradientFlow | GradientDescent | SGD
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,16 +472,22 @@ class Gaussian:
     correlation : float in [-1, 1] or "copy"
         ``corr(u_i, W_ik)`` (rho0 of docs/theory.md §E.4). "copy" sets
         ``W_ik = s_w/(s_u sqrt d) u_i`` exactly, an init with ``u`` parallel to every
-        column of ``W``.
+        column of ``W``. Both need one output.
+    s_b : float
+        Standard deviation of the first-layer biases, ``b_i ~ N(0, s_b^2)``, >= 0
+        (networks with ``bias=True``; default 0: biases start at zero). They are drawn
+        after U and W, which stay the draws of the same network without bias.
     """
 
     s_u: float = 1.0
     s_w: float = 1.0
     correlation: float | Literal["copy"] = 0.0
+    s_b: float = 0.0
 
     def __post_init__(self) -> None:
         _set(self, "s_u", real(self.s_u, "s_u", low=0.0))
         _set(self, "s_w", real(self.s_w, "s_w", low=0.0))
+        _set(self, "s_b", real(self.s_b, "s_b", low=0.0))
         if self.correlation == "copy":
             require(self.s_u > 0, "s_u", 'must be > 0 with correlation="copy"', self.s_u)
         else:
@@ -336,21 +497,28 @@ class Gaussian:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Params:
-    """Explicit parameters: ``u0`` (trajectories, width), ``W0`` (trajectories, width, dim).
+    """Explicit parameters: ``u0`` (trajectories, width) or (trajectories, width, outputs),
+    ``W0`` (trajectories, width, dim) and, for a network with a bias, ``b0``
+    (trajectories, width) (default zeros).
 
-    ``W0`` of shape (trajectories, width) is read as dim = 1.
+    ``W0`` of shape (trajectories, width) is read as dim = 1; a single trajectory may be
+    given as ``u0`` (width,), ``W0`` (width,) or (width, dim), ``b0`` (width,).
     """
 
     u0: Any
     W0: Any
+    b0: Any = None
 
     def __post_init__(self) -> None:
-        u = array(self.u0, "u0", ndim=(1, 2))
+        u = array(self.u0, "u0", ndim=(1, 2, 3))
         single = u.ndim == 1  # one trajectory: u0 (width,), W0 (width,) or (width, dim)
         if single:
             u = array(u.reshape(1, -1), "u0", ndim=2)
-        n, m = u.shape
-        require(n >= 1 and m >= 1, "u0", "must have shape (trajectories >= 1, width >= 1)", u)
+        n, m = u.shape[:2]
+        require(n >= 1 and m >= 1 and u.size >= 1, "u0",
+                "must have shape (trajectories >= 1, width >= 1[, outputs >= 1])", u)
+        if u.ndim == 3 and u.shape[2] == 1:
+            u = u.reshape(n, m)
         W = array(self.W0, "W0", ndim=(1, 2, 3))
         if single and W.ndim <= 2:
             W = W.reshape(1, W.shape[0], -1)
@@ -360,8 +528,16 @@ class Params:
                 f"must have shape ({n}, {m}, dim) to match u0", W)
         W = np.ascontiguousarray(W)
         W.setflags(write=False)
+        u = np.ascontiguousarray(u)
+        u.setflags(write=False)
         _set(self, "u0", u)
         _set(self, "W0", W)
+        if self.b0 is not None:
+            b = array(self.b0, "b0", ndim=(1, 2)).reshape(-1)
+            require(b.size == n * m, "b0", f"must have shape ({n}, {m}) to match u0", b)
+            b = np.ascontiguousarray(b.reshape(n, m))
+            b.setflags(write=False)
+            _set(self, "b0", b)
 
     @property
     def trajectories(self) -> int:
@@ -375,10 +551,17 @@ class Params:
     def dim(self) -> int:
         return int(self.W0.shape[2])
 
+    @property
+    def outputs(self) -> int:
+        return 1 if self.u0.ndim == 2 else int(self.u0.shape[2])
+
 
 Init = Gaussian | Params
 
-NtkRecord = Literal["auto", "scalar", "matrix", "none"]
+NtkRecord = Literal["auto", "scalar", "matrix", "metrics", "none"]
+# Above this many rows (samples x outputs) "auto" skips the kernel metrics of a network
+# with an activation or several outputs: they cost O(rows^2 width) per record time.
+AUTO_METRICS_ROWS = 2048
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, eq=False)
@@ -392,12 +575,15 @@ class Record:
         by n - 1 log-spaced times from ``t_max * 1e-4`` (``spacing="log"``). An array: any
         strictly increasing times in [0, t_max] (step numbers for gradient descent). The run
         ends at the last record time.
-    ntk : {"auto", "scalar", "matrix", "none"}
+    ntk : {"auto", "scalar", "matrix", "metrics", "none"}
         The linear network's kernel ``kappa^2 (eta_u W^T W + eta_w ||u||^2 I)`` (dim, dim),
         which gives ``K(x, x') = x^T K x'``. "auto": a scalar when dim = 1, else the matrix.
         On a ``Dataset`` the kernel metrics of the training Gram matrix (``ntk_change``,
-        ``kernel_distance``, ``kta``) come with it; for nonlinear activations only "auto"
-        (the metrics, O(samples^2 width) per record time) or "none" apply.
+        ``kernel_distance``, ``kta``) come with it. For a network with an activation or
+        several outputs only "auto", "metrics" or "none" apply: "metrics" computes them
+        always, at O((samples outputs)^2 width) per record time; "auto" only while the
+        Gram matrix has at most 2048 rows (samples x outputs), so that a large dataset is
+        not slowed down by a record nobody asked for.
     params : {None, "final", "all"}
         Keep the parameters at the end, or at every record time (memory checked first).
     loss_below : float, optional
@@ -450,8 +636,8 @@ class Record:
             _set(self, "times", t)
         require(self.spacing in ("linear", "log"), "spacing", 'must be "linear" or "log"',
                 self.spacing)
-        require(self.ntk in ("auto", "scalar", "matrix", "none"), "ntk",
-                'must be "auto", "scalar", "matrix" or "none"', self.ntk)
+        require(self.ntk in ("auto", "scalar", "matrix", "metrics", "none"), "ntk",
+                'must be "auto", "scalar", "matrix", "metrics" or "none"', self.ntk)
         require(self.params in (None, "final", "all"), "params",
                 'must be None, "final" or "all"', self.params)
         if self.loss_below is not None:
@@ -479,7 +665,7 @@ class Record:
 
     def resolve_times(self, train: Training) -> NDArray[np.float64]:
         """The record times for this training run (validated against its horizon)."""
-        discrete = isinstance(train, GradientDescent)
+        discrete = not isinstance(train, GradientFlow)  # descent and SGD count steps
         t_max = train.t_max
         if isinstance(self.times, int):
             n = self.times
@@ -497,7 +683,7 @@ class Record:
             t = np.asarray(self.times, dtype=np.float64)
             if discrete:
                 require(bool(np.all(t == np.round(t))), "times",
-                        "must be whole step numbers for GradientDescent", t)
+                        f"must be whole step numbers for {type(train).__name__}", t)
         require(float(t[-1]) <= t_max, "times",
                 f"must lie in [0, t_max = {t_max:g}] (last record {float(t[-1]):g})", t)
         out = np.ascontiguousarray(t, dtype=np.float64)

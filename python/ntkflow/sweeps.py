@@ -239,6 +239,10 @@ class Task:
             require(isinstance(self.train, GradientFlow) and self.train.eta_u > 0
                     and self.train.eta_w > 0, "train",
                     f"must be a GradientFlow with eta_u, eta_w > 0 for {what}", self.train)
+            for name in ("lambda_u", "lambda_w"):  # the closed form has no weight decay
+                require(getattr(self.train, name) == 0.0, f"train.{name}",
+                        f"must be 0 for {what} (exact.line has no weight decay)",
+                        getattr(self.train, name))
             require(isinstance(self.init, Gaussian), "init", f"must be a Gaussian for {what}",
                     self.init)
         if self.horizon == "train" and self.compute != "exact":
@@ -249,6 +253,10 @@ class Task:
         """Everything that determines the task's numbers, as plain JSON values (arrays by
         content hash). Threads are not part of it: they never change a bit."""
         skip = ("t_max",) if self.horizon == "auto" else ()
+        # Weight decay is described only when on, so that the keys of stores made before it
+        # existed stay valid.
+        skip += tuple(name for name in ("lambda_u", "lambda_w")
+                      if getattr(self.train, name) == 0.0)
         return {
             "format": TASK_FORMAT,
             "net": _describe(self.net),

@@ -46,15 +46,22 @@ struct CancelToken {
 /// The loss is written as L = loss_min + 1/2 r^T Sigma r with r = kappa p - beta,
 /// p = W^T u, beta = Sigma^+ b: algebraically the dataset loss of docs/theory.md §0 but free of
 /// the cancellation in 1/2 kappa^2 p^T Sigma p - kappa p^T b + const near the minimum.
+/// With weight decay the flow descends L + lambda_u/2 ||u||^2 + lambda_w/2 ||W||_F^2:
+/// du/dt = -eta_u (dL/du + lambda_u u), dW/dt = -eta_w (dL/dW + lambda_w W); records keep L.
 struct LinearModel {
   Index width = 1;           ///< m >= 1
   Index dim = 1;             ///< d >= 1
   double kappa = 1.0;        ///< output scale > 0
   double eta_u = 1.0;        ///< learning rate of u, >= 0
   double eta_w = 1.0;        ///< learning rate of W, >= 0
+  double lambda_u = 0.0;     ///< weight decay of u, >= 0
+  double lambda_w = 0.0;     ///< weight decay of W, >= 0
   const double* sigma = nullptr;  ///< (dim, dim) symmetric PSD second moment
   const double* beta = nullptr;   ///< (dim,) minimum-norm solution of Sigma beta = b
   double loss_min = 0.0;          ///< L* >= 0
+  /// Outputs c of the network whose records a Recorder writes (the dataset path): p is then
+  /// W^T U (dim x c) and the (dim, dim) NTK record exists only for c = 1.
+  Index outputs = 1;
 };
 
 /// How initial parameters are obtained.
@@ -64,9 +71,16 @@ struct InitSpec {
   double s_w = 1.0;             ///< W_ik ~ N(0, s_w^2 / d)
   double correlation = 0.0;     ///< corr(u_i, W_ik) in [-1, 1]
   bool copy = false;            ///< W_ik = s_w / (s_u sqrt(d)) u_i exactly
+  Index outputs = 1;            ///< c: U (width, c) from normals [0, m c) times s_u;
+                                ///< correlation and copy need c = 1
+  /// The last column of W is a first-layer bias (the inputs carry a constant 1 there):
+  /// b_i = s_b * normal m c + m (dim - 1) + i, drawn after the weights, which keep the
+  /// draws and the s_w / sqrt(dim - 1) scale of the network without bias.
+  bool bias = false;
+  double s_b = 0.0;
   std::uint64_t seed = 0;
   Index first_trajectory = 0;   ///< global index of the first trajectory of this call
-  const double* u0 = nullptr;   ///< (trajectories, width) when given
+  const double* u0 = nullptr;   ///< (trajectories, width, outputs) when given
   const double* w0 = nullptr;   ///< (trajectories, width, dim) when given
 };
 

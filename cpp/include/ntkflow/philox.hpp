@@ -47,6 +47,9 @@ class Philox {
     return {r * std::cos(phi), r * std::sin(phi)};
   }
 
+  /// Normal number q of this stream.
+  double normals_at(std::uint64_t q) const { return normal_pair(q >> 1)[q & 1]; }
+
   /// Writes normals [first, first + n) of this stream into out (one Box-Muller per pair).
   void normals(std::uint64_t first, std::uint64_t n, double* out) const {
     std::uint64_t j = first;
