@@ -414,7 +414,12 @@ def _kernel_change_scores(result: Result, required: bool) -> dict[str, NDArray[n
     """rho_T and rho_star from ntk_change or the (dim, dim) kernel record; NaN when
     neither was recorded and the kernel test does not need them."""
     change = getattr(result, "ntk_change", None)
-    if change is None and getattr(result, "ntk", None) is None and not required:
+    if change is None and getattr(result, "ntk", None) is None:
+        require(not required, "result",
+                "has no NTK change to classify by: record it (Record(ntk='auto' or "
+                "'metrics') on the samples, path='data') or the linearised twin "
+                "(Record(linearized=True)) for the test of docs/theory.md §E.5",
+                "no ntk_change, ntk or lin_gap")
         nan = np.full(result.trajectories, np.nan)
         return {"rho_T": nan, "rho_star": nan.copy()}
     rho = (np.asarray(change, dtype=np.float64) if change is not None
