@@ -199,3 +199,58 @@ def test_missing_ntk_record_is_a_clear_error() -> None:
                       record=nf.Record(times=3, ntk="none"))
     with pytest.raises(ValueError, match="NTK"):
         nf.classify(res)
+
+
+def _relu_ensemble(width, linearized=True, test=False):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 3))
+    y = np.sin(X @ rng.normal(size=3))
+    held = None
+    if test:
+        Xt = rng.normal(size=(30, 3))
+        held = nf.Dataset(Xt, np.sin(Xt @ rng.normal(size=3)))
+    net = nf.TwoLayer(width=width, act="relu", kappa=width ** -0.5)
+    return nf.simulate(net, nf.Dataset(X, y), nf.GradientFlow(t_max=30.0), trajectories=16,
+                       seed=1, record=nf.Record(times=60, spacing="log",
+                                                linearized=linearized, test=held))
+
+
+def test_twin_decides_the_kernel_label_of_relu_networks():
+    """docs/theory.md §E.5: at NTK parametrization a width-256 relu network moves its NTK
+    by rho* ~ 0.07 > eps (the rho test calls all 16 seeds "rescaling") while staying
+    within delta_lin ~ 0.04 < eps_lin of its linearised twin: most are "kernel"."""
+    res = _relu_ensemble(256, test=True)
+    by_twin = nf.classify(res)
+    by_rho = nf.classify(res, kernel_test="rho")
+    assert by_twin.kernel_test == "delta_lin" and by_rho.kernel_test == "rho_star"
+    assert by_rho.counts["kernel"] == 0
+    assert by_twin.counts["kernel"] >= 12
+    d = by_twin.scores["delta_lin"]
+    np.testing.assert_array_equal(d, res.delta_lin()[:, -1])
+    np.testing.assert_array_equal(by_twin.labels == "kernel", d < 0.05)
+    # Every score side by side, the twin's on the test set too.
+    for name in ("rho_star", "delta_lin_T", "test_delta_lin", "test_loss_gap", "kta_T"):
+        assert np.all(np.isfinite(by_twin.scores[name])), name
+    assert "delta_lin < eps_lin=0.05" in by_twin.summary()
+
+
+def test_relu_without_twin_falls_back_to_rho_with_a_note():
+    res = _relu_ensemble(64, linearized=False)
+    c = nf.classify(res)
+    assert c.kernel_test == "rho_star" and "Record(linearized=True)" in c.summary()
+    with pytest.raises(ValueError, match="kernel_test"):
+        nf.classify(res, kernel_test="delta_lin")
+    with pytest.raises(ValueError, match="eps_lin"):
+        nf.classify(res, eps_lin=0.0)
+
+
+def test_linear_networks_keep_the_rho_test_with_a_twin():
+    """Model A and §B keep §E.2: a recorded twin is reported, not used, unless forced."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(15, 2))
+    res = nf.simulate(nf.TwoLayer(width=32, kappa=32 ** -0.5), nf.Dataset(X, X[:, 0]),
+                      nf.GradientFlow(t_max=20.0), trajectories=8,
+                      record=nf.Record(times=40, spacing="log", linearized=True))
+    c = nf.classify(res)
+    assert c.kernel_test == "rho_star" and "delta_lin" in c.scores
+    assert nf.classify(res, kernel_test="delta_lin").kernel_test == "delta_lin"

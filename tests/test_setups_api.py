@@ -137,3 +137,16 @@ def test_linear_moments_path_with_outputs_and_bias_equals_the_samples(c, bias):
         assert np.max(np.abs(a - b)) <= 1e-12 * max(np.max(np.abs(b)), 1.0), name
     if c > 1:
         assert mom.ntk_change is None  # a (samples c)^2 kernel is not a moment
+
+
+def test_exact_line_refuses_what_model_a_is_not():
+    X = np.linspace(-1, 1, 9)
+    for kw, name in ((dict(net=nf.TwoLayer(width=3, bias=True)), "net.bias"),
+                     (dict(train=nf.GradientFlow(loss="logistic")), "train.loss"),
+                     (dict(data=nf.Dataset(X, np.stack([X, -X], 1))), "data")):
+        args = dict(net=nf.TwoLayer(width=3), data=nf.Dataset(X, np.sign(X + 0.1)),
+                    train=nf.GradientFlow())
+        args.update(kw)
+        params = nf.initial_params(nf.TwoLayer(width=3), trajectories=1, dim=1)
+        with pytest.raises(ValueError, match=name):
+            nf.exact.line(params, args["net"], args["data"], args["train"])

@@ -302,3 +302,34 @@ def test_cli_run_with_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
                  "--store", str(store)]) == 2
     assert "trajectories is 8 in the store, 9 now" in capsys.readouterr().err
+
+
+def test_keys_describe_new_spec_fields_only_when_set():
+    """Fields added after the first task format (bias, loss, s_b, classes, weight decay)
+    are left out of a task's description at their defaults, so older stores keep their
+    keys; set, they change the key."""
+    base = nf.Task(net=nf.TwoLayer(width=4), data=nf.LatentLine(),
+                   train=nf.GradientFlow(t_max=1.0), trajectories=2)
+    desc = base.describe()
+    assert "bias" not in desc["net"] and "s_b" not in desc["init"]
+    assert not {"loss", "lambda_u", "lambda_w"} & set(desc["train"])
+    other = nf.Task(net=nf.TwoLayer(width=4), data=nf.LatentLine(),
+                    train=nf.GradientFlow(t_max=1.0, lambda_w=0.1), trajectories=2)
+    assert other.key != base.key and other.describe()["train"]["lambda_w"] == 0.1
+
+
+def test_sweep_runs_relu_sgd_tasks_with_the_twin_test():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(24, 3))
+    data = nf.Dataset(X, np.sin(X[:, 0]))
+    tasks = [nf.Task(net=nf.TwoLayer(width=w, act="relu", kappa=w ** -0.5), data=data,
+                     train=nf.SGD(lr=0.5, steps=200, batch_size=8), trajectories=3,
+                     record=nf.Record(times=11, linearized=True)) for w in (16, 64)]
+    outs = nf.sweep(tasks)
+    for task, out in zip(tasks, outs):
+        direct = nf.simulate(task.net, data, task.train, trajectories=3,
+                             record=task.record)
+        np.testing.assert_array_equal(out["final_loss"], direct.loss[:, -1])
+        c, d = out.classification(), nf.classify(direct)
+        assert c.kernel_test == d.kernel_test == "delta_lin"
+        np.testing.assert_array_equal(c.labels, d.labels)

@@ -60,8 +60,15 @@ def line(source: Params | Result, net: TwoLayer, data: Data, train: Training) ->
     from ._exact_line import line_solution
 
     require(net.act == "linear", "net.act", 'must be "linear" for the exact solution', net.act)
+    require(not net.bias, "net.bias", "must be False for exact.line (model A has no bias)",
+            net.bias)
     require(data.dim == 1, "data", "must be one-dimensional (dim = 1) for exact.line",
             data.dim)
+    require(getattr(data, "outputs", 1) == 1, "data",
+            "must have one target column for exact.line (model A has one output)",
+            getattr(data, "outputs", 1))
+    require(train.loss == "square", "train.loss",
+            'must be "square" for exact.line (model A is the square loss)', train.loss)
     require(isinstance(train, GradientFlow), "train",
             "must be a GradientFlow (the closed form is of the flow, not of descent)", train)
     assert isinstance(train, GradientFlow)

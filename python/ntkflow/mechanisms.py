@@ -15,6 +15,13 @@ Labels (rule of §E.2, defaults eps = 0.05, tau = 0.1)::
 
 plus "failed" for trajectories whose status is not ok (diverged, step limit); those are
 kept in ``labels`` but excluded from ``fractions`` and ``summary()``.
+
+For networks with an activation the kernel test is §E.5's instead: ``delta_lin < eps_lin``,
+the largest distance of the network from its linearised twin (``Record(linearized=True)``)
+relative to the initial residual; the rest of the rule is unchanged. ``rho*`` falls only
+about as width^-1/2 for such networks at NTK parametrization, so a fixed eps on it calls
+wide, lazy networks feature learners. Linear networks (model A and §B, whose NTK change
+falls as width^-1) keep ``rho*``. ``Classification.kernel_test`` says which decided.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ FAILED = "failed"
 SCORE_NAMES: tuple[str, ...] = (
     "rho_T", "rho_star", "a_0", "a_T", "a_min", "drop", "rise", "delta_a", "log_scale",
 )
+KERNEL_TESTS: tuple[str, ...] = ("auto", "rho", "delta_lin")
 """Scores every classification has (docs/theory.md §E.1), each of shape (trajectories,):
 
 rho_T      relative NTK change at the end, ``||K_T - K_0||_F / ||K_0||_F``
@@ -49,6 +57,14 @@ a_min      its path minimum
 drop, rise ``a_0 - a_min`` and ``a_T - a_min`` (both >= 0)
 delta_a    ``a_T - a_0``
 log_scale  ``log((||u|| ||W||_F)_T / (||u|| ||W||_F)_0)``: change of the weights' scale
+
+With a linearised twin recorded (``Record(linearized=True)``) also:
+
+delta_lin    ``max_t ||f_t - f_lin,t|| / ||f_0 - y||`` on the training inputs (§E.5)
+delta_lin_T  the same distance at the end
+and with a test set: ``test_delta_lin`` (on the test inputs) and ``test_loss_gap``,
+``test_loss - test_loss_lin`` at the end (> 0: the network generalises worse than its
+kernel predictor).
 """
 
 Rule = Literal["path", "endpoint"]
@@ -77,7 +93,9 @@ def label_scores(
     eps: float,
     tau: float,
 ) -> NDArray[np.str_]:
-    """The rule of docs/theory.md §E.2 applied element-wise (no status handling)."""
+    """The rule of docs/theory.md §E.2 applied element-wise (no status handling).
+    ``rho_star`` is the kernel test's score (``delta_lin`` under §E.5's test) and ``eps``
+    its threshold."""
     lab = np.where(
         rho_star < eps,
         "kernel",
@@ -122,6 +140,11 @@ class Classification:
         "record" (from a simulated Result's record times) or "exact" (model A at t = inf).
     rule : str
         "path" (docs/theory.md §E.2) or "endpoint".
+    kernel_test : str
+        The score that decided "kernel": "rho_star" (``rho* < eps``, §E.2) or "delta_lin"
+        (``delta_lin < eps_lin``, §E.5); "rho_T" / "delta_lin_T" under the endpoint rule.
+    eps_lin : float
+        Threshold of the twin test (used when kernel_test is delta_lin).
     """
 
     labels: NDArray[np.str_]
@@ -132,6 +155,8 @@ class Classification:
     source: str
     rule: str = "path"
     notes: tuple[str, ...] = field(default=())
+    kernel_test: str = "rho_star"
+    eps_lin: float = 0.05
 
     @property
     def trajectories(self) -> int:
@@ -187,9 +212,12 @@ class Classification:
         total = int(np.sum(self.ok))
         ivals = self.intervals(level)
         pct = f"{100 * level:g}%"
+        test = (f"{self.kernel_test} < eps_lin={self.eps_lin:g}"
+                if self.kernel_test.startswith("delta_lin")
+                else f"{self.kernel_test} < eps={self.eps:g}")
         lines = [
             f"{self.trajectories} trajectories ({self.source}, {self.rule} rule, "
-            f"eps={self.eps:g}, tau={self.tau:g}); {self.failed} failed, excluded",
+            f"kernel if {test}, tau={self.tau:g}); {self.failed} failed, excluded",
             f"{'label':<14}{'count':>7}{'fraction':>10}   {pct} Wilson interval",
         ]
         for name in LABELS:
@@ -219,21 +247,29 @@ def _finish(
     source: str,
     rule: Rule,
     notes: tuple[str, ...] = (),
+    twin: bool = False,
+    eps_lin: float = 0.05,
 ) -> Classification:
+    """Labels from the scores; `twin`: the kernel test is delta_lin < eps_lin (§E.5)."""
     require(rule in ("path", "endpoint"), "rule", 'must be "path" or "endpoint"', rule)
-    finite = np.all([np.isfinite(scores[k]) for k in ("rho_star", "drop", "rise")], axis=0)
+    path = rule == "path"
+    test = ("delta_lin" if twin else "rho_star") if path else ("delta_lin_T" if twin
+                                                                else "rho_T")
+    level = eps_lin if twin else eps
+    needed = (test, "drop", "rise") if path else (test, "delta_a")
+    finite = np.all([np.isfinite(scores[k]) for k in needed], axis=0)
     ok = np.asarray(ok & finite)
-    if rule == "path":
-        lab = label_scores(scores["rho_star"], scores["drop"], scores["rise"], eps=eps, tau=tau)
+    if path:
+        lab = label_scores(scores[test], scores["drop"], scores["rise"], eps=level, tau=tau)
     else:
-        lab = _endpoint_labels(scores["rho_T"], scores["delta_a"], eps=eps, tau=tau)
+        lab = _endpoint_labels(scores[test], scores["delta_a"], eps=level, tau=tau)
     lab = np.where(ok, lab, FAILED).astype("<U12")
     out = {k: np.where(ok, np.asarray(v, dtype=np.float64), np.nan) for k, v in scores.items()}
     for v in out.values():
         v.setflags(write=False)
     lab.setflags(write=False)
     ok.setflags(write=False)
-    return Classification(lab, out, ok, eps, tau, source, rule, notes)
+    return Classification(lab, out, ok, eps, tau, source, rule, notes, test, eps_lin)
 
 
 def _alignment_scores(a: NDArray[np.float64]) -> dict[str, NDArray[np.float64]]:
@@ -292,30 +328,40 @@ def classify(
     tau: float = 0.1,
     *,
     rule: Rule = "path",
+    eps_lin: float = 0.05,
+    kernel_test: Literal["auto", "rho", "delta_lin"] = "auto",
 ) -> Classification:
     """Label each trajectory of a simulated ensemble by its feature-learning mechanism.
 
     Parameters
     ----------
     result : Result
-        Any ensemble with an NTK record. Scores are taken over its record times, so path
-        extremes are only as good as the grid: record on a log grid fine enough to
-        resolve the NTK and alignment dip (e.g. ``Record(times=200, spacing="log")``) and
-        run until the loss has converged (docs/theory.md §E.2). For model A,
-        ``classify_exact`` gives the exact extremes at t = inf instead.
+        Any ensemble with an NTK record or a linearised twin. Scores are taken over its
+        record times, so path extremes are only as good as the grid: record on a log grid
+        fine enough to resolve the NTK and alignment dip (e.g.
+        ``Record(times=200, spacing="log")``) and run until the loss has converged
+        (docs/theory.md §E.2). For model A, ``classify_exact`` gives the exact extremes at
+        t = inf instead.
     eps : float
-        NTK threshold: ``rho* < eps`` is the kernel regime, > 0.
+        NTK threshold: ``rho* < eps`` is the kernel regime (linear networks), > 0.
     tau : float
         Alignment threshold in [0, 1].
     rule : {"path", "endpoint"}
         "path" is docs/theory.md §E.2 (``rho*`` and the alignment dip); "endpoint" the
         simple rule on ``rho_T`` and ``a_T - a_0`` it is compared with.
+    eps_lin : float
+        Threshold of the twin test, ``delta_lin < eps_lin`` is the kernel regime, > 0.
+    kernel_test : {"auto", "rho", "delta_lin"}
+        "auto": the twin test (docs/theory.md §E.5) for a network with an activation that
+        recorded its linearised twin (``Record(linearized=True)``), ``rho*`` for linear
+        networks (model A and §B, as in §E.2). "rho" and "delta_lin" force one.
 
     Returns
     -------
     Classification
         Trajectories whose status is not ok are labelled "failed" and left out of the
-        fractions.
+        fractions. ``kernel_test`` names the score that decided "kernel"; every score is
+        in ``scores`` side by side.
 
     Notes
     -----
@@ -323,28 +369,29 @@ def classify(
     Gram matrix, (trajectories, times); nonlinear networks, §E.5) it is used for
     ``rho``; a ``kta`` record (kernel-target alignment, (trajectories, times)) is
     reported as ``kta_0``, ``kta_T`` and ``delta_kta`` beside the label, never in it.
+    A network with an activation classified without its twin falls back to ``rho*``,
+    with a note: that test calls wide, lazy networks feature learners.
     The alignment is ``result.alignment`` as recorded; for data on a line in dim > 1
     §E.1 asks for ``W e`` instead of ``W``, which this does not do.
     """
     eps, tau = _check_thresholds(eps, tau)
+    eps_lin = real(eps_lin, "eps_lin", low=0.0, low_open=True)
+    require(kernel_test in KERNEL_TESTS, "kernel_test", f"must be one of {KERNEL_TESTS}",
+            kernel_test)
     require(hasattr(result, "alignment") and hasattr(result, "status"), "result",
             "must be a Result", result)
-    change = getattr(result, "ntk_change", None)
-    rho = (np.asarray(change, dtype=np.float64) if change is not None
-           else _ntk_change(result))
-    require(rho.ndim == 2 and rho.shape[0] == result.trajectories, "result.ntk_change",
-            "must have shape (trajectories, times)", rho.shape)
-    a = np.asarray(result.alignment, dtype=np.float64)
-    scores = _alignment_scores(a)
-    with np.errstate(invalid="ignore"):
-        scores["rho_T"] = rho[:, -1]
-        scores["rho_star"] = np.max(rho, axis=1)
-        # In logs: ||u||^2 ||W||^2 overflows for runs far out (finite) on a divergence.
-        with np.errstate(divide="ignore"):
-            log_scale = (np.log(np.asarray(result.norm_u2, dtype=np.float64))
-                         + np.log(np.asarray(result.norm_w2, dtype=np.float64)))
-            scores["log_scale"] = 0.5 * (log_scale[:, -1] - log_scale[:, 0])
+    gap = getattr(result, "lin_gap", None)
+    linear = getattr(getattr(result, "net", None), "act", "linear") == "linear"
+    twin = kernel_test == "delta_lin" or (kernel_test == "auto" and not linear
+                                          and gap is not None)
+    require(not twin or gap is not None, "kernel_test",
+            '"delta_lin" needs the linearised twin: simulate with Record(linearized=True)',
+            kernel_test)
     notes: list[str] = []
+    scores = _alignment_scores(np.asarray(result.alignment, dtype=np.float64))
+    scores.update(_kernel_change_scores(result, required=not twin))
+    scores.update(_scale_scores(result))
+    scores.update(_twin_scores(result))
     kta = getattr(result, "kta", None)
     if kta is not None:
         k = np.asarray(kta, dtype=np.float64)
@@ -352,11 +399,59 @@ def classify(
         scores["kta_T"] = k[:, -1]
         scores["delta_kta"] = k[:, -1] - k[:, 0]
         notes.append("kernel-target alignment (kta_*) is reported, not used in the label")
+    if not linear and not twin:
+        notes.append(f"kernel test by rho* for act={result.net.act!r}: record the "
+                     "linearised twin (Record(linearized=True)) for the test of "
+                     "docs/theory.md §E.5, delta_lin < eps_lin")
     if result.times.size < 3:
         notes.append(f"only {result.times.size} record times: path extremes unresolved")
     ok = np.asarray(result.status == 0)
     return _finish(scores, ok, eps=eps, tau=tau, source="record", rule=rule,
-                   notes=tuple(notes))
+                   notes=tuple(notes), twin=twin, eps_lin=eps_lin)
+
+
+def _kernel_change_scores(result: Result, required: bool) -> dict[str, NDArray[np.float64]]:
+    """rho_T and rho_star from ntk_change or the (dim, dim) kernel record; NaN when
+    neither was recorded and the kernel test does not need them."""
+    change = getattr(result, "ntk_change", None)
+    if change is None and getattr(result, "ntk", None) is None:
+        require(not required, "result",
+                "has no NTK change to classify by: record it (Record(ntk='auto' or "
+                "'metrics') on the samples, path='data') or the linearised twin "
+                "(Record(linearized=True)) for the test of docs/theory.md §E.5",
+                "no ntk_change, ntk or lin_gap")
+        nan = np.full(result.trajectories, np.nan)
+        return {"rho_T": nan, "rho_star": nan.copy()}
+    rho = (np.asarray(change, dtype=np.float64) if change is not None
+           else _ntk_change(result))
+    require(rho.ndim == 2 and rho.shape[0] == result.trajectories, "result.ntk_change",
+            "must have shape (trajectories, times)", rho.shape)
+    with np.errstate(invalid="ignore"):
+        return {"rho_T": rho[:, -1], "rho_star": np.max(rho, axis=1)}
+
+
+def _scale_scores(result: Result) -> dict[str, NDArray[np.float64]]:
+    # In logs: ||u||^2 ||W||^2 overflows for runs far out (finite) on a divergence.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_scale = (np.log(np.asarray(result.norm_u2, dtype=np.float64))
+                     + np.log(np.asarray(result.norm_w2, dtype=np.float64)))
+        return {"log_scale": 0.5 * (log_scale[:, -1] - log_scale[:, 0])}
+
+
+def _twin_scores(result: Result) -> dict[str, NDArray[np.float64]]:
+    """delta_lin (path maximum) and delta_lin_T of the training inputs, and on a test set
+    test_delta_lin and the final test-loss gap to the twin (docs/theory.md §E.5)."""
+    out: dict[str, NDArray[np.float64]] = {}
+    if getattr(result, "lin_gap", None) is None:
+        return out
+    path = result.delta_lin()
+    out["delta_lin"] = path[:, -1]
+    out["delta_lin_T"] = np.asarray(result.lin_gap, dtype=np.float64)[:, -1]
+    if getattr(result, "test_lin_gap", None) is not None:
+        out["test_delta_lin"] = result.delta_lin(test=True)[:, -1]
+    if getattr(result, "test_loss", None) is not None and result.test_loss_lin is not None:
+        out["test_loss_gap"] = result.test_loss[:, -1] - result.test_loss_lin[:, -1]
+    return out
 
 
 def exact_scores(solution: LineSolution) -> tuple[dict[str, NDArray[np.float64]],

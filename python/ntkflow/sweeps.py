@@ -51,6 +51,7 @@ from .specs import (
     Moments,
     Params,
     Record,
+    SGD,
     Training,
     TwoLayer,
 )
@@ -129,13 +130,27 @@ def _value(v: Any) -> Any:
     raise TypeError(f"cannot describe a spec field of type {type(v).__name__}")
 
 
+# Spec fields added after TASK_FORMAT 1, with the value that means "as before they
+# existed": described only when set otherwise, so that the keys of older stores stay valid.
+_ADDED_FIELDS: dict[str, Any] = {"bias": False, "loss": "square", "s_b": 0.0,
+                                 "classes": None, "lambda_u": 0.0, "lambda_w": 0.0}
+
+
 def _describe(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": type(obj).__name__}
     for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
         if f.name.startswith("_") or f.name in skip:
             continue
-        out[f.name] = _value(getattr(obj, f.name))
+        if f.name in _ADDED_FIELDS and _same(value, _ADDED_FIELDS[f.name]):
+            continue
+        out[f.name] = _value(value)
     return out
+
+
+def _same(value: Any, default: Any) -> bool:
+    return value is default if default is None else (
+        type(value) is type(default) and value == default)
 
 
 def flatten(desc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -211,8 +226,8 @@ class Task:
         require(isinstance(self.net, TwoLayer), "net", "must be a TwoLayer", self.net)
         require(isinstance(self.data, (LatentLine, Moments, Dataset)), "data", DATA_RULE,
                 self.data)
-        require(isinstance(self.train, (GradientFlow, GradientDescent)), "train",
-                "must be a GradientFlow or GradientDescent", self.train)
+        require(isinstance(self.train, (GradientFlow, GradientDescent, SGD)), "train",
+                "must be a GradientFlow, GradientDescent or SGD", self.train)
         require(isinstance(self.init, (Gaussian, Params)), "init",
                 "must be a Gaussian or Params", self.init)
         require(isinstance(self.record, Record), "record", "must be a Record", self.record)
@@ -253,10 +268,6 @@ class Task:
         """Everything that determines the task's numbers, as plain JSON values (arrays by
         content hash). Threads are not part of it: they never change a bit."""
         skip = ("t_max",) if self.horizon == "auto" else ()
-        # Weight decay is described only when on, so that the keys of stores made before it
-        # existed stay valid.
-        skip += tuple(name for name in ("lambda_u", "lambda_w")
-                      if getattr(self.train, name) == 0.0)
         return {
             "format": TASK_FORMAT,
             "net": _describe(self.net),
@@ -345,6 +356,8 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
     out["notes"] = np.array(list(c.notes), dtype=str)
     out["eps"] = np.float64(c.eps)
     out["tau"] = np.float64(c.tau)
+    out["kernel_test"] = np.str_(c.kernel_test)
+    out["eps_lin"] = np.float64(c.eps_lin)
     out["key"] = np.str_(task.key)
     out["spec"] = np.str_(json.dumps(task.describe(), allow_nan=False))
     out["isa"] = np.str_(_core.ISA)
@@ -382,9 +395,12 @@ class TaskOutput:
         ok = np.array(a["ok"], dtype=bool)
         labels.setflags(write=False)
         ok.setflags(write=False)
+        # Stores written before the twin test always used rho* (path rule) or rho_T.
+        rho = "rho_star" if str(a["rule"]) == "path" else "rho_T"
         return Classification(labels, scores, ok, float(a["eps"]), float(a["tau"]),
                               str(a["classification_source"]), str(a["rule"]),
-                              tuple(str(s) for s in a["notes"].tolist()))
+                              tuple(str(s) for s in a["notes"].tolist()),
+                              str(a.get("kernel_test", rho)), float(a.get("eps_lin", 0.05)))
 
     def result(self) -> Result:
         """The simulated ``Result`` (``compute="records"`` only)."""
