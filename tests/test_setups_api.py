@@ -150,3 +150,25 @@ def test_exact_line_refuses_what_model_a_is_not():
         params = nf.initial_params(nf.TwoLayer(width=3), trajectories=1, dim=1)
         with pytest.raises(ValueError, match=name):
             nf.exact.line(params, args["net"], args["data"], args["train"])
+
+
+def test_sgd_batch_larger_than_the_data_with_replacement():
+    """Drawn with replacement a batch may hold more rows than the training set: the core
+    sizes its buffers for them (this overflowed the heap before). One step of a relu
+    network against NumPy on the same batch (1e-13)."""
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(24, 3)), rng.normal(size=24)
+    p = nf.initial_params(nf.TwoLayer(width=16), trajectories=3, seed=1, dim=3)
+    train = nf.SGD(lr=0.05, steps=1, batch_size=30, replace=True)
+    res = nf.simulate(nf.TwoLayer(width=16, act="relu", kappa=0.25), nf.Dataset(X, y), train,
+                      init=p, seed=2, record=nf.Record(times=[0, 1], params="final"))
+    for k in range(3):
+        idx = nf.sgd_batches(2, k, 0, samples=24, batch_size=30, replace=True)
+        Z = X[idx] @ p.W0[k].T
+        r = 0.25 * np.maximum(Z, 0) @ p.u0[k] - y[idx]
+        gu = 0.25 * np.maximum(Z, 0).T @ r / 30
+        np.testing.assert_allclose(res.u[k], p.u0[k] - 0.05 * gu, rtol=1e-13, atol=1e-15)
+    longer = nf.simulate(nf.TwoLayer(width=16, act="tanh"), nf.Dataset(X, y),
+                         nf.SGD(lr=0.05, steps=50, batch_size=100, replace=True),
+                         trajectories=4, record=nf.Record(times=3))
+    assert np.all(longer.status == 0)

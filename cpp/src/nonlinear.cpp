@@ -253,8 +253,11 @@ class NetworkThread {
         first_(init.first_trajectory) {
     const bool linear = net.act == Activation::linear;
     const bool multi = c_ > 1;
-    // Feature buffers serve the gradient (Z/H and S/B, n x m) and the Gram features.
-    Index feat = linear ? 0 : n_ * m_;
+    // Rows a field evaluation sees: the samples, or a minibatch, which may be larger when
+    // drawn with replacement.
+    const Index rows = sgd_ ? std::max(n_, data.batch) : n_;
+    // Feature buffers serve the gradient (Z/H and S/B, rows x m) and the Gram features.
+    Index feat = linear ? 0 : rows * m_;
     if (!multi) {
       if (plan_.any_gram()) feat = std::max(feat, gram_feature_size(net, n_));
       if (plan_.probe_gram) feat = std::max(feat, gram_feature_size(net, kr.n_probe));
@@ -264,8 +267,9 @@ class NetworkThread {
     if (plan_.test && !linear) feat = std::max(feat, nt_ * m_);  // test pre-activations
     hs_.resize(static_cast<std::size_t>(feat));
     gs_.resize(static_cast<std::size_t>(linear ? 0 : feat));
-    if ((multi && !linear) || is_piecewise(net, sched)) e_.resize(static_cast<std::size_t>(n_ * m_));
-    f_.resize(static_cast<std::size_t>(nc_));
+    if ((multi && !linear) || is_piecewise(net, sched))
+      e_.resize(static_cast<std::size_t>(rows * m_));
+    f_.resize(static_cast<std::size_t>(rows * c_));
     ky_.resize(static_cast<std::size_t>(nc_));
     p_.resize(static_cast<std::size_t>(d_ * c_));
     cv_.resize(static_cast<std::size_t>(d_ * c_));
@@ -318,7 +322,7 @@ class NetworkThread {
       perm_.resize(static_cast<std::size_t>(n_));
       for (Index j = 0; j < n_; ++j) perm_[j] = j;
     }
-    reserve_gradient_gemm(gemm_, net, n_);
+    reserve_gradient_gemm(gemm_, net, rows);
     if (plan_.test) reserve_test_gemm(gemm_, net, nt_);
     if (multi) {
       if (plan_.any_gram()) ogram_.reserve(net, n_, n_);
@@ -1261,15 +1265,16 @@ double network_workspace_bytes(const Network& net, Index samples, Index n_probe,
   const bool any_gram = gram || metrics || linearized;
   const bool test_lin = linearized && n_test > 0;
   const bool probe_gram = gram && n_probe > 0;
-  double feat = linear ? 0.0 : n * m;
+  const double rows = std::max(n, b);  // a minibatch drawn with replacement may be larger
+  double feat = linear ? 0.0 : rows * m;
   if (!multi) {  // one output: the Gram features share the gradient's buffers
     if (any_gram) feat = std::max(feat, linear ? n * d : n * m);
     if (probe_gram) feat = std::max(feat, linear ? np * d : np * m);
     if (test_lin) feat = std::max(feat, (linear ? d : m) * (nt + n));
   }
   if (n_test > 0 && !linear) feat = std::max(feat, nt * m);
-  double doubles = (linear ? 1.0 : 2.0) * feat + 2.0 * N + 2.0 * d * c + d * d;
-  if (multi && !linear) doubles += n * m;  // E = R U^T
+  double doubles = (linear ? 1.0 : 2.0) * feat + rows * c + N + 2.0 * d * c + d * d;
+  if (multi && !linear) doubles += rows * m;  // E = R U^T
   doubles += 10.0 * m * (c + d);  // state and integrator stages
   doubles += m * (c + d);         // initial parameters
   doubles += 2.0 * m;             // per-neuron delta_i(0) and delta_i(t)
@@ -1285,7 +1290,7 @@ double network_workspace_bytes(const Network& net, Index samples, Index n_probe,
   if (pattern) bytes += n * m + m;
   // GEMM packing space, measured on the same reservations the thread makes.
   detail::Gemm gradient = detail::Gemm::meter();
-  detail::reserve_gradient_gemm(gradient, net, samples);
+  detail::reserve_gradient_gemm(gradient, net, std::max(samples, batch));
   detail::reserve_test_gemm(gradient, net, n_test);
   bytes += 8.0 * static_cast<double>(gradient.reserved_doubles());
   if (multi) {
