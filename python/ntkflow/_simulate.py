@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core, _memory
+from ._initial import check_outputs_init, core_start, draw_initial
 from ._progress import TrajectoryProgress
 from ._validate import integer, require
 from .result import Result
@@ -33,79 +34,6 @@ _METHODS = {"full": "fused", "stagewise": "stagewise", "reduced": "reduced"}
 Path = Literal["auto", "moments", "data"]
 
 
-def _init_spec(init: Init, seed: int, first_trajectory: int, outputs: int = 1,
-               bias: bool = False) -> Any:
-    spec = _core.InitSpec()
-    spec.seed = seed
-    spec.first_trajectory = first_trajectory
-    spec.outputs = outputs
-    spec.bias = bias
-    if isinstance(init, Params):
-        spec.given = True
-    else:
-        spec.s_u = init.s_u
-        spec.s_w = init.s_w
-        spec.s_b = init.s_b
-        if init.correlation == "copy":
-            spec.copy = True
-        else:
-            spec.correlation = float(init.correlation)
-    return spec
-
-
-def _augmented_w(init: Params, bias: bool) -> NDArray[np.float64]:
-    """The core's W of given parameters: with a bias, b0 (zeros if absent) as a last column."""
-    if not bias:
-        return np.asarray(init.W0)
-    b = np.zeros(init.u0.shape[:2]) if init.b0 is None else init.b0
-    return np.ascontiguousarray(np.concatenate([init.W0, b[:, :, None]], axis=2))
-
-
-def _start(init: Init, seed: int, first_trajectory: int, outputs: int = 1,
-           bias: bool = False) -> tuple[Any, Any, Any]:
-    """The core's init arguments: its InitSpec and the given u0, W0 (or None, None)."""
-    spec = _init_spec(init, seed, first_trajectory, outputs, bias)
-    if isinstance(init, Params):
-        return spec, np.ascontiguousarray(init.u0), _augmented_w(init, bias)
-    return spec, None, None
-
-
-def _check_outputs_init(init: Gaussian, outputs: int) -> None:
-    """Correlated and copied inits pair u_i with w_i: they need one output."""
-    if outputs > 1:
-        require(init.correlation != "copy" and float(init.correlation) == 0.0,
-                "init.correlation",
-                f"must be 0 for a network with {outputs} outputs (a correlation pairs the "
-                "scalar u_i with w_i)", init.correlation)
-
-
-def draw_initial(
-    init: Init, width: int, dim: int, trajectories: int, *, seed: int, first_trajectory: int = 0,
-    outputs: int = 1, bias: bool = False,
-) -> Params:
-    """Initial parameters exactly as ``simulate`` draws them (``b0`` with ``bias``)."""
-    if isinstance(init, Params):
-        return init
-    # Checked here too, not only in simulate: the config runner and the sweeps call this
-    # directly, and the core's own message does not say which count was wrong.
-    trajectories = integer(trajectories, "trajectories", minimum=1)
-    width = integer(width, "width", minimum=1)
-    dim = integer(dim, "dim", minimum=1)
-    seed = integer(seed, "seed", minimum=0)
-    require(seed < 2**64, "seed", "must be < 2**64", seed)
-    first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
-    _check_outputs_init(init, outputs)
-    _memory.check(8.0 * trajectories * width * (outputs + dim + bias), "the initial parameters",
-                  "use fewer trajectories")
-    u, W = _core.initial_params(_init_spec(init, seed, first_trajectory, outputs, bias),
-                                width=width, dim=dim + bias, trajectories=trajectories)
-    if outputs > 1:
-        u = u.reshape(trajectories, width, outputs)
-    if bias:
-        return Params(u, np.ascontiguousarray(W[:, :, :dim]), np.ascontiguousarray(W[:, :, dim]))
-    return Params(u, W)
-
-
 def _count(init: Init, trajectories: int | None, net: TwoLayer, dim: int, outputs: int,
            first_trajectory: int) -> int:
     """The number of trajectories, with given ``Params`` checked against the network."""
@@ -125,7 +53,7 @@ def _count(init: Init, trajectories: int | None, net: TwoLayer, dim: int, output
                 "Params b0 is for a network with bias=True", "b0 given")
     else:
         n = 1 if trajectories is None else integer(trajectories, "trajectories", minimum=1)
-        _check_outputs_init(init, outputs)
+        check_outputs_init(init, outputs)
     require(first_trajectory + n <= 2**63, "first_trajectory",
             f"+ trajectories must be <= 2**63 (int64 trajectory indices; trajectories = {n})",
             first_trajectory)
@@ -367,7 +295,7 @@ def simulate(
             model,
             np.ascontiguousarray(mom.Sigma, dtype=np.float64),
             np.ascontiguousarray(mom.beta, dtype=np.float64),
-            *_start(init, seed, first_trajectory),
+            *core_start(init, seed, first_trajectory),
             sched,
             times,
             n,
@@ -755,7 +683,7 @@ def _simulate_data(
             cnet,
             X_core,
             Y_core,
-            *_start(init, seed, first_trajectory, c, net.bias),
+            *core_start(init, seed, first_trajectory, c, net.bias),
             sched,
             times,
             n,

@@ -26,8 +26,9 @@ from numpy.typing import NDArray
 
 from . import _core
 from . import exact as _exact
+from ._initial import draw_initial
 from ._progress import progress as _progress
-from ._simulate import Method, draw_initial, simulate
+from ._simulate import Method, simulate
 from ._table import Table
 from ._validate import integer, real, require
 from .mechanisms import (
