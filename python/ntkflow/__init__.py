@@ -6,14 +6,13 @@ solutions, and follow the neural tangent kernel. See ``simulate`` to start.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from . import exact, mechanisms
 from ._gram import ntk_gram
 from ._memory import memory_budget, set_memory_budget
 from ._simulate import initial_params, sgd_batches, simulate
 from ._table import Table
 from ._validate import MemoryBudgetError
+from ._version import __version__ as __version__
 from .mechanisms import Classification, classify, classify_exact
 from .parametrization import Parametrization
 from .result import STATUS_NAMES, Result

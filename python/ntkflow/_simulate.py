@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from . import _core, _memory
+from ._initial import check_outputs_init, core_start, draw_initial
 from ._progress import TrajectoryProgress
 from ._validate import integer, require
 from .result import Result
 from .specs import (
     AUTO_METRICS_ROWS,
     DATA_RULE,
+    SGD,
     Data,
     Dataset,
     Gaussian,
     GradientDescent,
     GradientFlow,
     Init,
+    MomentData,
     Params,
     Record,
-    SGD,
     Training,
     TwoLayer,
 )
@@ -31,79 +34,6 @@ _SOLVERS = {"euler": "euler", "rk4": "rk4", "dopri5": "dopri5"}
 Method = Literal["full", "stagewise", "reduced"]
 _METHODS = {"full": "fused", "stagewise": "stagewise", "reduced": "reduced"}
 Path = Literal["auto", "moments", "data"]
-
-
-def _init_spec(init: Init, seed: int, first_trajectory: int, outputs: int = 1,
-               bias: bool = False) -> Any:
-    spec = _core.InitSpec()
-    spec.seed = seed
-    spec.first_trajectory = first_trajectory
-    spec.outputs = outputs
-    spec.bias = bias
-    if isinstance(init, Params):
-        spec.given = True
-    else:
-        spec.s_u = init.s_u
-        spec.s_w = init.s_w
-        spec.s_b = init.s_b
-        if init.correlation == "copy":
-            spec.copy = True
-        else:
-            spec.correlation = float(init.correlation)
-    return spec
-
-
-def _augmented_w(init: Params, bias: bool) -> NDArray[np.float64]:
-    """The core's W of given parameters: with a bias, b0 (zeros if absent) as a last column."""
-    if not bias:
-        return np.asarray(init.W0)
-    b = np.zeros(init.u0.shape[:2]) if init.b0 is None else init.b0
-    return np.ascontiguousarray(np.concatenate([init.W0, b[:, :, None]], axis=2))
-
-
-def _start(init: Init, seed: int, first_trajectory: int, outputs: int = 1,
-           bias: bool = False) -> tuple[Any, Any, Any]:
-    """The core's init arguments: its InitSpec and the given u0, W0 (or None, None)."""
-    spec = _init_spec(init, seed, first_trajectory, outputs, bias)
-    if isinstance(init, Params):
-        return spec, np.ascontiguousarray(init.u0), _augmented_w(init, bias)
-    return spec, None, None
-
-
-def _check_outputs_init(init: Gaussian, outputs: int) -> None:
-    """Correlated and copied inits pair u_i with w_i: they need one output."""
-    if outputs > 1:
-        require(init.correlation != "copy" and float(init.correlation) == 0.0,
-                "init.correlation",
-                f"must be 0 for a network with {outputs} outputs (a correlation pairs the "
-                "scalar u_i with w_i)", init.correlation)
-
-
-def draw_initial(
-    init: Init, width: int, dim: int, trajectories: int, *, seed: int, first_trajectory: int = 0,
-    outputs: int = 1, bias: bool = False,
-) -> Params:
-    """Initial parameters exactly as ``simulate`` draws them (``b0`` with ``bias``)."""
-    if isinstance(init, Params):
-        return init
-    # Checked here too, not only in simulate: the config runner and the sweeps call this
-    # directly, and the core's own message does not say which count was wrong.
-    trajectories = integer(trajectories, "trajectories", minimum=1)
-    width = integer(width, "width", minimum=1)
-    dim = integer(dim, "dim", minimum=1)
-    seed = integer(seed, "seed", minimum=0)
-    require(seed < 2**64, "seed", "must be < 2**64", seed)
-    first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
-    _check_outputs_init(init, outputs)
-    _memory.check(8.0 * trajectories * width * (outputs + dim + bias), "the initial parameters",
-                  "use fewer trajectories")
-    u, W = _core.initial_params(_init_spec(init, seed, first_trajectory, outputs, bias),
-                                width=width, dim=dim + bias, trajectories=trajectories)
-    if outputs > 1:
-        u = u.reshape(trajectories, width, outputs)
-    if bias:
-        return Params(u, np.ascontiguousarray(W[:, :, :dim]), np.ascontiguousarray(W[:, :, dim]))
-    return Params(u, W)
 
 
 def _count(init: Init, trajectories: int | None, net: TwoLayer, dim: int, outputs: int,
@@ -125,7 +55,7 @@ def _count(init: Init, trajectories: int | None, net: TwoLayer, dim: int, output
                 "Params b0 is for a network with bias=True", "b0 given")
     else:
         n = 1 if trajectories is None else integer(trajectories, "trajectories", minimum=1)
-        _check_outputs_init(init, outputs)
+        check_outputs_init(init, outputs)
     require(first_trajectory + n <= 2**63, "first_trajectory",
             f"+ trajectories must be <= 2**63 (int64 trajectory indices; trajectories = {n})",
             first_trajectory)
@@ -287,6 +217,56 @@ def simulate(
     """
     init = Gaussian() if init is None else init
     record = Record() if record is None else record
+    _check_kinds(net, data, train, init, record, method, path, progress)
+    chosen = _choose_path(net, data, train, record, method, path)
+    run = _validated_run(net, data, train, init, record, trajectories, seed,
+                         first_trajectory, threads, progress)
+    if chosen == "data" or (isinstance(data, Dataset) and (net.bias or data.outputs > 1)):
+        assert isinstance(data, Dataset)
+        if chosen == "moments":
+            require(method == "full", "method",
+                    f'"{method}" needs one output and no bias (the moments path of '
+                    'linear.cpp); use method="full"', method)
+        return _simulate_data(run, moments=chosen == "moments")
+    return _simulate_moments(run, method)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A validated ``simulate`` call: what either path integrates, for how many
+    trajectories, from which seed, recorded when."""
+
+    net: TwoLayer
+    data: Data
+    train: Training
+    init: Init
+    record: Record
+    n: int  # trajectories
+    seed: int
+    first_trajectory: int
+    threads: int  # 0: the core's default
+    times: NDArray[np.float64]
+    progress: bool | None
+
+    @property
+    def T(self) -> int:
+        """Record times."""
+        return int(self.times.size)
+
+    @property
+    def param_times(self) -> int:
+        """Times at which the parameters are kept (when they are)."""
+        return self.T if self.record.params == "all" else 1
+
+    @property
+    def teams(self) -> int:
+        """Threads that each hold a working state."""
+        return min(self.threads or int(_core.max_threads()), self.n)
+
+
+def _check_kinds(net: TwoLayer, data: Data, train: Training, init: Init, record: Record,
+                 method: str, path: str, progress: bool | None) -> None:
+    """Each argument of ``simulate`` is of a kind it takes."""
     require(isinstance(net, TwoLayer), "net", "must be a TwoLayer", net)
     require(hasattr(data, "moments"), "data", DATA_RULE, data)
     require(isinstance(train, (GradientFlow, GradientDescent, SGD)), "train",
@@ -298,30 +278,49 @@ def simulate(
             'must be "auto", "moments" or "data"', path)
     require(progress is None or isinstance(progress, (bool, np.bool_)), "progress",
             "must be None, True or False", progress)
-    chosen = _choose_path(net, data, train, record, method, path)
+
+
+def _validated_run(net: TwoLayer, data: Data, train: Training, init: Init, record: Record,
+                   trajectories: int | None, seed: int, first_trajectory: int,
+                   threads: int | None, progress: bool | None) -> _Run:
+    """The counts, seed and record times of a call, checked."""
     seed = integer(seed, "seed", minimum=0)
     require(seed < 2**64, "seed", "must be < 2**64", seed)
     first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
     n_threads = 0 if threads is None else integer(threads, "threads", minimum=1)
-    dim = int(data.dim)
-    width = net.width
-    n = _count(init, trajectories, net, dim, int(getattr(data, "outputs", 1)), first_trajectory)
+    n = _count(init, trajectories, net, int(data.dim), int(getattr(data, "outputs", 1)),
+               first_trajectory)
     times = record.resolve_times(train)
-    T = times.size
     if isinstance(train, GradientFlow) and train.solver != "dopri5":
         _check_fixed_steps(train, times)
+    return _Run(net, data, train, init, record, n, seed, first_trajectory, n_threads, times,
+                progress)
+
+
+def _simulate_moments(run: _Run, method: str) -> Result:
+    """The moments path: a linear network with one output and no bias, integrated on the
+    data's moments (O(width dim^2) per step whatever the number of samples)."""
+    dim = int(run.data.dim)
+    ntk_mode = _moments_ntk_mode(run.record, dim, method)
+    neurons = method != "reduced"
+    keep_ntk = ntk_mode != "none"
+    _check_moments_memory(run, method, keep_ntk, neurons)
+    mom = run.data.moments()
+    sched = _schedule(run, dim, None)
+    rec = _record_buffers(run, dim, keep_ntk, neurons)
+    _integrate_moments(run, mom, method, sched, rec)
+    if keep_ntk and isinstance(run.data, Dataset):
+        rec.update(_moment_kernel_metrics(rec["ntk"], run.data.X, run.data.y))
+    return _result(run, rec, dim, ntk_mode, method=method, path="moments")
+
+
+def _moments_ntk_mode(record: Record, dim: int, method: str) -> str:
+    """The kernel record of the moments path ("metrics" come from the (dim, dim) kernel,
+    cheaply, so they are "auto" here), with what ``method="reduced"`` cannot record."""
     ntk_mode = record.ntk
-    if chosen == "data" or (isinstance(data, Dataset) and (net.bias or data.outputs > 1)):
-        assert isinstance(data, Dataset)
-        if chosen == "moments":
-            require(method == "full", "method",
-                    f'"{method}" needs one output and no bias (the moments path of '
-                    'linear.cpp); use method="full"', method)
-        return _simulate_data(net, data, train, init, n, seed, record, first_trajectory,
-                              n_threads, times, progress, moments=chosen == "moments")
     if ntk_mode == "scalar":
         require(dim == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
-    if ntk_mode == "metrics":  # on moments they come from the (dim, dim) kernel, cheaply
+    if ntk_mode == "metrics":
         ntk_mode = "auto"
     if method == "reduced":
         require(record.params is None, "record.params",
@@ -330,60 +329,49 @@ def simulate(
         require(not record.deltas, "record.deltas",
                 'must be False with method="reduced" (the reduced state has no parameters, '
                 "so no per-neuron delta_i)", record.deltas)
-    neurons = method != "reduced"
+    return ntk_mode
 
-    # Size everything before allocating anything.
-    keep_ntk = ntk_mode != "none"
+
+def _check_moments_memory(run: _Run, method: str, keep_ntk: bool, neurons: bool) -> None:
+    """The moments path's records and each thread's working state, against the budget."""
+    dim, width = int(run.data.dim), run.net.width
     per_time = 5 + dim + (dim * dim if keep_ntk else 0) + (3 if neurons else 0)
-    tp = T if record.params == "all" else 1
-    params_bytes = 8.0 * n * tp * width * (1 + dim) if record.params else 0.0
-    deltas_bytes = _check_deltas(record, n, T, width)
     state = width * (1 + dim) if method != "reduced" else dim * (dim + 1) + 1
     # + delta_i(0) and delta_i(t) per neuron, for each of the 8 SIMD lanes when dim = 1
     workspace = 8.0 * (11 * state + width * (1 + dim) + 4 * dim + dim * dim + width
                        + (2 * width * (8 if dim == 1 else 1) if neurons else 0))
-    teams = min(n_threads or int(_core.max_threads()), n)
-    total = (8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + deltas_bytes
-             + workspace * teams)
-    _check_records(total, params_bytes, workspace, teams, record,
-                   f"simulating {n} trajectories of width {width}, recorded at {T} times")
+    _check_memory(run, per_time, 1 + dim, workspace,
+                  f"simulating {run.n} trajectories of width {width}, recorded at {run.T} "
+                  "times")
 
-    mom = data.moments()
+
+def _integrate_moments(run: _Run, mom: MomentData, method: str, sched: Any,
+                       rec: dict[str, NDArray[Any]]) -> None:
+    """The compiled linear driver, filling ``rec`` in place."""
+    net, train = run.net, run.train
     model = _core.LinearModel()
-    model.width = width
-    model.dim = dim
+    model.width = net.width
+    model.dim = int(run.data.dim)
     model.kappa = net.kappa
     model.eta_u = train.eta_u
     model.eta_w = train.eta_w
     model.lambda_u = train.lambda_u
     model.lambda_w = train.lambda_w
     model.loss_min = float(mom.loss_min)
-    sched = _schedule(train, record, n_threads, width, dim, None)
-
-    rec = _record_buffers(record, n, T, tp, width, dim, keep_ntk, neurons)
-
-    with TrajectoryProgress(n, progress) as hook:
+    with TrajectoryProgress(run.n, run.progress) as hook:
         _core.simulate_linear(
             model,
             np.ascontiguousarray(mom.Sigma, dtype=np.float64),
             np.ascontiguousarray(mom.beta, dtype=np.float64),
-            *_start(init, seed, first_trajectory),
+            *core_start(run.init, run.seed, run.first_trajectory),
             sched,
-            times,
-            n,
+            run.times,
+            run.n,
             rec,
-            params_all=record.params == "all",
+            params_all=run.record.params == "all",
             method=getattr(_core.LinearMethod, _METHODS[method]),
             progress=hook,
         )
-
-    metrics: dict[str, NDArray[np.float64] | None] = {
-        "ntk_change": None, "kernel_distance": None, "kta": None}
-    if keep_ntk and isinstance(data, Dataset):
-        metrics.update(_moment_kernel_metrics(rec["ntk"], data.X, data.y))
-    return _result(rec, times, dim, ntk_mode, record, net=net, data=data, train=train,
-                   init=init, seed=seed, first_trajectory=first_trajectory, method=method,
-                   path="moments", **metrics)
 
 
 FIXED_STEP_LIMIT = 10_000_000
@@ -413,11 +401,20 @@ def _check_fixed_steps(train: GradientFlow, times: NDArray[np.float64]) -> None:
             "steps are meant)", train.dt)
 
 
-def _check_records(total: float, params_bytes: float, workspace: float, teams: int,
-                   record: Record, what: str) -> None:
-    """The memory check of a simulate call. The advice depends on what is most of the
-    request: the parameter records (params="all" on a wide network), the working state of
-    each thread (a huge width), or the per-time records."""
+def _check_memory(run: _Run, per_time: int, params_row: int, workspace: float, what: str,
+                  gram_bytes: float = 0.0) -> None:
+    """The memory check of a simulate call, before anything is allocated: ``per_time``
+    doubles of records per trajectory and record time, ``params_row`` doubles of kept
+    parameters per neuron, the Gram and delta records, and ``workspace`` bytes for each
+    thread. The advice depends on what is most of the request: the parameter records
+    (params="all" on a wide network), the working state of each thread (a huge width), or
+    the per-time records."""
+    n, T, record, teams = run.n, run.T, run.record, run.teams
+    params_bytes = (8.0 * n * run.param_times * run.net.width * params_row if record.params
+                    else 0.0)
+    deltas_bytes = _check_deltas(record, n, T, run.net.width)
+    total = (8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes + deltas_bytes
+             + workspace * teams)
     hint = ("record fewer times or trajectories, or run the ensemble in chunks with "
             "first_trajectory")
     if params_bytes > 0.5 * total:
@@ -443,11 +440,11 @@ def _check_deltas(record: Record, n: int, T: int, width: int) -> float:
     return nbytes
 
 
-def _record_buffers(record: Record, n: int, T: int, tp: int, width: int, dim: int,
-                    keep_ntk: bool, neurons: bool = True,
+def _record_buffers(run: _Run, dim: int, keep_ntk: bool, neurons: bool = True,
                     outputs: int = 1) -> dict[str, NDArray[Any]]:
     """The output buffers both core drivers fill: n trajectories at T record times (tp for
     parameters). Allocated here, once, after the memory check; the core writes in place."""
+    record, n, T, tp, width = run.record, run.n, run.T, run.param_times, run.net.width
     rec: dict[str, NDArray[Any]] = {
         "loss": np.empty((n, T)),
         "p": np.empty((n, T, dim * outputs)),
@@ -476,8 +473,15 @@ def _record_buffers(record: Record, n: int, T: int, tp: int, width: int, dim: in
     return rec
 
 
-def _result(rec: dict[str, Any], times: NDArray[np.float64], dim: int, ntk_mode: str,
-            record: Record, outputs: int = 1, bias: bool = False, **fields: Any) -> Result:
+# Records a Result takes from the core's buffers as they are (None when not recorded).
+_AS_RECORDED = ("t_hit", "delta_mean", "delta_std", "delta_drift", "deltas", "gram",
+                "ntk_change", "kernel_distance", "kta", "move_u", "move_w", "pattern_change",
+                "loss_lin", "lin_gap", "error", "test_loss", "test_error", "test_loss_lin",
+                "test_error_lin", "test_lin_gap")
+
+
+def _result(run: _Run, rec: dict[str, Any], dim: int, ntk_mode: str, *, method: str,
+            path: str, outputs: int = 1, bias: bool = False) -> Result:
     """The Result of either path from the core's record buffers: squeezes dim = 1 and the
     scalar NTK, shapes U (width, outputs), splits the bias column off W, and keeps the
     parameters at the end only when that was asked for. `dim` is the core's (bias
@@ -491,17 +495,18 @@ def _result(rec: dict[str, Any], times: NDArray[np.float64], dim: int, ntk_mode:
     if ntk is not None and (ntk_mode == "scalar" or (ntk_mode == "auto" and dim == 1)):
         ntk = ntk[..., 0, 0]
     u = W = b = None
-    if record.params is not None:
+    if run.record.params is not None:
         u, W = rec["u"], rec["W"]
         if outputs > 1:
             u = u.reshape(u.shape[:2] + (-1, outputs))
         if bias:
             W, b = W[..., :-1], W[..., -1]
-        if record.params == "final":
+        if run.record.params == "final":
             u, W = u[:, 0], W[:, 0]
             b = None if b is None else b[:, 0]
+    recorded: dict[str, Any] = {name: rec.get(name) for name in _AS_RECORDED}
     return Result(
-        times=times,
+        times=run.times,
         loss=rec["loss"],
         p=p,
         norm_u2=rec["norm_u2"],
@@ -514,23 +519,27 @@ def _result(rec: dict[str, Any], times: NDArray[np.float64], dim: int, ntk_mode:
         steps=rec["steps"],
         rejected=rec["rejected"],
         events=rec["events"],
-        t_hit=rec.get("t_hit"),
         u=u,
         W=W,
         b=b,
-        delta_mean=rec.get("delta_mean"),
-        delta_std=rec.get("delta_std"),
-        delta_drift=rec.get("delta_drift"),
-        deltas=rec.get("deltas"),
+        net=run.net,
+        data=run.data,
+        train=run.train,
+        init=run.init,
+        seed=run.seed,
+        first_trajectory=run.first_trajectory,
+        method=method,
+        path=path,
         isa=str(_core.ISA),
-        **fields,
+        **recorded,
     )
 
 
-def _schedule(train: Training, record: Record, n_threads: int, width: int, dim: int,
-              samples: int | None) -> Any:
+def _schedule(run: _Run, dim: int, samples: int | None) -> Any:
+    """The core's solver, step limit, threads and loss threshold."""
+    train, record, width = run.train, run.record, run.net.width
     sched = _core.Schedule()
-    sched.threads = n_threads
+    sched.threads = run.threads
     if isinstance(train, GradientFlow):
         sched.solver = getattr(_core.Solver, _SOLVERS[train.solver])
         sched.dt = train.dt
@@ -549,7 +558,6 @@ def _choose_path(net: TwoLayer, data: Data, train: Training, record: Record, met
                  path: str) -> str:
     """The integration path, or a ValueError naming what prevents the one asked for."""
     on_samples = isinstance(data, Dataset)
-    outputs = int(getattr(data, "outputs", 1))
     needs = [name for name, on in (
         ("record.gram", record.gram is not None),
         ("record.linearized", record.linearized),
@@ -613,75 +621,81 @@ def _moment_kernel_metrics(
     return {"ntk_change": change, "kernel_distance": distance, "kta": kta}
 
 
-def _simulate_data(
-    net: TwoLayer,
-    data: Dataset,
-    train: Training,
-    init: Init,
-    n: int,
-    seed: int,
-    record: Record,
-    first_trajectory: int,
-    n_threads: int,
-    times: NDArray[np.float64],
-    progress: bool | None,
-    moments: bool = False,
-) -> Result:
+def _simulate_data(run: _Run, moments: bool = False) -> Result:
     """The dataset path: the full parameters of a network with any activation, outputs,
     bias, loss and training (flow, descent, SGD). With `moments` (a linear network, the
     square loss) the core trains on the square root of the data's moments instead of the
     samples (see _root_moments): the same flow at O((dim + width) dim outputs) per step."""
-    dim, width, T = data.dim, net.width, times.size
+    plan = _plan_data(run, moments)
+    net, train = run.net, run.train
+    cnet = core_network(net.width, plan.D, net.act, net.kappa, train.eta_u, train.eta_w,
+                        plan.c, train.loss, train.lambda_u, train.lambda_w)
+    _check_data_memory(run, plan, cnet)
+    sched = _schedule(run, plan.D, plan.samples)
+    if moments:  # the root's loss is the data loss less its minimum
+        sched.loss_threshold = (-1.0 if run.record.loss_below is None
+                                else max(run.record.loss_below - plan.loss_min, 0.0))
+    rec = _data_buffers(run, plan)
+    _integrate_data(run, plan, cnet, sched, rec)
+    if plan.loss_min > 0:
+        rec["loss"] += plan.loss_min
+    if moments and plan.keep_ntk and plan.ntk_mode != "none":
+        assert isinstance(run.data, Dataset)
+        rec.update(_moment_kernel_metrics(rec["ntk"], _inputs(run.data.X, net.bias),
+                                          run.data.y))
+    return _result(run, rec, plan.D, plan.ntk_mode, method="full",
+                   path="moments" if moments else "data", outputs=plan.c, bias=net.bias)
+
+
+@dataclass(frozen=True)
+class _DataPlan:
+    """What the dataset path trains on and records, decided and checked up front."""
+
+    X: NDArray[np.float64]  # the core's training inputs (with a bias, a column of ones)
+    Y: NDArray[np.float64]  # and targets
+    loss_min: float  # the data loss less the root's (added back to the records)
+    D: int  # the core's input dimension: the bias is a last column of ones
+    c: int  # outputs
+    ntk_mode: str
+    keep_ntk: bool  # the (dim, dim) kernel record
+    metrics: bool  # the core's kernel metrics of the training Gram matrix
+    probe: NDArray[np.float64] | None  # inputs of the probe Gram record
+    test: Dataset | None
+    batch: int  # SGD's batch size, 0 for the full batch
+    train_labels: bool  # targets are labels: the training error is recorded
+    test_labels: bool
+    test_lin: bool  # the linearised twin on the test set
+
+    @property
+    def samples(self) -> int:
+        """Rows the core trains on."""
+        return int(self.X.shape[0])
+
+    @property
+    def g(self) -> int:
+        """Rows of a recorded Gram matrix: (training or probe) inputs x outputs."""
+        return (self.samples if self.probe is None else int(self.probe.shape[0])) * self.c
+
+
+def _plan_data(run: _Run, moments: bool) -> _DataPlan:
+    """The core's training rows and every record of the dataset path, checked against the
+    network, the loss and the training."""
+    net, record, train, data = run.net, run.record, run.train, run.data
+    assert isinstance(data, Dataset)
     c = data.outputs
-    D = dim + net.bias  # the core's input dimension: the bias is a last column of ones
-    linear = net.act == "linear"
+    D = data.dim + net.bias
     ntk_mode = record.ntk
     _check_targets(data, train.loss, "data")
-    X_core, Y_core = _inputs(data.X, net.bias), data.y
-    loss_min = 0.0
+    X, Y, loss_min = _inputs(data.X, net.bias), data.y, 0.0
     if moments:
-        X_core, Y_core, loss_min = _root_moments(X_core, data.y)
+        X, Y, loss_min = _root_moments(X, data.y)
         if c > 1:  # the metrics would be of the root's Gram, not the training set's
             ntk_mode = "none"
-    samples = int(X_core.shape[0])
-    kernel = linear and c == 1  # the (dim, dim) kernel record exists
-    if not kernel:
-        require(ntk_mode in ("auto", "metrics", "none"), "record.ntk",
-                f'must be "auto", "metrics" or "none" for act="{net.act}" with {c} '
-                "output(s): the (dim, dim) kernel exists for linear one-output networks only "
-                "(see record.gram)", ntk_mode)
-    if ntk_mode == "scalar":
-        require(D == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
-    probe = record.probe if record.gram == "probe" else None
-    if probe is not None:
-        require(probe.shape[1] == dim, "record.probe",
-                f"must have {dim} columns, the data's dim", probe)
+    samples = int(X.shape[0])
+    kernel = net.act == "linear" and c == 1  # the (dim, dim) kernel record exists
+    _check_data_records(run, ntk_mode, kernel, D)
+    batch = _sgd_batch(train, record, samples)
     test = record.test
-    n_test = 0
-    if test is not None:
-        require(test.dim == dim, "record.test",
-                f"must have dim {dim}, the training data's (X with {dim} columns)",
-                f"dim {test.dim}")
-        require(test.outputs == c, "record.test",
-                f"must have {c} target column(s), the training data's", f"{test.outputs}")
-        _check_targets(test, train.loss, "record.test")
-        n_test = test.samples
-    require(not record.linearized or train.loss == "square", "record.linearized",
-            f'needs loss="square": the linearised run is solved exactly for the square loss '
-            f'only (loss="{train.loss}")', record.linearized)
-    batch = 0
-    if isinstance(train, SGD):
-        batch = train.batch_size
-        require(train.replace or batch <= samples, "batch_size",
-                f"must be <= the {samples} training samples without replacement "
-                "(or use replace=True)", batch)
-        require(record.loss_below is None, "record.loss_below",
-                "is not available with SGD (it would need the full-data loss after every "
-                "step)", record.loss_below)
-    # Classification error only where the targets are labels (and the samples are run).
-    train_labels = not moments and _labels(data.y)
-    test_labels = test is not None and _labels(test.y)
-    test_lin = test is not None and record.linearized
     # The metrics cost O((samples c)^2 width) per record time ((samples)^2 dim for the
     # linear kernel): "auto" takes them only for a small Gram matrix.
     metrics = ntk_mode == "metrics" or (ntk_mode != "none" and (
@@ -690,102 +704,134 @@ def _simulate_data(
     if moments:  # the core's Gram would be the root's: the metrics come from the kernel
         keep_ntk = keep_ntk or (kernel and metrics)
         metrics = False
-    relu = net.act == "relu"
-    g = (samples if probe is None else int(probe.shape[0])) * c
+    return _DataPlan(
+        X=X, Y=Y, loss_min=loss_min, D=D, c=c, ntk_mode=ntk_mode,
+        keep_ntk=keep_ntk, metrics=metrics,
+        probe=record.probe if record.gram == "probe" else None, test=test, batch=batch,
+        # Classification error only where the targets are labels (and the samples are run).
+        train_labels=not moments and _labels(data.y),
+        test_labels=test is not None and _labels(test.y),
+        test_lin=test is not None and record.linearized)
 
-    # Size everything before allocating anything; the Gram record is checked on its own so
-    # that the error names it.
-    tp = T if record.params == "all" else 1
+
+def _check_data_records(run: _Run, ntk_mode: str, kernel: bool, D: int) -> None:
+    """The kernel, probe, test and linearised records the network and the loss allow."""
+    net, record, train, data = run.net, run.record, run.train, run.data
+    assert isinstance(data, Dataset)
+    dim, c = data.dim, data.outputs
+    if not kernel:
+        require(ntk_mode in ("auto", "metrics", "none"), "record.ntk",
+                f'must be "auto", "metrics" or "none" for act="{net.act}" with {c} '
+                "output(s): the (dim, dim) kernel exists for linear one-output networks only "
+                "(see record.gram)", ntk_mode)
+    if ntk_mode == "scalar":
+        require(D == 1, "record.ntk", '"scalar" needs dim = 1 (use "matrix")', ntk_mode)
+    if record.gram == "probe":
+        require(record.probe.shape[1] == dim, "record.probe",
+                f"must have {dim} columns, the data's dim", record.probe)
+    test = record.test
+    if test is not None:
+        require(test.dim == dim, "record.test",
+                f"must have dim {dim}, the training data's (X with {dim} columns)",
+                f"dim {test.dim}")
+        require(test.outputs == c, "record.test",
+                f"must have {c} target column(s), the training data's", f"{test.outputs}")
+        _check_targets(test, train.loss, "record.test")
+    require(not record.linearized or train.loss == "square", "record.linearized",
+            f'needs loss="square": the linearised run is solved exactly for the square loss '
+            f'only (loss="{train.loss}")', record.linearized)
+
+
+def _sgd_batch(train: Training, record: Record, samples: int) -> int:
+    """SGD's batch size, checked against the training set (0: full-batch training)."""
+    if not isinstance(train, SGD):
+        return 0
+    batch = train.batch_size
+    require(train.replace or batch <= samples, "batch_size",
+            f"must be <= the {samples} training samples without replacement "
+            "(or use replace=True)", batch)
+    require(record.loss_below is None, "record.loss_below",
+            "is not available with SGD (it would need the full-data loss after every "
+            "step)", record.loss_below)
+    return batch
+
+
+def _check_data_memory(run: _Run, plan: _DataPlan, cnet: Any) -> None:
+    """The dataset path's records and each thread's working state, against the budget;
+    the Gram record on its own first, so that the error names it."""
+    n, T, record, g = run.n, run.T, run.record, plan.g
     if record.gram is not None:
         _memory.check(8.0 * n * T * g * g,
                       f"record.gram={record.gram!r} ({n} trajectories x {T} times x "
                       f"{g} x {g} Gram matrices)",
                       "record fewer times or trajectories, use a smaller probe set, or run "
                       "the ensemble in chunks with first_trajectory")
-    per_time = (5 + D * c + (D * D if keep_ntk else 0) + (3 if metrics else 0) + 2
+    relu, test, test_lin = run.net.act == "relu", plan.test, plan.test_lin
+    per_time = (5 + plan.D * plan.c + (plan.D * plan.D if plan.keep_ntk else 0)
+                + (3 if plan.metrics else 0) + 2
                 + (1 if relu else 0) + (2 if record.linearized else 0)
-                + (1 if train_labels else 0) + (1 if test is not None else 0)
-                + (1 if test_labels else 0) + (2 if test_lin else 0)
-                + (1 if test_lin and test_labels else 0) + 3)  # + delta_mean, _std, _drift
-    params_bytes = 8.0 * n * tp * width * (c + D) if record.params else 0.0
-    deltas_bytes = _check_deltas(record, n, T, width)
+                + (1 if plan.train_labels else 0) + (1 if test is not None else 0)
+                + (1 if plan.test_labels else 0) + (2 if test_lin else 0)
+                + (1 if test_lin and plan.test_labels else 0) + 3)  # + delta_mean, _std, _drift
     gram_bytes = 8.0 * n * T * g * g if record.gram is not None else 0.0
-    cnet = core_network(width, D, net.act, net.kappa, train.eta_u, train.eta_w, c, train.loss,
-                        train.lambda_u, train.lambda_w)
-    teams = min(n_threads or int(_core.max_threads()), n)
     workspace = float(_core.network_workspace_bytes(
-        cnet, samples, g // c if probe is not None else 0, record.gram is not None, metrics,
-        record.linearized, relu, True, n_test, batch))  # move_u / move_w always recorded
-    if relu and isinstance(train, GradientFlow) and train.solver == "dopri5":
-        workspace += float(_core.piecewise_workspace_bytes(cnet, samples))
-    total = (8.0 * n * T * per_time + 8.0 * n * 6 + params_bytes + gram_bytes + deltas_bytes
-             + workspace * teams)
-    _check_records(total, params_bytes, workspace, teams, record,
-                   f"simulating {n} trajectories of width {width} on {samples} samples, "
-                   f"recorded at {T} times")
+        cnet, plan.samples, g // plan.c if plan.probe is not None else 0,
+        record.gram is not None, plan.metrics, record.linearized, relu, True,
+        0 if test is None else test.samples, plan.batch))  # move_u / move_w always recorded
+    if relu and isinstance(run.train, GradientFlow) and run.train.solver == "dopri5":
+        workspace += float(_core.piecewise_workspace_bytes(cnet, plan.samples))
+    _check_memory(run, per_time, plan.c + plan.D, workspace,
+                  f"simulating {n} trajectories of width {run.net.width} on {plan.samples} "
+                  f"samples, recorded at {T} times", gram_bytes)
 
-    sched = _schedule(train, record, n_threads, width, D, samples)
-    rec = _record_buffers(record, n, T, tp, width, D, keep_ntk, outputs=c)
-    if moments:  # the root's loss is the data loss less its minimum
-        sched.loss_threshold = (-1.0 if record.loss_below is None
-                                else max(record.loss_below - loss_min, 0.0))
-    rec["move_u"] = np.empty((n, T))
-    rec["move_w"] = np.empty((n, T))
-    if metrics:
-        for name in ("ntk_change", "kernel_distance", "kta"):
-            rec[name] = np.empty((n, T))
-    if relu:
-        rec["pattern_change"] = np.empty((n, T))
+
+def _data_buffers(run: _Run, plan: _DataPlan) -> dict[str, NDArray[Any]]:
+    """The records of both drivers, and those only the dataset path fills."""
+    n, T, record = run.n, run.T, run.record
+    rec = _record_buffers(run, plan.D, plan.keep_ntk, outputs=plan.c)
+    names = ["move_u", "move_w"]
+    if plan.metrics:
+        names += ["ntk_change", "kernel_distance", "kta"]
+    if run.net.act == "relu":
+        names += ["pattern_change"]
     if record.linearized:
-        rec["loss_lin"] = np.empty((n, T))
-        rec["lin_gap"] = np.empty((n, T))
-    held_out = ["error"] if train_labels else []
-    if test is not None:
-        held_out += ["test_loss"] + (["test_error"] if test_labels else [])
-        if test_lin:
-            held_out += ["test_loss_lin", "test_lin_gap"]
-            held_out += ["test_error_lin"] if test_labels else []
-    for name in held_out:
+        names += ["loss_lin", "lin_gap"]
+    names += ["error"] if plan.train_labels else []
+    if plan.test is not None:
+        names += ["test_loss"] + (["test_error"] if plan.test_labels else [])
+        if plan.test_lin:
+            names += ["test_loss_lin", "test_lin_gap"]
+            names += ["test_error_lin"] if plan.test_labels else []
+    for name in names:
         rec[name] = np.empty((n, T))
     if record.gram is not None:
-        rec["gram"] = np.empty((n, T, g, g))
+        rec["gram"] = np.empty((n, T, plan.g, plan.g))
+    return rec
 
-    with TrajectoryProgress(n, progress) as hook:
+
+def _integrate_data(run: _Run, plan: _DataPlan, cnet: Any, sched: Any,
+                    rec: dict[str, NDArray[Any]]) -> None:
+    """The compiled network driver, filling ``rec`` in place."""
+    net, train, test = run.net, run.train, plan.test
+    with TrajectoryProgress(run.n, run.progress) as hook:
         _core.simulate_network(
             cnet,
-            X_core,
-            Y_core,
-            *_start(init, seed, first_trajectory, c, net.bias),
+            plan.X,
+            plan.Y,
+            *core_start(run.init, run.seed, run.first_trajectory, plan.c, net.bias),
             sched,
-            times,
-            n,
+            run.times,
+            run.n,
             rec,
-            params_all=record.params == "all",
-            probe=None if probe is None else _inputs(probe, net.bias),
+            params_all=run.record.params == "all",
+            probe=None if plan.probe is None else _inputs(plan.probe, net.bias),
             test_x=None if test is None else _inputs(test.X, net.bias),
             test_y=None if test is None else test.y,
             progress=hook,
-            batch=batch,
+            batch=plan.batch,
             replace=isinstance(train, SGD) and train.replace,
             label_noise=train.label_noise if isinstance(train, SGD) else 0.0,
         )
-
-    if loss_min > 0:
-        rec["loss"] += loss_min
-    if moments and keep_ntk and ntk_mode != "none":
-        rec.update(_moment_kernel_metrics(rec["ntk"], _inputs(data.X, net.bias), data.y))
-    return _result(rec, times, D, ntk_mode, record, net=net, data=data, train=train,
-                   init=init, seed=seed, first_trajectory=first_trajectory, method="full",
-                   gram=rec.get("gram"), ntk_change=rec.get("ntk_change"),
-                   kernel_distance=rec.get("kernel_distance"), kta=rec.get("kta"),
-                   move_u=rec["move_u"], move_w=rec["move_w"],
-                   pattern_change=rec.get("pattern_change"), loss_lin=rec.get("loss_lin"),
-                   lin_gap=rec.get("lin_gap"), error=rec.get("error"),
-                   test_loss=rec.get("test_loss"), test_error=rec.get("test_error"),
-                   test_loss_lin=rec.get("test_loss_lin"),
-                   test_error_lin=rec.get("test_error_lin"),
-                   test_lin_gap=rec.get("test_lin_gap"), outputs=c, bias=net.bias,
-                   path="moments" if moments else "data")
 
 
 def _root_moments(X: NDArray[np.float64], Y: NDArray[np.float64]

@@ -210,7 +210,8 @@ def run(path: str | Path, out: str | Path, *, quiet: bool = False,
 def _run_simulate(cfg: dict[str, Any], out: Path, figures: bool, eps: float, tau: float,
                   quiet: bool) -> list[Path]:
     from . import exact
-    from ._simulate import draw_initial, simulate
+    from ._initial import draw_initial
+    from ._simulate import simulate
     from .mechanisms import classify
     from .specs import Gaussian, GradientFlow, Record, TwoLayer
 

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import exact
+from ._initial import draw_initial
 from ._progress import progress as _progress
-from ._simulate import draw_initial, simulate
+from ._simulate import simulate
 from .mechanisms import (
     REFERENCE_SETTINGS,
     Classification,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ._initial import draw_initial
 from .specs import Data, Init, Params, Training, TwoLayer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -254,8 +255,6 @@ class Result:
         if isinstance(self.init, Params):
             return self.init
         if not self._initial:
-            from ._simulate import draw_initial
-
             self._initial.append(
                 draw_initial(self.init, self.net.width, self.dim, self.trajectories,
                              seed=self.seed, first_trajectory=self.first_trajectory,

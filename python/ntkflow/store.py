@@ -25,21 +25,28 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import __version__, _core
+from . import _core
+from ._summary import flatten, rows_table, summary_row
 from ._table import Table, _cell
-from .sweeps import flatten, rows_table, summary_row
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .sweeps import Task
+from ._version import __version__
 
 FORMAT = "ntkflow.store"
 VERSION = 1
 _TMP = ".tmp-"
+
+
+class _Described(Protocol):
+    """What the manifest needs of a task (a ``sweeps.Task``): its key and description."""
+
+    @property
+    def key(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 def _fsync_dir(path: Path) -> None:
@@ -202,7 +209,7 @@ class Store:
                     self.file(k).unlink()
         return done
 
-    def _begin(self, tasks: Sequence[Task]) -> _Lock:
+    def _begin(self, tasks: Sequence[_Described]) -> _Lock:
         """Create or check the store for these tasks; returns the held lock."""
         self.tasks_dir.mkdir(parents=True, exist_ok=True)
         lock = _Lock(self.path / ".lock")
