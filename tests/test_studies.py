@@ -175,3 +175,28 @@ def test_phase_diagram_simulated_matches_exact() -> None:
     assert np.array_equal(sim.dominant, ex.dominant)
     for lab in nf.mechanisms.LABELS:
         np.testing.assert_allclose(sim.fractions[lab], ex.fractions[lab], atol=0.02)
+
+
+def test_exact_cells_need_no_horizon_at_t_inf() -> None:
+    # issue 16: correlation 1 (u0 = w0) with beta* < 0 is the unreachable target of §A.5:
+    # Gamma = 1/8 > 0 but no trajectory escapes, so "auto" has no finite horizon. The
+    # t = inf cell needs none: rescaling, the loss stops at L* + Sigma beta*^2 / 2 = 0.5
+    # (exactly, 0 tolerance) and the level 1e-6 is never reached (t_hit NaN). Before the
+    # fix this raised 't_max "auto" found no finite horizon'.
+    pd = nf.phase_diagram(("correlation", [1.0, 0.5]), ("beta", [-1.0]), trajectories=8,
+                          seed=4, exact=True)
+    assert pd.dominant[0, 0] == "rescaling" and pd.ok[0, 0] == 8
+    assert pd.median["final_loss"][0, 0] == 0.5
+    assert math.isnan(pd.median["t_hit"][0, 0])
+    # A cell whose limit reaches the level still times it on the horizon, as before
+    # (bit-identical to the closed form on t_esc + 40/Gamma).
+    from ntkflow.sweeps import _exact_t_hit, _horizon
+
+    p = nf.Parametrization.named("ntk").replace(correlation=0.5)
+    seed = derive_seed(4, "correlation", 0.5, "beta", -1.0)
+    sol = nf.exact.line(nf._simulate.draw_initial(p.init(256), 256, 1, 8, seed=seed),
+                        p.net(256), nf.LatentLine(beta=-1.0), p.train(256))
+    assert pd.median["t_hit"][0, 1] == np.median(_exact_t_hit(sol, _horizon(sol), 1e-6))
+    # Simulating the unreachable cell does need a horizon: a clear error, not a wrong one.
+    with pytest.raises(ValueError, match="unreachable target"):
+        nf.phase_diagram(("correlation", [1.0]), ("beta", [-1.0]), trajectories=2)
