@@ -320,7 +320,8 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
             horizon = train.t_max
             final = sol.at(np.array([horizon])).loss[:, 0]
             timed = loss_below is not None
-        hit = _exact_t_hit(sol, horizon, loss_below) if timed else np.full(n, np.nan)
+        hit = (_exact_t_hit(sol, horizon, loss_below) if timed and loss_below is not None
+               else np.full(n, np.nan))
         out.update(status=np.zeros(n, dtype=np.int8), final_loss=np.asarray(final),
                    t_hit=hit, t_max=np.float64(math.inf if auto else horizon),
                    source=np.str_("exact"))
