@@ -200,3 +200,49 @@ def test_exact_cells_need_no_horizon_at_t_inf() -> None:
     # Simulating the unreachable cell does need a horizon: a clear error, not a wrong one.
     with pytest.raises(ValueError, match="unreachable target"):
         nf.phase_diagram(("correlation", [1.0]), ("beta", [-1.0]), trajectories=2)
+
+
+def test_studies_run_the_tasks_their_settings_describe(tmp_path) -> None:
+    # The one settings spec (StudySettings) builds, for every width and cell, the Task the
+    # studies built before it: equal keys (SHA-256 of the full description) mean the same
+    # bits and that existing stores resume. Non-default values for every setting, so a
+    # dropped or swapped one changes a key.
+    kw = dict(t_max=30.0, solver="rk4", rtol=1e-8, atol=1e-12, dt=0.02, times=30,
+              loss_below=1e-4, eps=0.1, tau=0.2, exact=True)
+    data = nf.LatentLine(beta=0.5, sigma=2.0)
+    p = nf.Parametrization.named("mean_field")
+
+    def task(h, seed, d, corr=p.correlation, t_max=30.0):
+        auto = t_max == "auto"
+        return nf.Task(net=nf.TwoLayer(width=h.width, kappa=h.kappa), data=d,
+                       train=nf.GradientFlow(eta_u=h.eta_u, eta_w=h.eta_w,
+                                             t_max=1.0 if auto else t_max, solver="rk4",
+                                             rtol=1e-8, atol=1e-12, dt=0.02),
+                       init=nf.Gaussian(h.s_u, h.s_w, correlation=corr), trajectories=3,
+                       seed=seed, record=nf.Record(times=30, spacing="log",
+                                                   loss_below=1e-4),
+                       compute="exact", horizon="auto" if auto else "train", eps=0.1,
+                       tau=0.2)
+
+    nf.width_study([8, 16], p, 3, 9, data=data, store=tmp_path / "w", n_boot=5, **kw)
+    want = {task(p.at(m), derive_seed(9, m), data).key for m in (8, 16)}
+    assert set(nf.Store(tmp_path / "w").keys()) == want
+    kw["t_max"] = "auto"
+    nf.phase_diagram(("beta", [0.5, -1.0]), ("correlation", [0.25]), p, 8, 3, 9, data=data,
+                     store=tmp_path / "p", **kw)
+    want = {task(p.at(8), derive_seed(9, "beta", b, "correlation", 0.25),
+                 nf.LatentLine(beta=b, sigma=2.0), 0.25, "auto").key for b in (0.5, -1.0)}
+    assert set(nf.Store(tmp_path / "p").keys()) == want
+
+
+def test_study_settings_are_checked_in_one_place() -> None:
+    with pytest.raises(TypeError, match="width_study.*'rtl'.*rtol"):
+        nf.width_study([8, 16], rtl=1e-8)
+    with pytest.raises(TypeError, match="phase_diagram.*'widths'"):
+        nf.phase_diagram(("alpha", [1]), ("c_w", [0]), widths=[8])
+    for study in (lambda **k: nf.width_study([8], **k),
+                  lambda **k: nf.phase_diagram(("alpha", [1]), ("c_w", [0]), **k)):
+        with pytest.raises(ValueError, match="trajectories"):
+            study(trajectories=0)
+        with pytest.raises(ValueError, match="loss_below"):
+            study(loss_below=-1.0)

@@ -11,7 +11,7 @@ import math
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -23,7 +23,7 @@ from ._validate import integer, real, require
 from .mechanisms import FAILED, LABELS, SCORE_NAMES, Classification
 from .parametrization import EXPONENTS, Hyper, Parametrization
 from .specs import Data, Gaussian, GradientFlow, LatentLine, Record, TwoLayer
-from .sweeps import Task, TaskOutput, sweep
+from .sweeps import Sweep, Task, TaskOutput, sweep
 from .sweeps import _exact_t_hit as _exact_t_hit  # noqa: F401 - kept importable
 from .sweeps import _horizon as _horizon  # noqa: F401
 
@@ -69,35 +69,116 @@ def _is_line(data: Data) -> bool:
     return int(data.dim) == 1
 
 
-def ensemble_task(
-    hyper: Hyper,
-    *,
-    correlation: float | Literal["copy"],
-    data: Data,
-    trajectories: int,
-    seed: int,
-    exact: bool,
-    t_max: TMax,
-    solver: str = "dopri5",
-    rtol: float = 1e-10,
-    atol: float = 1e-14,
-    dt: float = 0.01,
-    times: int = 200,
-    loss_below: float = 1e-6,
-    eps: float = 0.05,
-    tau: float = 0.1,
-) -> Task:
-    """The sweep task of one ensemble of a study (see ``run_ensemble``)."""
-    auto = t_max is None or t_max == "auto"
-    horizon = 1.0 if auto else real(t_max, "t_max", low=0.0, low_open=True)
-    train = GradientFlow(eta_u=hyper.eta_u, eta_w=hyper.eta_w, t_max=horizon,
-                         solver=solver, rtol=rtol, atol=atol, dt=dt)  # type: ignore[arg-type]
-    return Task(net=TwoLayer(width=hyper.width, kappa=hyper.kappa), data=data, train=train,
-                init=Gaussian(hyper.s_u, hyper.s_w, correlation=correlation),
-                trajectories=trajectories, seed=seed,
-                record=Record(times=times, spacing="log", loss_below=loss_below),
-                compute="exact" if exact else "classify",
-                horizon="auto" if auto else "train", eps=eps, tau=tau)
+@dataclass(frozen=True, kw_only=True, eq=False)
+class StudySettings:
+    """What every ensemble of a study shares, and how the study's sweep runs.
+
+    ``width_study`` and ``phase_diagram`` take these as keywords and check them here, in
+    one place.
+
+    Parameters
+    ----------
+    trajectories : int
+        Per ensemble (a width, a cell).
+    seed : int
+        The study seed: each ensemble's seed is ``derive_seed(seed, *keys)`` of the keys
+        that identify it, independent of the order and of the other ensembles.
+    data : default ``LatentLine()`` (beta* = 1, Sigma = 1)
+    exact : bool
+        Linear, dim 1: t = inf scores from the closed form (``classify_exact``), no
+        integration; the final loss at ``t_max`` (at t = inf if "auto") and the threshold
+        time from the closed form. Much faster; the path extremes are exact.
+    t_max : float or "auto"
+        "auto"/None: t_esc + 40/Gamma from the closed form (dim 1).
+    solver, rtol, atol, dt, times
+        GradientFlow settings and the number of log-spaced record times.
+    loss_below : float
+        Loss level whose first passage time is reported (``t_hit``).
+    eps, tau : float
+        Classification thresholds.
+    threads : int, optional
+        OpenMP threads per ensemble (never changes a number).
+    progress : bool
+        A progress bar on stderr (tqdm, when installed and stderr is a terminal).
+    store, client, resume
+        As in ``sweep``: each ensemble is one task, written to ``store`` as it finishes
+        and run on the Dask cluster ``client`` when given; without them the ensembles run
+        one after the other in this process. The numbers are the same either way.
+    """
+
+    trajectories: int = 200
+    seed: int = 0
+    data: Data = field(default_factory=LatentLine)  # None is taken as the default too
+    exact: bool = False
+    t_max: TMax = "auto"
+    solver: str = "dopri5"
+    rtol: float = 1e-10
+    atol: float = 1e-14
+    dt: float = 0.01
+    times: int = 200
+    loss_below: float = 1e-6
+    eps: float = 0.05
+    tau: float = 0.1
+    threads: int | None = None
+    progress: bool = False
+    store: str | Path | Store | None = None
+    client: Any = None
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        def s(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        s("trajectories", integer(self.trajectories, "trajectories", minimum=1))
+        s("seed", integer(self.seed, "seed", minimum=0))
+        s("loss_below", real(self.loss_below, "loss_below", low=0.0))
+        if self.data is None:
+            s("data", LatentLine())
+
+    def seed_for(self, *keys: float | str) -> int:
+        """The seed of the ensemble these keys identify (``derive_seed``)."""
+        return derive_seed(self.seed, *keys)
+
+    def task(self, hyper: Hyper, correlation: float | Literal["copy"], seed: int,
+             data: Data | None = None) -> Task:
+        """The sweep task of one ensemble (on ``data``, default the settings' data)."""
+        auto = self.t_max is None or self.t_max == "auto"
+        horizon = 1.0 if auto else real(self.t_max, "t_max", low=0.0, low_open=True)
+        train = GradientFlow(eta_u=hyper.eta_u, eta_w=hyper.eta_w, t_max=horizon,
+                             solver=self.solver, rtol=self.rtol, atol=self.atol,  # type: ignore[arg-type]
+                             dt=self.dt)
+        return Task(net=TwoLayer(width=hyper.width, kappa=hyper.kappa),
+                    data=self.data if data is None else data, train=train,
+                    init=Gaussian(hyper.s_u, hyper.s_w, correlation=correlation),
+                    trajectories=self.trajectories, seed=seed,
+                    record=Record(times=self.times, spacing="log",
+                                  loss_below=self.loss_below),
+                    compute="exact" if self.exact else "classify",
+                    horizon="auto" if auto else "train", eps=self.eps, tau=self.tau)
+
+    def run(self, tasks: Sequence[Task], desc: str) -> Sweep:
+        """``sweep`` the tasks with these settings' store, client, threads, progress."""
+        return sweep(tasks, store=self.store, client=self.client, resume=self.resume,
+                     threads=self.threads, progress=self.progress, desc=desc)
+
+
+SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(StudySettings))
+"""The keywords every study takes (``StudySettings``)."""
+
+
+def _settings(caller: str, given: dict[str, Any]) -> StudySettings:
+    unknown = [k for k in given if k not in SETTINGS]
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r} "
+                        f"(study settings: {', '.join(SETTINGS)})")
+    return StudySettings(**given)
+
+
+def ensemble_task(hyper: Hyper, *, correlation: float | Literal["copy"], seed: int,
+                  **settings: Any) -> Task:
+    """The sweep task of one ensemble of a study, seeded ``seed`` (see ``run_ensemble``);
+    ``settings`` as in ``StudySettings``."""
+    return _settings("ensemble_task", settings).task(hyper, correlation, seed)
 
 
 def _ensemble(hyper: Hyper, out: TaskOutput) -> Ensemble:
@@ -105,39 +186,19 @@ def _ensemble(hyper: Hyper, out: TaskOutput) -> Ensemble:
                     out["t_hit"], float(out["t_max"]), out.seconds, str(out["source"]))
 
 
-def run_ensemble(
-    hyper: Hyper,
-    *,
-    correlation: float | Literal["copy"],
-    data: Data,
-    trajectories: int,
-    seed: int,
-    exact: bool,
-    t_max: TMax,
-    solver: str = "dopri5",
-    rtol: float = 1e-10,
-    atol: float = 1e-14,
-    dt: float = 0.01,
-    times: int = 200,
-    loss_below: float = 1e-6,
-    eps: float = 0.05,
-    tau: float = 0.1,
-    threads: int | None = None,
-) -> Ensemble:
-    """Simulate (or solve exactly) one ensemble and classify it.
+def run_ensemble(hyper: Hyper, *, correlation: float | Literal["copy"], seed: int,
+                 **settings: Any) -> Ensemble:
+    """Simulate (or solve exactly) one ensemble, seeded ``seed``, and classify it.
 
     ``exact=True`` (linear, dim 1): no integration; labels from ``classify_exact`` at
     t = inf, the final loss at ``t_max`` (at t = inf if ``t_max`` is "auto"/None) and the
     threshold time from the closed form. ``exact=False``: ``simulate`` on ``times``
     log-spaced record times up to ``t_max`` ("auto": t_esc + 40/Gamma from the closed form,
-    dim 1 only), then ``classify`` on the records. The work is ``ensemble_task(...)``,
-    the task a sweep runs.
+    dim 1 only), then ``classify`` on the records. ``settings`` as in ``StudySettings``;
+    the work is ``ensemble_task(...)``, the task a sweep runs.
     """
-    task = ensemble_task(hyper, correlation=correlation, data=data,
-                         trajectories=trajectories, seed=seed, exact=exact, t_max=t_max,
-                         solver=solver, rtol=rtol, atol=atol, dt=dt, times=times,
-                         loss_below=loss_below, eps=eps, tau=tau)
-    return _ensemble(hyper, task.run(threads))
+    st = _settings("run_ensemble", settings)
+    return _ensemble(hyper, st.task(hyper, correlation, seed).run(st.threads))
 
 
 # --------------------------------------------------------------------------- width study
@@ -155,6 +216,9 @@ class ScalingFit(NamedTuple):
 
 
 FIT_SCORES: tuple[str, ...] = ("rho_star", "rho_T", "abs_delta_a", "t_hit")
+SCORE_COLUMNS: tuple[str, ...] = (*SCORE_NAMES, "abs_delta_a", "final_loss", "t_hit")
+"""Per-trajectory numbers of a study: the classification's scores, ``|delta_a|``, the
+final loss and the threshold time (NaN where a trajectory is not ok)."""
 
 
 def _score_columns(e: Ensemble) -> dict[str, NDArray[np.float64]]:
@@ -274,26 +338,11 @@ def width_study(
     trajectories: int = 200,
     seed: int = 0,
     *,
-    data: Data | None = None,
-    t_max: TMax = "auto",
-    solver: str = "dopri5",
-    rtol: float = 1e-10,
-    atol: float = 1e-14,
-    dt: float = 0.01,
-    times: int = 200,
-    exact: bool = False,
     per_trajectory: bool = False,
-    loss_below: float = 1e-6,
-    eps: float = 0.05,
-    tau: float = 0.1,
     fit: Sequence[str] = FIT_SCORES,
     n_boot: int = 1000,
     boot_seed: int = 0,
-    threads: int | None = None,
-    progress: bool = False,
-    store: str | Path | Store | None = None,
-    client: Any = None,
-    resume: bool = True,
+    **settings: Any,
 ) -> WidthStudy:
     """An ensemble per width, classified, with scaling exponents of the score medians.
 
@@ -308,96 +357,88 @@ def width_study(
     seed : int
         The ensemble of width m uses ``derive_seed(seed, m)``: independent of the order
         and of the other widths.
-    data : default ``LatentLine()`` (beta* = 1, Sigma = 1)
-    t_max : float or "auto"
-        "auto"/None: t_esc + 40/Gamma from the closed form (dim 1).
-    solver, rtol, atol, dt, times
-        GradientFlow settings and the number of log-spaced record times.
-    exact : bool
-        Linear, dim 1: t = inf scores from the closed form (``classify_exact``), no
-        integration. Much faster; the path extremes are exact.
     per_trajectory : bool
         Also return one row per trajectory.
-    loss_below : float
-        Loss level whose first passage time is reported (``t_hit``).
-    eps, tau : float
-        Classification thresholds.
     fit : sequence of str
         Scores whose median is fitted against width: any score name, "abs_delta_a",
         "final_loss", "t_hit".
     n_boot, boot_seed : int
         Bootstrap refits and the seed of their generator.
-    progress : bool
-        A progress bar on stderr (tqdm, when installed and stderr is a terminal).
-    store, client, resume
-        As in ``sweep``: each width is one task, written to ``store`` as it finishes
-        and run on the Dask cluster ``client`` when given; without them the widths run
-        one after the other in this process. The numbers are the same either way.
+    **settings
+        The study settings (``StudySettings``): data, exact, t_max, solver, rtol, atol,
+        dt, times, loss_below, eps, tau, threads, progress, store, client, resume.
+        ``exact=True`` (linear, dim 1) takes the t = inf scores from the closed form and
+        fits against the exponents docs/theory.md §D predicts.
     """
     p = _parametrization(parametrization)
+    ws = _distinct_widths(widths)
+    st = _settings("width_study", dict(settings, trajectories=trajectories, seed=seed))
+    n_boot = integer(n_boot, "n_boot", minimum=1)
+    for f in fit:
+        require(f in SCORE_COLUMNS, "fit",
+                f"entries must be among {tuple(sorted(SCORE_COLUMNS))}", f)
+    hypers = [p.at(w) for w in ws]
+    tasks = [st.task(h, p.correlation, st.seed_for(w)) for h, w in zip(hypers, ws, strict=True)]
+    done = st.run(tasks, desc=f"width study ({p.name})")
+    ensembles = [_ensemble(h, out) for h, out in zip(hypers, done, strict=True)]
+    per_table = (_long_table(ensembles, [{"width": w} for w in ws],
+                             ("width", "trajectory", "label", *SCORE_COLUMNS))
+                 if per_trajectory else None)
+    predicted = _predicted(p) if st.exact else {}
+    fits = {f: fit_scaling(ws, [_score_columns(e)[f][e.classification.ok] for e in ensembles],
+                           score=f, n_boot=n_boot, boot_seed=boot_seed,
+                           predicted=predicted.get(f, math.nan))
+            for f in fit}
+    return WidthStudy(_width_table(ensembles), per_table, fits, p, st.exact, ensembles)
+
+
+def _distinct_widths(widths: Sequence[int]) -> list[int]:
     ws = [integer(w, "widths", minimum=1) for w in widths]
     require(len(ws) >= 1 and len(set(ws)) == len(ws), "widths",
             "must be a non-empty sequence of distinct integers", list(widths))
-    trajectories = integer(trajectories, "trajectories", minimum=1)
-    n_boot = integer(n_boot, "n_boot", minimum=1)
-    loss_below = real(loss_below, "loss_below", low=0.0)
-    data = LatentLine() if data is None else data
-    known = set(SCORE_NAMES) | {"abs_delta_a", "final_loss", "t_hit"}
-    for f in fit:
-        require(f in known, "fit", f"entries must be among {tuple(sorted(known))}", f)
-    hypers = [p.at(w) for w in ws]
-    tasks = [ensemble_task(h, correlation=p.correlation, data=data,
-                           trajectories=trajectories, seed=derive_seed(seed, w), exact=exact,
-                           t_max=t_max, solver=solver, rtol=rtol, atol=atol, dt=dt,
-                           times=times, loss_below=loss_below, eps=eps, tau=tau)
-             for h, w in zip(hypers, ws, strict=True)]
-    done = sweep(tasks, store=store, client=client, resume=resume, threads=threads,
-                 progress=progress, desc=f"width study ({p.name})")
-    ensembles = [_ensemble(h, out) for h, out in zip(hypers, done, strict=True)]
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "width", "kappa", "s_u", "s_w", "eta_u", "eta_w", "seed", "trajectories", "ok",
-        "failed", "t_max")}
-    for lab in LABELS:
-        cols[f"frac_{lab}"] = []
-    score_cols = [*SCORE_NAMES, "abs_delta_a", "final_loss", "t_hit"]
-    for s in score_cols:
-        cols[f"median_{s}"] = []
-    cols["seconds"] = []
-    per: dict[str, list[Any]] = {k: [] for k in ("width", "trajectory", "label", *score_cols)}
+    return ws
+
+
+def _predicted(p: Parametrization) -> dict[str, float]:
+    """docs/theory.md §D's t = inf exponents of the fitted scores."""
+    pred = p.predicted_exponents()
+    return {"rho_star": pred["rho"], "rho_T": pred["rho"], "abs_delta_a": pred["delta_cos"]}
+
+
+def _median(v: NDArray[np.float64]) -> float:
+    return float(np.median(v)) if v.size else math.nan
+
+
+def _width_table(ensembles: Sequence[Ensemble]) -> Table:
+    """One row per width: hyperparameters, seed, counts, label fractions, medians of the
+    scores over ok trajectories, seconds."""
+    rows = []
     for e in ensembles:
         c = e.classification
-        h = e.hyper
-        for k in ("width", "kappa", "s_u", "s_w", "eta_u", "eta_w"):
-            cols[k].append(getattr(h, k))
-        cols["seed"].append(e.seed)
-        cols["trajectories"].append(c.trajectories)
-        cols["ok"].append(int(np.sum(c.ok)))
-        cols["failed"].append(c.failed)
-        cols["t_max"].append(e.t_max)
-        for lab, frac in c.fractions.items():
-            cols[f"frac_{lab}"].append(frac)
         sc = _score_columns(e)
-        for s in score_cols:
-            v = sc[s][c.ok]
-            cols[f"median_{s}"].append(float(np.median(v)) if v.size else math.nan)
-        cols["seconds"].append(e.seconds)
-        if per_trajectory:
-            per["width"].extend([h.width] * c.trajectories)
-            per["trajectory"].extend(range(c.trajectories))
-            per["label"].extend(c.labels.tolist())
-            for s in score_cols:
-                per[s].extend(sc[s].tolist())
-    table = Table({k: np.asarray(v) for k, v in cols.items()})
-    per_table = Table({k: np.asarray(v) for k, v in per.items()}) if per_trajectory else None
-    pred = p.predicted_exponents()
-    predicted = {"rho_star": pred["rho"], "rho_T": pred["rho"],
-                 "abs_delta_a": pred["delta_cos"]}
-    fits = {}
-    for f in fit:
-        samples = [_score_columns(e)[f][e.classification.ok] for e in ensembles]
-        fits[f] = fit_scaling(ws, samples, score=f, n_boot=n_boot, boot_seed=boot_seed,
-                              predicted=predicted.get(f, math.nan) if exact else math.nan)
-    return WidthStudy(table, per_table, fits, p, exact, ensembles)
+        rows.append({**e.hyper._asdict(), "seed": e.seed, "trajectories": c.trajectories,
+                     "ok": int(np.sum(c.ok)), "failed": c.failed, "t_max": e.t_max,
+                     **{f"frac_{lab}": frac for lab, frac in c.fractions.items()},
+                     **{f"median_{s}": _median(sc[s][c.ok]) for s in SCORE_COLUMNS},
+                     "seconds": e.seconds})
+    return Table({k: np.asarray([r[k] for r in rows]) for k in rows[0]})
+
+
+def _long_table(ensembles: Sequence[Ensemble], settings: Sequence[dict[str, Any]],
+                names: Sequence[str] | None = None) -> Table:
+    """One row per (ensemble, trajectory): the ensemble's ``settings`` repeated, then
+    the trajectory's index, label, ok flag and scores (``names``: these columns only)."""
+    cols: dict[str, list[Any]] = {}
+    for e, setting in zip(ensembles, settings, strict=True):
+        c = e.classification
+        n = c.trajectories
+        sc = _score_columns(e)
+        row = {**{k: [v] * n for k, v in setting.items()}, "trajectory": range(n),
+               "label": c.labels.tolist(), "ok": c.ok.tolist(),
+               **{s: sc[s].tolist() for s in SCORE_COLUMNS}}
+        for k in (row if names is None else names):
+            cols.setdefault(k, []).extend(row[k])
+    return Table({k: np.asarray(v) for k, v in cols.items()})
 
 
 # --------------------------------------------------------------------------- phase diagram
@@ -518,23 +559,7 @@ def phase_diagram(
     width: int = 256,
     trajectories: int = 200,
     seed: int = 0,
-    *,
-    data: Data | None = None,
-    exact: bool = False,
-    t_max: TMax = "auto",
-    solver: str = "dopri5",
-    rtol: float = 1e-10,
-    atol: float = 1e-14,
-    dt: float = 0.01,
-    times: int = 200,
-    loss_below: float = 1e-6,
-    eps: float = 0.05,
-    tau: float = 0.1,
-    threads: int | None = None,
-    progress: bool = False,
-    store: str | Path | Store | None = None,
-    client: Any = None,
-    resume: bool = True,
+    **settings: Any,
 ) -> PhaseDiagram:
     """Label fractions and mean scores over a grid of two hyperparameters.
 
@@ -549,56 +574,53 @@ def phase_diagram(
         Width of every cell (unless "width" is an axis).
     trajectories, seed : int
         Per cell; the cell seed is ``derive_seed(seed, x_name, x, y_name, y)``.
-    exact : bool
-        Linear, dim 1: each cell from the closed form at t = inf (``classify_exact``),
-        no integration: the infinite-precision phase diagram.
-    store, client, resume
-        As in ``sweep``: each cell is one task (see ``width_study``).
-    Other parameters as in ``width_study``.
+    **settings
+        The study settings (``StudySettings``), as in ``width_study``. ``exact=True``
+        (linear, dim 1): each cell from the closed form at t = inf (``classify_exact``),
+        no integration: the infinite-precision phase diagram. With ``store``/``client``
+        each cell is one task.
     """
     p = _parametrization(base)
     width = integer(width, "width", minimum=1)
-    trajectories = integer(trajectories, "trajectories", minimum=1)
-    data = LatentLine() if data is None else data
-    names = []
-    axes = []
-    for label, ax in (("x", x), ("y", y)):
-        require(isinstance(ax, (tuple, list)) and len(ax) == 2, label,
-                "must be a pair (name, values)", ax)
-        name, vals = ax
-        require(name in AXES, f"{label} name", f"must be one of {AXES}", name)
-        v = np.asarray(vals, dtype=np.float64).reshape(-1)
-        require(v.size >= 1 and bool(np.all(np.isfinite(v))), f"{label} values",
-                "must be a non-empty list of finite numbers", vals)
-        names.append(str(name))
-        axes.append(v)
-    require(names[0] != names[1], "y name", "must differ from the x name", names[1])
-    xv, yv = axes
-    ny, nx = yv.size, xv.size
+    st = _settings("phase_diagram", dict(settings, trajectories=trajectories, seed=seed))
+    (xn, xv), (yn, yv) = _axis("x", x), _axis("y", y)
+    require(xn != yn, "y name", "must differ from the x name", yn)
+    t0 = time.perf_counter()
+    cells = [(i, j) for i in range(yv.size) for j in range(xv.size)]
+    setups = [_cell_setting(p, width, st.data, {xn: float(xv[j]), yn: float(yv[i])})
+              for i, j in cells]
+    tasks = [st.task(h, corr, st.seed_for(xn, xv[j], yn, yv[i]), d)
+             for (i, j), (h, corr, d) in zip(cells, setups, strict=True)]
+    done = st.run(tasks, desc="phase diagram")
+    ensembles = [_ensemble(h, out) for (h, _, _), out in zip(setups, done, strict=True)]
+    frac, mean, med, dom, domf, okc = _cell_arrays(ensembles, yv.size, xv.size)
+    return PhaseDiagram(xn, xv, yn, yv, frac, mean, med, dom, domf, okc, st.trajectories,
+                        st.exact, time.perf_counter() - t0)
+
+
+def _axis(label: str, ax: Any) -> tuple[str, NDArray[np.float64]]:
+    require(isinstance(ax, (tuple, list)) and len(ax) == 2, label,
+            "must be a pair (name, values)", ax)
+    name, vals = ax
+    require(name in AXES, f"{label} name", f"must be one of {AXES}", name)
+    v = np.asarray(vals, dtype=np.float64).reshape(-1)
+    require(v.size >= 1 and bool(np.all(np.isfinite(v))), f"{label} values",
+            "must be a non-empty list of finite numbers", vals)
+    return str(name), v
+
+
+def _cell_arrays(ensembles: Sequence[Ensemble], ny: int, nx: int) -> tuple[Any, ...]:
+    """The (ny, nx) arrays of a phase diagram from its cells' ensembles (row-major):
+    label fractions, mean and median scores (ok, finite), dominant label and its
+    fraction, ok counts."""
     frac = {lab: np.full((ny, nx), np.nan) for lab in LABELS}
-    score_names = [*SCORE_NAMES, "abs_delta_a", "final_loss", "t_hit"]
-    mean = {s: np.full((ny, nx), np.nan) for s in score_names}
-    med = {s: np.full((ny, nx), np.nan) for s in score_names}
+    mean = {s: np.full((ny, nx), np.nan) for s in SCORE_COLUMNS}
+    med = {s: np.full((ny, nx), np.nan) for s in SCORE_COLUMNS}
     dom = np.full((ny, nx), FAILED, dtype="<U12")
     domf = np.full((ny, nx), np.nan)
     okc = np.zeros((ny, nx), dtype=np.int64)
-    t0 = time.perf_counter()
-    cells = [(i, j) for i in range(ny) for j in range(nx)]
-    hypers = []
-    tasks = []
-    for i, j in cells:
-        cell = {names[0]: float(xv[j]), names[1]: float(yv[i])}
-        h, corr, d = _cell_setting(p, width, data, cell)
-        hypers.append(h)
-        tasks.append(ensemble_task(
-            h, correlation=corr, data=d, trajectories=trajectories,
-            seed=derive_seed(seed, names[0], xv[j], names[1], yv[i]), exact=exact,
-            t_max=t_max, solver=solver, rtol=rtol, atol=atol, dt=dt, times=times,
-            loss_below=loss_below, eps=eps, tau=tau))
-    done = sweep(tasks, store=store, client=client, resume=resume, threads=threads,
-                 progress=progress, desc="phase diagram")
-    for (i, j), h, out in zip(cells, hypers, done, strict=True):
-        e = _ensemble(h, out)
+    for k, e in enumerate(ensembles):
+        i, j = divmod(k, nx)
         c = e.classification
         okc[i, j] = int(np.sum(c.ok))
         for lab, f in c.fractions.items():
@@ -607,11 +629,10 @@ def phase_diagram(
         if dom[i, j] != FAILED:
             domf[i, j] = c.fractions[dom[i, j]]
         sc = _score_columns(e)
-        for s in score_names:
+        for s in SCORE_COLUMNS:
             v = sc[s][c.ok]
             v = v[np.isfinite(v)]
             if v.size:
                 mean[s][i, j] = float(np.mean(v))
                 med[s][i, j] = float(np.median(v))
-    return PhaseDiagram(names[0], xv, names[1], yv, frac, mean, med, dom, domf, okc,
-                        trajectories, exact, time.perf_counter() - t0)
+    return frac, mean, med, dom, domf, okc
