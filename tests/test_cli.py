@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ntkflow.studies import derive_seed
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -98,6 +100,15 @@ def test_run_width_study(tmp_path: Path) -> None:
         assert (out / f).stat().st_size > 50
     with np.load(out / "width_study.npz") as z:
         assert list(z["width"]) == [16, 64, 256]
+        # issue 16: seeds are 64-bit unsigned; mixed with ones >= 2**63 they went through
+        # float64 (6192166547663441477 came back as 6192166547663441920). Exact now.
+        assert z["seed"].dtype == np.uint64 and z["width"].dtype == np.int64
+        assert int(z["seed"][0]) == 6192166547663441477
+    with (out / "width_study.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["seed"] for r in rows] == [str(derive_seed(0, m)) for m in (16, 64, 256)]
+    assert rows[0]["seed"] == "6192166547663441477"
+    assert [r["ok"] for r in rows] == ["30", "30", "30"]
     _png(out / "width_scaling.png")
     assert "rho_star" in r.stdout
 

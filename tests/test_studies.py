@@ -246,3 +246,32 @@ def test_study_settings_are_checked_in_one_place() -> None:
             study(trajectories=0)
         with pytest.raises(ValueError, match="loss_below"):
             study(loss_below=-1.0)
+
+
+def test_integer_columns_stay_integers(tmp_path) -> None:
+    # issue 16: seeds, widths and counts keep every digit in tables, CSV and NPZ. Widths
+    # 16 and 64 with seed 0 mix seeds below and above 2**63, which sent the column
+    # through float64 (6192166547663441477 -> 6192166547663441920).
+    st = nf.width_study([16, 64], "ntk", trajectories=4, seed=0, exact=True, n_boot=5,
+                        per_trajectory=True)
+    seeds = [derive_seed(0, 16), derive_seed(0, 64)]
+    assert seeds[0] == 6192166547663441477 and seeds[1] >= 2**63
+    assert st.table["seed"].dtype == np.uint64 and st.table["seed"].tolist() == seeds
+    for name in ("width", "trajectories", "ok", "failed"):
+        assert st.table[name].dtype == np.int64, name
+    assert st.trajectories["trajectory"].dtype == np.int64
+    with st.table.to_csv(tmp_path / "w.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["seed"]) for r in rows] == seeds and rows[1]["width"] == "64"
+    np.savez(tmp_path / "w.npz", **st.table.columns)
+    with np.load(tmp_path / "w.npz") as z:
+        assert z["seed"].tolist() == seeds
+    # a width axis of a phase diagram is a column of integers too (was float: "16.0")
+    pd = nf.phase_diagram(("width", [16, 64]), ("alpha", [0.5]), trajectories=4,
+                          exact=True)
+    assert pd.table()["width"].dtype == np.int64
+    with pd.table().to_csv(tmp_path / "p.csv").open() as fh:
+        assert [r["width"] for r in csv.DictReader(fh)] == ["16", "64"]
+    pd.to_npz(tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as z:
+        assert z["x_values"].dtype == np.int64 and z["x_values"].tolist() == [16, 64]

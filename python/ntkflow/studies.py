@@ -405,6 +405,20 @@ def _predicted(p: Parametrization) -> dict[str, float]:
     return {"rho_star": pred["rho"], "rho_T": pred["rho"], "abs_delta_a": pred["delta_cos"]}
 
 
+INTEGER_COLUMNS: dict[str, type[np.integer[Any]]] = {
+    "width": np.int64, "seed": np.uint64, "trajectories": np.int64, "trajectory": np.int64,
+    "failed": np.int64}
+"""Columns of study tables that hold integers, with their dtypes: seeds go up to
+2**64 - 1 (``derive_seed``), which neither float64 nor int64 keeps. ("ok" is a count per
+width but a flag per trajectory: NumPy's int64 or bool.)"""
+
+
+def _column(name: str, values: Any) -> NDArray[Any]:
+    """A table column: integers as ``INTEGER_COLUMNS`` says, anything else as NumPy
+    infers (never through float64 for a seed or a width)."""
+    return np.asarray(values, dtype=INTEGER_COLUMNS.get(name))
+
+
 def _median(v: NDArray[np.float64]) -> float:
     return float(np.median(v)) if v.size else math.nan
 
@@ -421,7 +435,7 @@ def _width_table(ensembles: Sequence[Ensemble]) -> Table:
                      **{f"frac_{lab}": frac for lab, frac in c.fractions.items()},
                      **{f"median_{s}": _median(sc[s][c.ok]) for s in SCORE_COLUMNS},
                      "seconds": e.seconds})
-    return Table({k: np.asarray([r[k] for r in rows]) for k in rows[0]})
+    return Table({k: _column(k, [r[k] for r in rows]) for k in rows[0]})
 
 
 def _long_table(ensembles: Sequence[Ensemble], settings: Sequence[dict[str, Any]],
@@ -438,7 +452,7 @@ def _long_table(ensembles: Sequence[Ensemble], settings: Sequence[dict[str, Any]
                **{s: sc[s].tolist() for s in SCORE_COLUMNS}}
         for k in (row if names is None else names):
             cols.setdefault(k, []).extend(row[k])
-    return Table({k: np.asarray(v) for k, v in cols.items()})
+    return Table({k: _column(k, v) for k, v in cols.items()})
 
 
 # --------------------------------------------------------------------------- phase diagram
@@ -488,7 +502,8 @@ class PhaseDiagram:
     def table(self) -> Table:
         """One row per cell (tidy form of every array)."""
         yy, xx = np.meshgrid(self.y_values, self.x_values, indexing="ij")
-        cols: dict[str, NDArray[Any]] = {self.y_name: yy.ravel(), self.x_name: xx.ravel()}
+        cols = {self.y_name: _column(self.y_name, yy.ravel()),
+                self.x_name: _column(self.x_name, xx.ravel())}
         if self.y_name == self.x_name:  # pragma: no cover - refused by phase_diagram
             cols = {"y": yy.ravel(), "x": xx.ravel()}
         cols["ok"] = self.ok.ravel()
@@ -505,8 +520,8 @@ class PhaseDiagram:
     def to_npz(self, path: Any) -> None:
         """All arrays in one ``.npz`` (readable with plain NumPy)."""
         arrays: dict[str, Any] = {
-            "x_name": np.array(self.x_name), "x_values": self.x_values,
-            "y_name": np.array(self.y_name), "y_values": self.y_values,
+            "x_name": np.array(self.x_name), "x_values": _column(self.x_name, self.x_values),
+            "y_name": np.array(self.y_name), "y_values": _column(self.y_name, self.y_values),
             "dominant": self.dominant, "dominant_fraction": self.dominant_fraction,
             "ok": self.ok,
         }
