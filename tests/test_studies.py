@@ -108,7 +108,8 @@ def test_simulated_width_study_agrees_with_exact() -> None:
 def test_seeds_depend_on_width_not_order() -> None:
     a = nf.width_study([16, 64], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
     b = nf.width_study([64, 16], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
-    c = nf.width_study([64], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
+    with pytest.warns(UserWarning, match="one width"):
+        c = nf.width_study([64], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
     assert a.table["median_rho_star"][1] == b.table["median_rho_star"][0]
     assert c.table["median_rho_star"][0] == b.table["median_rho_star"][0]
     assert list(a.table["seed"]) == [derive_seed(3, 16), derive_seed(3, 64)]
@@ -275,3 +276,21 @@ def test_integer_columns_stay_integers(tmp_path) -> None:
     pd.to_npz(tmp_path / "p.npz")
     with np.load(tmp_path / "p.npz") as z:
         assert z["x_values"].dtype == np.int64 and z["x_values"].tolist() == [16, 64]
+
+
+def test_one_width_says_it_cannot_fit_and_repr_is_the_summary() -> None:
+    # issue 16: nf.width_study([64]) returned NaN fits without a word, and print(study)
+    # dumped arrays. Now a warning, a note in summary() (no "+nan" rows), repr = summary.
+    with pytest.warns(UserWarning, match=r"one width \(64\): no scaling fit"):
+        st = nf.width_study([64], "ntk", trajectories=4, exact=True, n_boot=5)
+    assert all(math.isnan(f.exponent) for f in st.fits.values())
+    assert st.notes and "note: one width (64)" in st.summary()
+    assert "nan" not in st.summary() and "rho_star     no fit" in st.summary()
+    assert repr(st) == st.summary()
+    assert nf.width_study([64], trajectories=4, exact=True, fit=()).notes == ()  # no fit
+    two = nf.width_study([16, 64], "ntk", trajectories=4, exact=True, n_boot=5)
+    assert two.notes == () and "note" not in repr(two)
+    pd = nf.phase_diagram(("alpha", [0.5, 1.0]), ("c_w", [0.0]), width=16, trajectories=4,
+                          exact=True)
+    assert repr(pd) == pd.summary() and "array(" not in repr(pd)
+    assert pd.summary().startswith("phase diagram: 4 trajectories per cell (exact, t = inf)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -270,9 +271,9 @@ def fit_scaling(
                       predicted)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class WidthStudy:
-    """Result of ``width_study``.
+    """Result of ``width_study``; its repr is ``summary()``.
 
     Attributes
     ----------
@@ -283,6 +284,9 @@ class WidthStudy:
         One row per (width, trajectory) when ``per_trajectory=True``.
     fits : dict of score -> ScalingFit
     ensembles : list of Ensemble
+    notes : tuple of str
+        What the study could not do (e.g. fit a single width), also shown by
+        ``summary()`` and warned about when the study ran.
     """
 
     table: Table
@@ -290,7 +294,8 @@ class WidthStudy:
     fits: dict[str, ScalingFit]
     parametrization: Parametrization
     exact: bool
-    ensembles: list[Ensemble] = field(repr=False)
+    ensembles: list[Ensemble]
+    notes: tuple[str, ...] = ()
 
     def fits_table(self) -> Table:
         return Table({
@@ -315,13 +320,19 @@ class WidthStudy:
                 f"{t['frac_disalignment'][i]:>7.2f}{t['frac_rescaling'][i]:>7.2f}"
                 f"{t['median_rho_star'][i]:>11.3g}{t['median_abs_delta_a'][i]:>10.3g}"
                 f"{t['median_t_hit'][i]:>11.3g}")
-        lines.append("scaling of the median with width (95% bootstrap interval):")
+        if self.fits:
+            lines.append("scaling of the median with width (95% bootstrap interval):")
         for f in self.fits.values():
             pred = ("" if math.isnan(f.predicted)
                     else f"   docs/theory.md §D: {f.predicted:+.3g}")
-            lines.append(f"  {f.score:<12} {f.exponent:+.3f}  [{f.low:+.3f}, {f.high:+.3f}]"
-                         f"{pred}")
+            fitted = (f"{f.exponent:+.3f}  [{f.low:+.3f}, {f.high:+.3f}]"
+                      if math.isfinite(f.exponent) else "no fit")
+            lines.append(f"  {f.score:<12} {fitted}{pred}")
+        lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
 
 
 def _parametrization(p: Parametrization | str) -> Parametrization:
@@ -377,6 +388,9 @@ def width_study(
     for f in fit:
         require(f in SCORE_COLUMNS, "fit",
                 f"entries must be among {tuple(sorted(SCORE_COLUMNS))}", f)
+    notes = _fit_notes(ws, fit)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
     hypers = [p.at(w) for w in ws]
     tasks = [st.task(h, p.correlation, st.seed_for(w)) for h, w in zip(hypers, ws, strict=True)]
     done = st.run(tasks, desc=f"width study ({p.name})")
@@ -389,7 +403,8 @@ def width_study(
                            score=f, n_boot=n_boot, boot_seed=boot_seed,
                            predicted=predicted.get(f, math.nan))
             for f in fit}
-    return WidthStudy(_width_table(ensembles), per_table, fits, p, st.exact, ensembles)
+    return WidthStudy(_width_table(ensembles), per_table, fits, p, st.exact, ensembles,
+                      notes)
 
 
 def _distinct_widths(widths: Sequence[int]) -> list[int]:
@@ -397,6 +412,13 @@ def _distinct_widths(widths: Sequence[int]) -> list[int]:
     require(len(ws) >= 1 and len(set(ws)) == len(ws), "widths",
             "must be a non-empty sequence of distinct integers", list(widths))
     return ws
+
+
+def _fit_notes(ws: Sequence[int], fit: Sequence[str]) -> tuple[str, ...]:
+    if len(ws) < 2 and len(fit) > 0:
+        return (f"one width ({ws[0]}): no scaling fit, which needs at least two widths; "
+                "the exponents are NaN",)
+    return ()
 
 
 def _predicted(p: Parametrization) -> dict[str, float]:
@@ -464,9 +486,10 @@ correlation), the width, the target slope ``beta`` and input moment ``sigma`` of
 LatentLine, or a concrete hyperparameter overriding the parametrization's value."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class PhaseDiagram:
-    """Result of ``phase_diagram``: arrays of shape (ny, nx), row i is ``y_values[i]``.
+    """Result of ``phase_diagram``: arrays of shape (ny, nx), row i is ``y_values[i]``;
+    its repr is ``summary()``.
 
     Attributes
     ----------
@@ -532,7 +555,9 @@ class PhaseDiagram:
 
     def summary(self) -> str:
         w = max(8, max(len(f"{v:g}") for v in self.x_values) + 2)
-        lines = [f"dominant label (fraction); rows {self.y_name}, columns {self.x_name}",
+        lines = [f"phase diagram: {self.trajectories} trajectories per cell "
+                 f"({'exact, t = inf' if self.exact else 'simulated'})",
+                 f"dominant label (fraction); rows {self.y_name}, columns {self.x_name}",
                  " " * 10 + "".join(f"{v:>{w + 6}g}" for v in self.x_values)]
         short = {"kernel": "K", "alignment": "A", "disalignment": "D", "rescaling": "R",
                  FAILED: "F"}
@@ -542,6 +567,9 @@ class PhaseDiagram:
             lines.append(f"{yv:>10g}{cells}")
         lines.append("K kernel, A alignment, D disalignment, R rescaling, F failed")
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
 
 
 def _cell_setting(
