@@ -294,3 +294,34 @@ def test_one_width_says_it_cannot_fit_and_repr_is_the_summary() -> None:
                           exact=True)
     assert repr(pd) == pd.summary() and "array(" not in repr(pd)
     assert pd.summary().startswith("phase diagram: 4 trajectories per cell (exact, t = inf)")
+
+
+def test_long_tables_have_one_row_per_setting_and_trajectory() -> None:
+    st = nf.width_study([8, 16], "ntk", trajectories=5, seed=2, exact=True, n_boot=5,
+                        per_trajectory=True)
+    long = st.to_long()
+    assert len(long) == 2 * 5
+    assert long["width"].tolist() == [8] * 5 + [16] * 5
+    assert long["trajectory"].tolist() == [0, 1, 2, 3, 4] * 2
+    assert long["seed"].dtype == np.uint64
+    assert long["seed"].tolist() == [derive_seed(2, 8)] * 5 + [derive_seed(2, 16)] * 5
+    e = st.ensembles[1]
+    assert long["label"][5:].tolist() == e.classification.labels.tolist()
+    assert np.array_equal(long["rho_star"][5:], e.classification.scores["rho_star"])
+    assert np.array_equal(long["kappa"], np.repeat([8**-0.5, 16**-0.5], 5))
+    for name in st.trajectories.names:  # per_trajectory=True is a selection of it
+        a, b = st.trajectories[name], long[name]
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+    pd = nf.phase_diagram(("alpha", [0.5, 1.25]), ("c_w", [-1.0, 0.0, 0.5]), width=32,
+                          trajectories=4, seed=1, exact=True)
+    long = pd.to_long()
+    assert len(long) == 6 * 4 and long.names[:3] == ("alpha", "c_w", "width")
+    # cell (i, j) = (2, 1): c_w 0.5, alpha 1.25; its rows give the cell's mean exactly
+    rows = (long["alpha"] == 1.25) & (long["c_w"] == 0.5) & long["ok"]
+    assert rows.sum() == pd.ok[2, 1] == 4
+    assert np.mean(long["rho_star"][rows]) == pd.mean["rho_star"][2, 1]
+    assert set(long["seed"][rows].tolist()) == {derive_seed(1, "alpha", 1.25, "c_w", 0.5)}
+    pytest.importorskip("pandas")
+    df = pd.to_long().to_pandas()
+    assert df.shape == (24, len(long.names)) and df["seed"].dtype == np.uint64
+    assert (df.groupby(["c_w", "alpha"])["label"].count() == 4).all()

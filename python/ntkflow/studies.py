@@ -334,6 +334,12 @@ class WidthStudy:
     def __repr__(self) -> str:
         return self.summary()
 
+    def to_long(self) -> Table:
+        """One row per (width, trajectory): the width's hyperparameters and seed, then the
+        trajectory's index, label, ok flag and scores (``SCORE_COLUMNS``); the tidy form
+        for plotting and grouping (``.to_pandas()`` for a DataFrame)."""
+        return _long_table(self.ensembles, [_setting(e) for e in self.ensembles])
+
 
 def _parametrization(p: Parametrization | str) -> Parametrization:
     if isinstance(p, str):
@@ -460,6 +466,10 @@ def _width_table(ensembles: Sequence[Ensemble]) -> Table:
     return Table({k: _column(k, [r[k] for r in rows]) for k in rows[0]})
 
 
+def _setting(e: Ensemble) -> dict[str, Any]:
+    return {**e.hyper._asdict(), "seed": e.seed}
+
+
 def _long_table(ensembles: Sequence[Ensemble], settings: Sequence[dict[str, Any]],
                 names: Sequence[str] | None = None) -> Table:
     """One row per (ensemble, trajectory): the ensemble's ``settings`` repeated, then
@@ -502,6 +512,8 @@ class PhaseDiagram:
     dominant_fraction : (ny, nx)
     ok : (ny, nx) int
         Trajectories counted per cell.
+    ensembles : list of Ensemble
+        One per cell, row-major (cell (i, j) is ``ensembles[i * nx + j]``).
     """
 
     x_name: str
@@ -517,6 +529,7 @@ class PhaseDiagram:
     trajectories: int
     exact: bool
     seconds: float
+    ensembles: list[Ensemble] = field(default_factory=list)  # row-major, one per cell
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -539,6 +552,17 @@ class PhaseDiagram:
         for k, v in self.median.items():
             cols[f"median_{k}"] = v.ravel()
         return Table(cols)
+
+    def to_long(self) -> Table:
+        """One row per (cell, trajectory): the cell's axis values, hyperparameters and
+        seed, then the trajectory's index, label, ok flag and scores (``SCORE_COLUMNS``);
+        the tidy form for plotting and grouping (``.to_pandas()`` for a DataFrame)."""
+        require(len(self.ensembles) == self.dominant.size, "ensembles",
+                "must hold one ensemble per cell for to_long", len(self.ensembles))
+        nx = self.x_values.size
+        settings = [{self.x_name: self.x_values[k % nx], self.y_name: self.y_values[k // nx],
+                     **_setting(e)} for k, e in enumerate(self.ensembles)]
+        return _long_table(self.ensembles, settings)
 
     def to_npz(self, path: Any) -> None:
         """All arrays in one ``.npz`` (readable with plain NumPy)."""
@@ -638,7 +662,7 @@ def phase_diagram(
     ensembles = [_ensemble(h, out) for (h, _, _), out in zip(setups, done, strict=True)]
     frac, mean, med, dom, domf, okc = _cell_arrays(ensembles, yv.size, xv.size)
     return PhaseDiagram(xn, xv, yn, yv, frac, mean, med, dom, domf, okc, st.trajectories,
-                        st.exact, time.perf_counter() - t0)
+                        st.exact, time.perf_counter() - t0, ensembles)
 
 
 def _axis(label: str, ax: Any) -> tuple[str, NDArray[np.float64]]:
