@@ -192,3 +192,38 @@ def test_plot_functions_return_and_save_figures(tmp_path: Path) -> None:
     _png(tmp_path / "c.png")
     with pytest.raises(ValueError, match="quantities"):
         plots.trajectories(res, quantities=("speed",))
+
+
+def test_plot_functions_draw_into_given_axes(tmp_path: Path) -> None:
+    # issue 16: plots.phase_diagram(pd, ax=...) was a TypeError, so figures could not be
+    # composed. Each function draws into the Axes given (one, or one per panel) and
+    # returns the (root) Figure they belong to, without a figure title of its own.
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    import ntkflow as nf
+    from ntkflow import plots
+
+    res = nf.simulate(nf.TwoLayer(width=8, kappa=0.25), nf.LatentLine(),
+                      nf.GradientFlow(t_max=10.0), init=nf.Gaussian(0.1, 0.1),
+                      trajectories=10, record=nf.Record(times=20, spacing="log"))
+    st = nf.width_study([16, 64], "ntk", trajectories=10, exact=True, n_boot=10)
+    pd = nf.phase_diagram(("alpha", [0.5, 1.0]), ("c_w", [0.0]), width=16,
+                          trajectories=10, exact=True)
+    fig = Figure(layout="constrained")
+    top, bottom = fig.subfigures(2, 1)
+    a = top.subplots(1, 3)
+    b = bottom.subplots(1, 2)
+    assert plots.phase_diagram(pd, ax=a[0]) is fig
+    assert plots.width_scaling(st, ["rho_star", "abs_delta_a"], ax=a[1:]) is fig
+    assert plots.trajectories(res, quantities=("loss", "alignment"), ax=b,
+                              path=tmp_path / "all.png") is fig
+    assert len(a[0].images) == 1 and a[1].lines and b[1].lines
+    assert fig._suptitle is None
+    _png(tmp_path / "all.png")
+    solo = Figure().subplots()
+    assert isinstance(plots.phase_diagram(pd, ax=solo), Figure)
+    with pytest.raises(ValueError, match="ax must be 2 matplotlib Axes"):
+        plots.width_scaling(st, ["rho_star", "abs_delta_a"], ax=a[0])
+    with pytest.raises(ValueError, match="ax must be a matplotlib Axes"):
+        plots.phase_diagram(pd, ax="left")
