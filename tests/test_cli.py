@@ -6,6 +6,7 @@ import csv
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,47 +170,49 @@ def test_help_everywhere(tmp_path: Path, cmd: list[str]) -> None:
     assert r.returncode == 0 and "usage: ntkflow" in r.stdout
 
 
-def test_plot_functions_return_and_save_figures(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def plotted() -> tuple[Any, Any, Any]:
+    """A small simulation, width study and phase diagram to plot."""
     pytest.importorskip("matplotlib")
+    import ntkflow as nf
+
+    res = nf.simulate(nf.TwoLayer(width=16, kappa=0.25), nf.LatentLine(),
+                      nf.GradientFlow(t_max=20.0), init=nf.Gaussian(0.1, 0.1),
+                      trajectories=30, record=nf.Record(times=50, spacing="log"))
+    st = nf.width_study([16, 64], "ntk", trajectories=20, exact=True, n_boot=20)
+    pd = nf.phase_diagram(("alpha", [0.5, 1.0]), ("c_w", [0.0]), width=64,
+                          trajectories=20, exact=True)
+    return res, st, pd
+
+
+def test_plot_functions_return_and_save_figures(tmp_path: Path, plotted) -> None:
     from matplotlib.figure import Figure
 
     import ntkflow as nf
     from ntkflow import plots
 
-    res = nf.simulate(nf.TwoLayer(width=16, kappa=0.25), nf.LatentLine(),
-                      nf.GradientFlow(t_max=20.0), init=nf.Gaussian(0.1, 0.1),
-                      trajectories=30, record=nf.Record(times=50, spacing="log"))
+    res, st, pd = plotted
     fig = plots.trajectories(res, nf.exact.line(res, res.net, res.data, res.train),
                              path=tmp_path / "a.png")
     assert isinstance(fig, Figure)
     _png(tmp_path / "a.png")
-    st = nf.width_study([16, 64], "ntk", trajectories=20, exact=True, n_boot=20)
     assert isinstance(plots.width_scaling(st, path=tmp_path / "b.png"), Figure)
     _png(tmp_path / "b.png")
-    pd = nf.phase_diagram(("alpha", [0.5, 1.0]), ("c_w", [0.0]), width=64,
-                          trajectories=20, exact=True)
     assert isinstance(plots.phase_diagram(pd, path=tmp_path / "c.png"), Figure)
     _png(tmp_path / "c.png")
     with pytest.raises(ValueError, match="quantities"):
         plots.trajectories(res, quantities=("speed",))
 
 
-def test_plot_functions_draw_into_given_axes(tmp_path: Path) -> None:
+def test_plot_functions_draw_into_given_axes(tmp_path: Path, plotted) -> None:
     # issue 16: plots.phase_diagram(pd, ax=...) was a TypeError, so figures could not be
     # composed. Each function draws into the Axes given (one, or one per panel) and
     # returns the (root) Figure they belong to, without a figure title of its own.
-    pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
-    import ntkflow as nf
     from ntkflow import plots
 
-    res = nf.simulate(nf.TwoLayer(width=8, kappa=0.25), nf.LatentLine(),
-                      nf.GradientFlow(t_max=10.0), init=nf.Gaussian(0.1, 0.1),
-                      trajectories=10, record=nf.Record(times=20, spacing="log"))
-    st = nf.width_study([16, 64], "ntk", trajectories=10, exact=True, n_boot=10)
-    pd = nf.phase_diagram(("alpha", [0.5, 1.0]), ("c_w", [0.0]), width=16,
-                          trajectories=10, exact=True)
+    res, st, pd = plotted
     fig = Figure(layout="constrained")
     top, bottom = fig.subfigures(2, 1)
     a = top.subplots(1, 3)
