@@ -6,9 +6,12 @@ import csv
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+
+from ntkflow.studies import derive_seed
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -98,6 +101,15 @@ def test_run_width_study(tmp_path: Path) -> None:
         assert (out / f).stat().st_size > 50
     with np.load(out / "width_study.npz") as z:
         assert list(z["width"]) == [16, 64, 256]
+        # issue 16: seeds are 64-bit unsigned; mixed with ones >= 2**63 they went through
+        # float64 (6192166547663441477 came back as 6192166547663441920). Exact now.
+        assert z["seed"].dtype == np.uint64 and z["width"].dtype == np.int64
+        assert int(z["seed"][0]) == 6192166547663441477
+    with (out / "width_study.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["seed"] for r in rows] == [str(derive_seed(0, m)) for m in (16, 64, 256)]
+    assert rows[0]["seed"] == "6192166547663441477"
+    assert [r["ok"] for r in rows] == ["30", "30", "30"]
     _png(out / "width_scaling.png")
     assert "rho_star" in r.stdout
 
@@ -158,26 +170,63 @@ def test_help_everywhere(tmp_path: Path, cmd: list[str]) -> None:
     assert r.returncode == 0 and "usage: ntkflow" in r.stdout
 
 
-def test_plot_functions_return_and_save_figures(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def plotted() -> tuple[Any, Any, Any]:
+    """A small simulation, width study and phase diagram to plot."""
     pytest.importorskip("matplotlib")
+    import ntkflow as nf
+
+    res = nf.simulate(nf.TwoLayer(width=16, kappa=0.25), nf.LatentLine(),
+                      nf.GradientFlow(t_max=20.0), init=nf.Gaussian(0.1, 0.1),
+                      trajectories=30, record=nf.Record(times=50, spacing="log"))
+    st = nf.width_study([16, 64], "ntk", trajectories=20, exact=True, n_boot=20)
+    pd = nf.phase_diagram(("alpha", [0.5, 1.0]), ("c_w", [0.0]), width=64,
+                          trajectories=20, exact=True)
+    return res, st, pd
+
+
+def test_plot_functions_return_and_save_figures(tmp_path: Path, plotted) -> None:
     from matplotlib.figure import Figure
 
     import ntkflow as nf
     from ntkflow import plots
 
-    res = nf.simulate(nf.TwoLayer(width=16, kappa=0.25), nf.LatentLine(),
-                      nf.GradientFlow(t_max=20.0), init=nf.Gaussian(0.1, 0.1),
-                      trajectories=30, record=nf.Record(times=50, spacing="log"))
+    res, st, pd = plotted
     fig = plots.trajectories(res, nf.exact.line(res, res.net, res.data, res.train),
                              path=tmp_path / "a.png")
     assert isinstance(fig, Figure)
     _png(tmp_path / "a.png")
-    st = nf.width_study([16, 64], "ntk", trajectories=20, exact=True, n_boot=20)
     assert isinstance(plots.width_scaling(st, path=tmp_path / "b.png"), Figure)
     _png(tmp_path / "b.png")
-    pd = nf.phase_diagram(("alpha", [0.5, 1.0]), ("c_w", [0.0]), width=64,
-                          trajectories=20, exact=True)
     assert isinstance(plots.phase_diagram(pd, path=tmp_path / "c.png"), Figure)
     _png(tmp_path / "c.png")
     with pytest.raises(ValueError, match="quantities"):
         plots.trajectories(res, quantities=("speed",))
+
+
+def test_plot_functions_draw_into_given_axes(tmp_path: Path, plotted) -> None:
+    # issue 16: plots.phase_diagram(pd, ax=...) was a TypeError, so figures could not be
+    # composed. Each function draws into the Axes given (one, or one per panel) and
+    # returns the (root) Figure they belong to, without a figure title of its own.
+    from matplotlib.figure import Figure
+
+    from ntkflow import plots
+
+    res, st, pd = plotted
+    fig = Figure(layout="constrained")
+    top, bottom = fig.subfigures(2, 1)
+    a = top.subplots(1, 3)
+    b = bottom.subplots(1, 2)
+    assert plots.phase_diagram(pd, ax=a[0]) is fig
+    assert plots.width_scaling(st, ["rho_star", "abs_delta_a"], ax=a[1:]) is fig
+    assert plots.trajectories(res, quantities=("loss", "alignment"), ax=b,
+                              path=tmp_path / "all.png") is fig
+    assert len(a[0].images) == 1 and a[1].lines and b[1].lines
+    assert fig._suptitle is None
+    _png(tmp_path / "all.png")
+    solo = Figure().subplots()
+    assert isinstance(plots.phase_diagram(pd, ax=solo), Figure)
+    with pytest.raises(ValueError, match="ax must be 2 matplotlib Axes"):
+        plots.width_scaling(st, ["rho_star", "abs_delta_a"], ax=a[0])
+    with pytest.raises(ValueError, match="ax must be a matplotlib Axes"):
+        plots.phase_diagram(pd, ax="left")

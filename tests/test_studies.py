@@ -108,7 +108,8 @@ def test_simulated_width_study_agrees_with_exact() -> None:
 def test_seeds_depend_on_width_not_order() -> None:
     a = nf.width_study([16, 64], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
     b = nf.width_study([64, 16], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
-    c = nf.width_study([64], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
+    with pytest.warns(UserWarning, match="one width"):
+        c = nf.width_study([64], "ntk", trajectories=20, seed=3, exact=True, n_boot=10)
     assert a.table["median_rho_star"][1] == b.table["median_rho_star"][0]
     assert c.table["median_rho_star"][0] == b.table["median_rho_star"][0]
     assert list(a.table["seed"]) == [derive_seed(3, 16), derive_seed(3, 64)]
@@ -175,3 +176,152 @@ def test_phase_diagram_simulated_matches_exact() -> None:
     assert np.array_equal(sim.dominant, ex.dominant)
     for lab in nf.mechanisms.LABELS:
         np.testing.assert_allclose(sim.fractions[lab], ex.fractions[lab], atol=0.02)
+
+
+def test_exact_cells_need_no_horizon_at_t_inf() -> None:
+    # issue 16: correlation 1 (u0 = w0) with beta* < 0 is the unreachable target of §A.5:
+    # Gamma = 1/8 > 0 but no trajectory escapes, so "auto" has no finite horizon. The
+    # t = inf cell needs none: rescaling, the loss stops at L* + Sigma beta*^2 / 2 = 0.5
+    # (exactly, 0 tolerance) and the level 1e-6 is never reached (t_hit NaN). Before the
+    # fix this raised 't_max "auto" found no finite horizon'.
+    pd = nf.phase_diagram(("correlation", [1.0, 0.5]), ("beta", [-1.0]), trajectories=8,
+                          seed=4, exact=True)
+    assert pd.dominant[0, 0] == "rescaling" and pd.ok[0, 0] == 8
+    assert pd.median["final_loss"][0, 0] == 0.5
+    assert math.isnan(pd.median["t_hit"][0, 0])
+    # A cell whose limit reaches the level still times it on the horizon, as before
+    # (bit-identical to the closed form on t_esc + 40/Gamma).
+    from ntkflow.sweeps import _exact_t_hit, _horizon
+
+    p = nf.Parametrization.named("ntk").replace(correlation=0.5)
+    seed = derive_seed(4, "correlation", 0.5, "beta", -1.0)
+    sol = nf.exact.line(nf._simulate.draw_initial(p.init(256), 256, 1, 8, seed=seed),
+                        p.net(256), nf.LatentLine(beta=-1.0), p.train(256))
+    assert pd.median["t_hit"][0, 1] == np.median(_exact_t_hit(sol, _horizon(sol), 1e-6))
+    # Simulating the unreachable cell does need a horizon: a clear error, not a wrong one.
+    with pytest.raises(ValueError, match="unreachable target"):
+        nf.phase_diagram(("correlation", [1.0]), ("beta", [-1.0]), trajectories=2)
+
+
+def test_studies_run_the_tasks_their_settings_describe(tmp_path) -> None:
+    # The one settings spec (StudySettings) builds, for every width and cell, the Task the
+    # studies built before it: equal keys (SHA-256 of the full description) mean the same
+    # bits and that existing stores resume. Non-default values for every setting, so a
+    # dropped or swapped one changes a key.
+    kw = dict(t_max=30.0, solver="rk4", rtol=1e-8, atol=1e-12, dt=0.02, times=30,
+              loss_below=1e-4, eps=0.1, tau=0.2, exact=True)
+    data = nf.LatentLine(beta=0.5, sigma=2.0)
+    p = nf.Parametrization.named("mean_field")
+
+    def task(h, seed, d, corr=p.correlation, t_max=30.0):
+        auto = t_max == "auto"
+        return nf.Task(net=nf.TwoLayer(width=h.width, kappa=h.kappa), data=d,
+                       train=nf.GradientFlow(eta_u=h.eta_u, eta_w=h.eta_w,
+                                             t_max=1.0 if auto else t_max, solver="rk4",
+                                             rtol=1e-8, atol=1e-12, dt=0.02),
+                       init=nf.Gaussian(h.s_u, h.s_w, correlation=corr), trajectories=3,
+                       seed=seed, record=nf.Record(times=30, spacing="log",
+                                                   loss_below=1e-4),
+                       compute="exact", horizon="auto" if auto else "train", eps=0.1,
+                       tau=0.2)
+
+    nf.width_study([8, 16], p, 3, 9, data=data, store=tmp_path / "w", n_boot=5, **kw)
+    want = {task(p.at(m), derive_seed(9, m), data).key for m in (8, 16)}
+    assert set(nf.Store(tmp_path / "w").keys()) == want
+    kw["t_max"] = "auto"
+    nf.phase_diagram(("beta", [0.5, -1.0]), ("correlation", [0.25]), p, 8, 3, 9, data=data,
+                     store=tmp_path / "p", **kw)
+    want = {task(p.at(8), derive_seed(9, "beta", b, "correlation", 0.25),
+                 nf.LatentLine(beta=b, sigma=2.0), 0.25, "auto").key for b in (0.5, -1.0)}
+    assert set(nf.Store(tmp_path / "p").keys()) == want
+
+
+def test_study_settings_are_checked_in_one_place() -> None:
+    with pytest.raises(TypeError, match="width_study.*'rtl'.*rtol"):
+        nf.width_study([8, 16], rtl=1e-8)
+    with pytest.raises(TypeError, match="phase_diagram.*'widths'"):
+        nf.phase_diagram(("alpha", [1]), ("c_w", [0]), widths=[8])
+    for study in (lambda **k: nf.width_study([8], **k),
+                  lambda **k: nf.phase_diagram(("alpha", [1]), ("c_w", [0]), **k)):
+        with pytest.raises(ValueError, match="trajectories"):
+            study(trajectories=0)
+        with pytest.raises(ValueError, match="loss_below"):
+            study(loss_below=-1.0)
+
+
+def test_integer_columns_stay_integers(tmp_path) -> None:
+    # issue 16: seeds, widths and counts keep every digit in tables, CSV and NPZ. Widths
+    # 16 and 64 with seed 0 mix seeds below and above 2**63, which sent the column
+    # through float64 (6192166547663441477 -> 6192166547663441920).
+    st = nf.width_study([16, 64], "ntk", trajectories=4, seed=0, exact=True, n_boot=5,
+                        per_trajectory=True)
+    seeds = [derive_seed(0, 16), derive_seed(0, 64)]
+    assert seeds[0] == 6192166547663441477 and seeds[1] >= 2**63
+    assert st.table["seed"].dtype == np.uint64 and st.table["seed"].tolist() == seeds
+    for name in ("width", "trajectories", "ok", "failed"):
+        assert st.table[name].dtype == np.int64, name
+    assert st.trajectories["trajectory"].dtype == np.int64
+    with st.table.to_csv(tmp_path / "w.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["seed"]) for r in rows] == seeds and rows[1]["width"] == "64"
+    np.savez(tmp_path / "w.npz", **st.table.columns)
+    with np.load(tmp_path / "w.npz") as z:
+        assert z["seed"].tolist() == seeds
+    # a width axis of a phase diagram is a column of integers too (was float: "16.0")
+    pd = nf.phase_diagram(("width", [16, 64]), ("alpha", [0.5]), trajectories=4,
+                          exact=True)
+    assert pd.table()["width"].dtype == np.int64
+    with pd.table().to_csv(tmp_path / "p.csv").open() as fh:
+        assert [r["width"] for r in csv.DictReader(fh)] == ["16", "64"]
+    pd.to_npz(tmp_path / "p.npz")
+    with np.load(tmp_path / "p.npz") as z:
+        assert z["x_values"].dtype == np.int64 and z["x_values"].tolist() == [16, 64]
+
+
+def test_one_width_says_it_cannot_fit_and_repr_is_the_summary() -> None:
+    # issue 16: nf.width_study([64]) returned NaN fits without a word, and print(study)
+    # dumped arrays. Now a warning, a note in summary() (no "+nan" rows), repr = summary.
+    with pytest.warns(UserWarning, match=r"one width \(64\): no scaling fit"):
+        st = nf.width_study([64], "ntk", trajectories=4, exact=True, n_boot=5)
+    assert all(math.isnan(f.exponent) for f in st.fits.values())
+    assert st.notes and "note: one width (64)" in st.summary()
+    assert "nan" not in st.summary() and "rho_star     no fit" in st.summary()
+    assert repr(st) == st.summary()
+    assert nf.width_study([64], trajectories=4, exact=True, fit=()).notes == ()  # no fit
+    two = nf.width_study([16, 64], "ntk", trajectories=4, exact=True, n_boot=5)
+    assert two.notes == () and "note" not in repr(two)
+    pd = nf.phase_diagram(("alpha", [0.5, 1.0]), ("c_w", [0.0]), width=16, trajectories=4,
+                          exact=True)
+    assert repr(pd) == pd.summary() and "array(" not in repr(pd)
+    assert pd.summary().startswith("phase diagram: 4 trajectories per cell (exact, t = inf)")
+
+
+def test_long_tables_have_one_row_per_setting_and_trajectory() -> None:
+    st = nf.width_study([8, 16], "ntk", trajectories=5, seed=2, exact=True, n_boot=5,
+                        per_trajectory=True)
+    long = st.to_long()
+    assert len(long) == 2 * 5
+    assert long["width"].tolist() == [8] * 5 + [16] * 5
+    assert long["trajectory"].tolist() == [0, 1, 2, 3, 4] * 2
+    assert long["seed"].dtype == np.uint64
+    assert long["seed"].tolist() == [derive_seed(2, 8)] * 5 + [derive_seed(2, 16)] * 5
+    e = st.ensembles[1]
+    assert long["label"][5:].tolist() == e.classification.labels.tolist()
+    assert np.array_equal(long["rho_star"][5:], e.classification.scores["rho_star"])
+    assert np.array_equal(long["kappa"], np.repeat([8**-0.5, 16**-0.5], 5))
+    for name in st.trajectories.names:  # per_trajectory=True is a selection of it
+        a, b = st.trajectories[name], long[name]
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+    pd = nf.phase_diagram(("alpha", [0.5, 1.25]), ("c_w", [-1.0, 0.0, 0.5]), width=32,
+                          trajectories=4, seed=1, exact=True)
+    long = pd.to_long()
+    assert len(long) == 6 * 4 and long.names[:3] == ("alpha", "c_w", "width")
+    # cell (i, j) = (2, 1): c_w 0.5, alpha 1.25; its rows give the cell's mean exactly
+    rows = (long["alpha"] == 1.25) & (long["c_w"] == 0.5) & long["ok"]
+    assert rows.sum() == pd.ok[2, 1] == 4
+    assert np.mean(long["rho_star"][rows]) == pd.mean["rho_star"][2, 1]
+    assert set(long["seed"][rows].tolist()) == {derive_seed(1, "alpha", 1.25, "c_w", 0.5)}
+    pytest.importorskip("pandas")
+    df = pd.to_long().to_pandas()
+    assert df.shape == (24, len(long.names)) and df["seed"].dtype == np.uint64
+    assert (df.groupby(["c_w", "alpha"])["label"].count() == 4).all()

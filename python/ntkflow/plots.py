@@ -4,7 +4,8 @@ Needs matplotlib (``pip install 'ntkflow[plot]'``), imported only when a functio
 called. Figures are built with ``matplotlib.figure.Figure`` directly, never through
 pyplot, so no global backend or state is touched (safe in scripts, tests and servers);
 in a notebook, display the returned Figure. Every function returns the Figure and saves
-it when ``path`` is given.
+it when ``path`` is given; with ``ax=`` it draws into your Axes instead (one, or one per
+panel), so that figures compose, and returns the Figure they belong to.
 """
 
 from __future__ import annotations
@@ -34,6 +35,23 @@ def _figure(**kwargs: Any) -> Figure:
         raise ImportError(
             "ntkflow.plots needs matplotlib: pip install 'ntkflow[plot]'") from None
     return Figure(**kwargs)
+
+
+def _axes(ax: Any, n: int, figsize: tuple[float, float]) -> tuple[Figure, list[Any], bool]:
+    """The figure and the ``n`` Axes to draw on, and whether the figure is ours: a new
+    one-row figure, or the caller's ``ax`` (one Axes, or ``n`` in a list or array)."""
+    if ax is None:
+        fig = _figure(figsize=figsize, layout="constrained")
+        return fig, list(fig.subplots(1, n, squeeze=False)[0]), True
+    axes = [ax] if hasattr(ax, "figure") else list(np.ravel(np.asarray(ax, dtype=object)))
+    require(len(axes) == n and all(hasattr(a, "plot") and hasattr(a, "figure")
+                                   for a in axes),
+            "ax", f"must be {'a matplotlib Axes' if n == 1 else f'{n} matplotlib Axes'} "
+            "(one per panel)", ax)
+    fig = axes[0].figure
+    while getattr(fig, "figure", fig) is not fig:  # a SubFigure: up to the root Figure
+        fig = fig.figure
+    return fig, axes, False
 
 
 def _save(fig: Figure, path: str | Path | None, dpi: int) -> None:
@@ -77,6 +95,7 @@ def trajectories(
     quantities: Sequence[str] = QUANTITIES,
     band: tuple[float, float] = (0.05, 0.95),
     title: str | None = None,
+    ax: Any = None,
     path: str | Path | None = None,
     dpi: int = 110,
 ) -> Figure:
@@ -89,11 +108,12 @@ def trajectories(
         Its median over the same trajectories is overlaid (dashed).
     quantities : subset of ("loss", "ntk", "alignment", "norms")
     band : (low, high) quantiles of the shaded band.
+    ax : matplotlib Axes, or one per quantity, optional
+        Draw there (no figure title) instead of in a new figure.
     """
     for q in quantities:
         require(q in QUANTITIES, "quantities", f"entries must be among {QUANTITIES}", q)
-    fig = _figure(figsize=(3.6 * len(quantities), 3.2), layout="constrained")
-    axes = fig.subplots(1, len(quantities), squeeze=False)[0]
+    fig, axes, own = _axes(ax, len(quantities), (3.6 * len(quantities), 3.2))
     t = np.asarray(result.times)
     keep = t > 0
     path_ = solution.at(t) if solution is not None else None
@@ -112,8 +132,10 @@ def trajectories(
         ax.set_xlabel("t")
         ax.set_title(q)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(title or f"{result.trajectories} trajectories, width {result.net.width}; "
-                 f"band {band[0]:g}-{band[1]:g} quantiles", fontsize=10)
+    if own:
+        fig.suptitle(title or f"{result.trajectories} trajectories, width "
+                     f"{result.net.width}; band {band[0]:g}-{band[1]:g} quantiles",
+                     fontsize=10)
     _save(fig, path, dpi)
     return fig
 
@@ -122,16 +144,17 @@ def width_scaling(
     study: WidthStudy,
     scores: Sequence[str] | None = None,
     *,
+    ax: Any = None,
     path: str | Path | None = None,
     dpi: int = 110,
 ) -> Figure:
     """Log-log median of each fitted score against width: interquartile bars, the fitted
-    power law, and the band its bootstrap exponent interval spans."""
+    power law, and the band its bootstrap exponent interval spans. ``ax``: a matplotlib
+    Axes, or one per score, to draw in (no figure title) instead of a new figure."""
     scores = list(study.fits) if scores is None else list(scores)
     for s in scores:
         require(s in study.fits, "scores", f"entries must be among {tuple(study.fits)}", s)
-    fig = _figure(figsize=(3.8 * max(1, len(scores)), 3.4), layout="constrained")
-    axes = fig.subplots(1, max(1, len(scores)), squeeze=False)[0]
+    fig, axes, own = _axes(ax, max(1, len(scores)), (3.8 * max(1, len(scores)), 3.4))
     from .studies import _score_columns
 
     w = np.asarray(study.table["width"], dtype=float)
@@ -155,8 +178,9 @@ def width_scaling(
         ax.set_xlabel("width m")
         ax.set_title(s)
         ax.legend(fontsize=7)
-    fig.suptitle(f"width study: {study.parametrization.name}"
-                 f"{' (exact, t = inf)' if study.exact else ''}", fontsize=10)
+    if own:
+        fig.suptitle(f"width study: {study.parametrization.name}"
+                     f"{' (exact, t = inf)' if study.exact else ''}", fontsize=10)
     _save(fig, path, dpi)
     return fig
 
@@ -164,10 +188,12 @@ def width_scaling(
 def phase_diagram(
     diagram: PhaseDiagram,
     *,
+    ax: Any = None,
     path: str | Path | None = None,
     dpi: int = 110,
 ) -> Figure:
-    """Heatmap of the dominant label per cell, shaded by its fraction and annotated."""
+    """Heatmap of the dominant label per cell, shaded by its fraction and annotated.
+    ``ax``: a matplotlib Axes to draw in instead of a new figure."""
     from matplotlib.colors import to_rgb
 
     ny, nx = diagram.shape
@@ -178,8 +204,7 @@ def phase_diagram(
             frac = diagram.dominant_fraction[i, j]
             a = 0.35 + 0.65 * (frac if np.isfinite(frac) else 0.0)
             rgb[i, j] = 1 - a * (1 - np.array(to_rgb(LABEL_COLORS[lab])))
-    fig = _figure(figsize=(1.0 + 0.9 * nx + 2.2, 1.2 + 0.6 * ny), layout="constrained")
-    ax = fig.subplots()
+    fig, (ax,), _ = _axes(ax, 1, (1.0 + 0.9 * nx + 2.2, 1.2 + 0.6 * ny))
     ax.imshow(rgb, origin="lower", aspect="auto")
     for i in range(ny):
         for j in range(nx):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -23,7 +24,7 @@ from ._validate import integer, real, require
 from .mechanisms import FAILED, LABELS, SCORE_NAMES, Classification
 from .parametrization import EXPONENTS, Hyper, Parametrization
 from .specs import Data, Gaussian, GradientFlow, LatentLine, Record, TwoLayer
-from .sweeps import Task, TaskOutput, sweep
+from .sweeps import Sweep, Task, TaskOutput, sweep
 from .sweeps import _exact_t_hit as _exact_t_hit  # noqa: F401 - kept importable
 from .sweeps import _horizon as _horizon  # noqa: F401
 
@@ -69,35 +70,116 @@ def _is_line(data: Data) -> bool:
     return int(data.dim) == 1
 
 
-def ensemble_task(
-    hyper: Hyper,
-    *,
-    correlation: float | Literal["copy"],
-    data: Data,
-    trajectories: int,
-    seed: int,
-    exact: bool,
-    t_max: TMax,
-    solver: str = "dopri5",
-    rtol: float = 1e-10,
-    atol: float = 1e-14,
-    dt: float = 0.01,
-    times: int = 200,
-    loss_below: float = 1e-6,
-    eps: float = 0.05,
-    tau: float = 0.1,
-) -> Task:
-    """The sweep task of one ensemble of a study (see ``run_ensemble``)."""
-    auto = t_max is None or t_max == "auto"
-    horizon = 1.0 if auto else real(t_max, "t_max", low=0.0, low_open=True)
-    train = GradientFlow(eta_u=hyper.eta_u, eta_w=hyper.eta_w, t_max=horizon,
-                         solver=solver, rtol=rtol, atol=atol, dt=dt)  # type: ignore[arg-type]
-    return Task(net=TwoLayer(width=hyper.width, kappa=hyper.kappa), data=data, train=train,
-                init=Gaussian(hyper.s_u, hyper.s_w, correlation=correlation),
-                trajectories=trajectories, seed=seed,
-                record=Record(times=times, spacing="log", loss_below=loss_below),
-                compute="exact" if exact else "classify",
-                horizon="auto" if auto else "train", eps=eps, tau=tau)
+@dataclass(frozen=True, kw_only=True, eq=False)
+class StudySettings:
+    """What every ensemble of a study shares, and how the study's sweep runs.
+
+    ``width_study`` and ``phase_diagram`` take these as keywords and check them here, in
+    one place.
+
+    Parameters
+    ----------
+    trajectories : int
+        Per ensemble (a width, a cell).
+    seed : int
+        The study seed: each ensemble's seed is ``derive_seed(seed, *keys)`` of the keys
+        that identify it, independent of the order and of the other ensembles.
+    data : default ``LatentLine()`` (beta* = 1, Sigma = 1)
+    exact : bool
+        Linear, dim 1: t = inf scores from the closed form (``classify_exact``), no
+        integration; the final loss at ``t_max`` (at t = inf if "auto") and the threshold
+        time from the closed form. Much faster; the path extremes are exact.
+    t_max : float or "auto"
+        "auto"/None: t_esc + 40/Gamma from the closed form (dim 1).
+    solver, rtol, atol, dt, times
+        GradientFlow settings and the number of log-spaced record times.
+    loss_below : float
+        Loss level whose first passage time is reported (``t_hit``).
+    eps, tau : float
+        Classification thresholds.
+    threads : int, optional
+        OpenMP threads per ensemble (never changes a number).
+    progress : bool
+        A progress bar on stderr (tqdm, when installed and stderr is a terminal).
+    store, client, resume
+        As in ``sweep``: each ensemble is one task, written to ``store`` as it finishes
+        and run on the Dask cluster ``client`` when given; without them the ensembles run
+        one after the other in this process. The numbers are the same either way.
+    """
+
+    trajectories: int = 200
+    seed: int = 0
+    data: Data = field(default_factory=LatentLine)  # None is taken as the default too
+    exact: bool = False
+    t_max: TMax = "auto"
+    solver: str = "dopri5"
+    rtol: float = 1e-10
+    atol: float = 1e-14
+    dt: float = 0.01
+    times: int = 200
+    loss_below: float = 1e-6
+    eps: float = 0.05
+    tau: float = 0.1
+    threads: int | None = None
+    progress: bool = False
+    store: str | Path | Store | None = None
+    client: Any = None
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        def s(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        s("trajectories", integer(self.trajectories, "trajectories", minimum=1))
+        s("seed", integer(self.seed, "seed", minimum=0))
+        s("loss_below", real(self.loss_below, "loss_below", low=0.0))
+        if self.data is None:
+            s("data", LatentLine())
+
+    def seed_for(self, *keys: float | str) -> int:
+        """The seed of the ensemble these keys identify (``derive_seed``)."""
+        return derive_seed(self.seed, *keys)
+
+    def task(self, hyper: Hyper, correlation: float | Literal["copy"], seed: int,
+             data: Data | None = None) -> Task:
+        """The sweep task of one ensemble (on ``data``, default the settings' data)."""
+        auto = self.t_max is None or self.t_max == "auto"
+        horizon = 1.0 if auto else real(self.t_max, "t_max", low=0.0, low_open=True)
+        train = GradientFlow(eta_u=hyper.eta_u, eta_w=hyper.eta_w, t_max=horizon,
+                             solver=self.solver, rtol=self.rtol, atol=self.atol,  # type: ignore[arg-type]
+                             dt=self.dt)
+        return Task(net=TwoLayer(width=hyper.width, kappa=hyper.kappa),
+                    data=self.data if data is None else data, train=train,
+                    init=Gaussian(hyper.s_u, hyper.s_w, correlation=correlation),
+                    trajectories=self.trajectories, seed=seed,
+                    record=Record(times=self.times, spacing="log",
+                                  loss_below=self.loss_below),
+                    compute="exact" if self.exact else "classify",
+                    horizon="auto" if auto else "train", eps=self.eps, tau=self.tau)
+
+    def run(self, tasks: Sequence[Task], desc: str) -> Sweep:
+        """``sweep`` the tasks with these settings' store, client, threads, progress."""
+        return sweep(tasks, store=self.store, client=self.client, resume=self.resume,
+                     threads=self.threads, progress=self.progress, desc=desc)
+
+
+SETTINGS: tuple[str, ...] = tuple(f.name for f in fields(StudySettings))
+"""The keywords every study takes (``StudySettings``)."""
+
+
+def _settings(caller: str, given: dict[str, Any]) -> StudySettings:
+    unknown = [k for k in given if k not in SETTINGS]
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r} "
+                        f"(study settings: {', '.join(SETTINGS)})")
+    return StudySettings(**given)
+
+
+def ensemble_task(hyper: Hyper, *, correlation: float | Literal["copy"], seed: int,
+                  **settings: Any) -> Task:
+    """The sweep task of one ensemble of a study, seeded ``seed`` (see ``run_ensemble``);
+    ``settings`` as in ``StudySettings``."""
+    return _settings("ensemble_task", settings).task(hyper, correlation, seed)
 
 
 def _ensemble(hyper: Hyper, out: TaskOutput) -> Ensemble:
@@ -105,39 +187,19 @@ def _ensemble(hyper: Hyper, out: TaskOutput) -> Ensemble:
                     out["t_hit"], float(out["t_max"]), out.seconds, str(out["source"]))
 
 
-def run_ensemble(
-    hyper: Hyper,
-    *,
-    correlation: float | Literal["copy"],
-    data: Data,
-    trajectories: int,
-    seed: int,
-    exact: bool,
-    t_max: TMax,
-    solver: str = "dopri5",
-    rtol: float = 1e-10,
-    atol: float = 1e-14,
-    dt: float = 0.01,
-    times: int = 200,
-    loss_below: float = 1e-6,
-    eps: float = 0.05,
-    tau: float = 0.1,
-    threads: int | None = None,
-) -> Ensemble:
-    """Simulate (or solve exactly) one ensemble and classify it.
+def run_ensemble(hyper: Hyper, *, correlation: float | Literal["copy"], seed: int,
+                 **settings: Any) -> Ensemble:
+    """Simulate (or solve exactly) one ensemble, seeded ``seed``, and classify it.
 
     ``exact=True`` (linear, dim 1): no integration; labels from ``classify_exact`` at
     t = inf, the final loss at ``t_max`` (at t = inf if ``t_max`` is "auto"/None) and the
     threshold time from the closed form. ``exact=False``: ``simulate`` on ``times``
     log-spaced record times up to ``t_max`` ("auto": t_esc + 40/Gamma from the closed form,
-    dim 1 only), then ``classify`` on the records. The work is ``ensemble_task(...)``,
-    the task a sweep runs.
+    dim 1 only), then ``classify`` on the records. ``settings`` as in ``StudySettings``;
+    the work is ``ensemble_task(...)``, the task a sweep runs.
     """
-    task = ensemble_task(hyper, correlation=correlation, data=data,
-                         trajectories=trajectories, seed=seed, exact=exact, t_max=t_max,
-                         solver=solver, rtol=rtol, atol=atol, dt=dt, times=times,
-                         loss_below=loss_below, eps=eps, tau=tau)
-    return _ensemble(hyper, task.run(threads))
+    st = _settings("run_ensemble", settings)
+    return _ensemble(hyper, st.task(hyper, correlation, seed).run(st.threads))
 
 
 # --------------------------------------------------------------------------- width study
@@ -155,6 +217,9 @@ class ScalingFit(NamedTuple):
 
 
 FIT_SCORES: tuple[str, ...] = ("rho_star", "rho_T", "abs_delta_a", "t_hit")
+SCORE_COLUMNS: tuple[str, ...] = (*SCORE_NAMES, "abs_delta_a", "final_loss", "t_hit")
+"""Per-trajectory numbers of a study: the classification's scores, ``|delta_a|``, the
+final loss and the threshold time (NaN where a trajectory is not ok)."""
 
 
 def _score_columns(e: Ensemble) -> dict[str, NDArray[np.float64]]:
@@ -206,9 +271,9 @@ def fit_scaling(
                       predicted)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class WidthStudy:
-    """Result of ``width_study``.
+    """Result of ``width_study``; its repr is ``summary()``.
 
     Attributes
     ----------
@@ -219,6 +284,9 @@ class WidthStudy:
         One row per (width, trajectory) when ``per_trajectory=True``.
     fits : dict of score -> ScalingFit
     ensembles : list of Ensemble
+    notes : tuple of str
+        What the study could not do (e.g. fit a single width), also shown by
+        ``summary()`` and warned about when the study ran.
     """
 
     table: Table
@@ -226,7 +294,8 @@ class WidthStudy:
     fits: dict[str, ScalingFit]
     parametrization: Parametrization
     exact: bool
-    ensembles: list[Ensemble] = field(repr=False)
+    ensembles: list[Ensemble]
+    notes: tuple[str, ...] = ()
 
     def fits_table(self) -> Table:
         return Table({
@@ -251,13 +320,25 @@ class WidthStudy:
                 f"{t['frac_disalignment'][i]:>7.2f}{t['frac_rescaling'][i]:>7.2f}"
                 f"{t['median_rho_star'][i]:>11.3g}{t['median_abs_delta_a'][i]:>10.3g}"
                 f"{t['median_t_hit'][i]:>11.3g}")
-        lines.append("scaling of the median with width (95% bootstrap interval):")
+        if self.fits:
+            lines.append("scaling of the median with width (95% bootstrap interval):")
         for f in self.fits.values():
             pred = ("" if math.isnan(f.predicted)
                     else f"   docs/theory.md §D: {f.predicted:+.3g}")
-            lines.append(f"  {f.score:<12} {f.exponent:+.3f}  [{f.low:+.3f}, {f.high:+.3f}]"
-                         f"{pred}")
+            fitted = (f"{f.exponent:+.3f}  [{f.low:+.3f}, {f.high:+.3f}]"
+                      if math.isfinite(f.exponent) else "no fit")
+            lines.append(f"  {f.score:<12} {fitted}{pred}")
+        lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def to_long(self) -> Table:
+        """One row per (width, trajectory): the width's hyperparameters and seed, then the
+        trajectory's index, label, ok flag and scores (``SCORE_COLUMNS``); the tidy form
+        for plotting and grouping (``.to_pandas()`` for a DataFrame)."""
+        return _long_table(self.ensembles, [_setting(e) for e in self.ensembles])
 
 
 def _parametrization(p: Parametrization | str) -> Parametrization:
@@ -274,26 +355,11 @@ def width_study(
     trajectories: int = 200,
     seed: int = 0,
     *,
-    data: Data | None = None,
-    t_max: TMax = "auto",
-    solver: str = "dopri5",
-    rtol: float = 1e-10,
-    atol: float = 1e-14,
-    dt: float = 0.01,
-    times: int = 200,
-    exact: bool = False,
     per_trajectory: bool = False,
-    loss_below: float = 1e-6,
-    eps: float = 0.05,
-    tau: float = 0.1,
     fit: Sequence[str] = FIT_SCORES,
     n_boot: int = 1000,
     boot_seed: int = 0,
-    threads: int | None = None,
-    progress: bool = False,
-    store: str | Path | Store | None = None,
-    client: Any = None,
-    resume: bool = True,
+    **settings: Any,
 ) -> WidthStudy:
     """An ensemble per width, classified, with scaling exponents of the score medians.
 
@@ -308,96 +374,117 @@ def width_study(
     seed : int
         The ensemble of width m uses ``derive_seed(seed, m)``: independent of the order
         and of the other widths.
-    data : default ``LatentLine()`` (beta* = 1, Sigma = 1)
-    t_max : float or "auto"
-        "auto"/None: t_esc + 40/Gamma from the closed form (dim 1).
-    solver, rtol, atol, dt, times
-        GradientFlow settings and the number of log-spaced record times.
-    exact : bool
-        Linear, dim 1: t = inf scores from the closed form (``classify_exact``), no
-        integration. Much faster; the path extremes are exact.
     per_trajectory : bool
         Also return one row per trajectory.
-    loss_below : float
-        Loss level whose first passage time is reported (``t_hit``).
-    eps, tau : float
-        Classification thresholds.
     fit : sequence of str
         Scores whose median is fitted against width: any score name, "abs_delta_a",
         "final_loss", "t_hit".
     n_boot, boot_seed : int
         Bootstrap refits and the seed of their generator.
-    progress : bool
-        A progress bar on stderr (tqdm, when installed and stderr is a terminal).
-    store, client, resume
-        As in ``sweep``: each width is one task, written to ``store`` as it finishes
-        and run on the Dask cluster ``client`` when given; without them the widths run
-        one after the other in this process. The numbers are the same either way.
+    **settings
+        The study settings (``StudySettings``): data, exact, t_max, solver, rtol, atol,
+        dt, times, loss_below, eps, tau, threads, progress, store, client, resume.
+        ``exact=True`` (linear, dim 1) takes the t = inf scores from the closed form and
+        fits against the exponents docs/theory.md §D predicts.
     """
     p = _parametrization(parametrization)
+    ws = _distinct_widths(widths)
+    st = _settings("width_study", dict(settings, trajectories=trajectories, seed=seed))
+    n_boot = integer(n_boot, "n_boot", minimum=1)
+    for f in fit:
+        require(f in SCORE_COLUMNS, "fit",
+                f"entries must be among {tuple(sorted(SCORE_COLUMNS))}", f)
+    notes = _fit_notes(ws, fit)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    hypers = [p.at(w) for w in ws]
+    tasks = [st.task(h, p.correlation, st.seed_for(w)) for h, w in zip(hypers, ws, strict=True)]
+    done = st.run(tasks, desc=f"width study ({p.name})")
+    ensembles = [_ensemble(h, out) for h, out in zip(hypers, done, strict=True)]
+    per_table = (_long_table(ensembles, [{"width": w} for w in ws],
+                             ("width", "trajectory", "label", *SCORE_COLUMNS))
+                 if per_trajectory else None)
+    predicted = _predicted(p) if st.exact else {}
+    fits = {f: fit_scaling(ws, [_score_columns(e)[f][e.classification.ok] for e in ensembles],
+                           score=f, n_boot=n_boot, boot_seed=boot_seed,
+                           predicted=predicted.get(f, math.nan))
+            for f in fit}
+    return WidthStudy(_width_table(ensembles), per_table, fits, p, st.exact, ensembles,
+                      notes)
+
+
+def _distinct_widths(widths: Sequence[int]) -> list[int]:
     ws = [integer(w, "widths", minimum=1) for w in widths]
     require(len(ws) >= 1 and len(set(ws)) == len(ws), "widths",
             "must be a non-empty sequence of distinct integers", list(widths))
-    trajectories = integer(trajectories, "trajectories", minimum=1)
-    n_boot = integer(n_boot, "n_boot", minimum=1)
-    loss_below = real(loss_below, "loss_below", low=0.0)
-    data = LatentLine() if data is None else data
-    known = set(SCORE_NAMES) | {"abs_delta_a", "final_loss", "t_hit"}
-    for f in fit:
-        require(f in known, "fit", f"entries must be among {tuple(sorted(known))}", f)
-    hypers = [p.at(w) for w in ws]
-    tasks = [ensemble_task(h, correlation=p.correlation, data=data,
-                           trajectories=trajectories, seed=derive_seed(seed, w), exact=exact,
-                           t_max=t_max, solver=solver, rtol=rtol, atol=atol, dt=dt,
-                           times=times, loss_below=loss_below, eps=eps, tau=tau)
-             for h, w in zip(hypers, ws, strict=True)]
-    done = sweep(tasks, store=store, client=client, resume=resume, threads=threads,
-                 progress=progress, desc=f"width study ({p.name})")
-    ensembles = [_ensemble(h, out) for h, out in zip(hypers, done, strict=True)]
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "width", "kappa", "s_u", "s_w", "eta_u", "eta_w", "seed", "trajectories", "ok",
-        "failed", "t_max")}
-    for lab in LABELS:
-        cols[f"frac_{lab}"] = []
-    score_cols = [*SCORE_NAMES, "abs_delta_a", "final_loss", "t_hit"]
-    for s in score_cols:
-        cols[f"median_{s}"] = []
-    cols["seconds"] = []
-    per: dict[str, list[Any]] = {k: [] for k in ("width", "trajectory", "label", *score_cols)}
+    return ws
+
+
+def _fit_notes(ws: Sequence[int], fit: Sequence[str]) -> tuple[str, ...]:
+    if len(ws) < 2 and len(fit) > 0:
+        return (f"one width ({ws[0]}): no scaling fit, which needs at least two widths; "
+                "the exponents are NaN",)
+    return ()
+
+
+def _predicted(p: Parametrization) -> dict[str, float]:
+    """docs/theory.md §D's t = inf exponents of the fitted scores."""
+    pred = p.predicted_exponents()
+    return {"rho_star": pred["rho"], "rho_T": pred["rho"], "abs_delta_a": pred["delta_cos"]}
+
+
+INTEGER_COLUMNS: dict[str, type[np.integer[Any]]] = {
+    "width": np.int64, "seed": np.uint64, "trajectories": np.int64, "trajectory": np.int64,
+    "failed": np.int64}
+"""Columns of study tables that hold integers, with their dtypes: seeds go up to
+2**64 - 1 (``derive_seed``), which neither float64 nor int64 keeps. ("ok" is a count per
+width but a flag per trajectory: NumPy's int64 or bool.)"""
+
+
+def _column(name: str, values: Any) -> NDArray[Any]:
+    """A table column: integers as ``INTEGER_COLUMNS`` says, anything else as NumPy
+    infers (never through float64 for a seed or a width)."""
+    return np.asarray(values, dtype=INTEGER_COLUMNS.get(name))
+
+
+def _median(v: NDArray[np.float64]) -> float:
+    return float(np.median(v)) if v.size else math.nan
+
+
+def _width_table(ensembles: Sequence[Ensemble]) -> Table:
+    """One row per width: hyperparameters, seed, counts, label fractions, medians of the
+    scores over ok trajectories, seconds."""
+    rows = []
     for e in ensembles:
         c = e.classification
-        h = e.hyper
-        for k in ("width", "kappa", "s_u", "s_w", "eta_u", "eta_w"):
-            cols[k].append(getattr(h, k))
-        cols["seed"].append(e.seed)
-        cols["trajectories"].append(c.trajectories)
-        cols["ok"].append(int(np.sum(c.ok)))
-        cols["failed"].append(c.failed)
-        cols["t_max"].append(e.t_max)
-        for lab, frac in c.fractions.items():
-            cols[f"frac_{lab}"].append(frac)
         sc = _score_columns(e)
-        for s in score_cols:
-            v = sc[s][c.ok]
-            cols[f"median_{s}"].append(float(np.median(v)) if v.size else math.nan)
-        cols["seconds"].append(e.seconds)
-        if per_trajectory:
-            per["width"].extend([h.width] * c.trajectories)
-            per["trajectory"].extend(range(c.trajectories))
-            per["label"].extend(c.labels.tolist())
-            for s in score_cols:
-                per[s].extend(sc[s].tolist())
-    table = Table({k: np.asarray(v) for k, v in cols.items()})
-    per_table = Table({k: np.asarray(v) for k, v in per.items()}) if per_trajectory else None
-    pred = p.predicted_exponents()
-    predicted = {"rho_star": pred["rho"], "rho_T": pred["rho"],
-                 "abs_delta_a": pred["delta_cos"]}
-    fits = {}
-    for f in fit:
-        samples = [_score_columns(e)[f][e.classification.ok] for e in ensembles]
-        fits[f] = fit_scaling(ws, samples, score=f, n_boot=n_boot, boot_seed=boot_seed,
-                              predicted=predicted.get(f, math.nan) if exact else math.nan)
-    return WidthStudy(table, per_table, fits, p, exact, ensembles)
+        rows.append({**e.hyper._asdict(), "seed": e.seed, "trajectories": c.trajectories,
+                     "ok": int(np.sum(c.ok)), "failed": c.failed, "t_max": e.t_max,
+                     **{f"frac_{lab}": frac for lab, frac in c.fractions.items()},
+                     **{f"median_{s}": _median(sc[s][c.ok]) for s in SCORE_COLUMNS},
+                     "seconds": e.seconds})
+    return Table({k: _column(k, [r[k] for r in rows]) for k in rows[0]})
+
+
+def _setting(e: Ensemble) -> dict[str, Any]:
+    return {**e.hyper._asdict(), "seed": e.seed}
+
+
+def _long_table(ensembles: Sequence[Ensemble], settings: Sequence[dict[str, Any]],
+                names: Sequence[str] | None = None) -> Table:
+    """One row per (ensemble, trajectory): the ensemble's ``settings`` repeated, then
+    the trajectory's index, label, ok flag and scores (``names``: these columns only)."""
+    cols: dict[str, list[Any]] = {}
+    for e, setting in zip(ensembles, settings, strict=True):
+        c = e.classification
+        n = c.trajectories
+        sc = _score_columns(e)
+        row = {**{k: [v] * n for k, v in setting.items()}, "trajectory": range(n),
+               "label": c.labels.tolist(), "ok": c.ok.tolist(),
+               **{s: sc[s].tolist() for s in SCORE_COLUMNS}}
+        for k in (row if names is None else names):
+            cols.setdefault(k, []).extend(row[k])
+    return Table({k: _column(k, v) for k, v in cols.items()})
 
 
 # --------------------------------------------------------------------------- phase diagram
@@ -409,9 +496,10 @@ correlation), the width, the target slope ``beta`` and input moment ``sigma`` of
 LatentLine, or a concrete hyperparameter overriding the parametrization's value."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class PhaseDiagram:
-    """Result of ``phase_diagram``: arrays of shape (ny, nx), row i is ``y_values[i]``.
+    """Result of ``phase_diagram``: arrays of shape (ny, nx), row i is ``y_values[i]``;
+    its repr is ``summary()``.
 
     Attributes
     ----------
@@ -424,6 +512,8 @@ class PhaseDiagram:
     dominant_fraction : (ny, nx)
     ok : (ny, nx) int
         Trajectories counted per cell.
+    ensembles : list of Ensemble
+        One per cell, row-major (cell (i, j) is ``ensembles[i * nx + j]``).
     """
 
     x_name: str
@@ -439,6 +529,7 @@ class PhaseDiagram:
     trajectories: int
     exact: bool
     seconds: float
+    ensembles: list[Ensemble] = field(default_factory=list)  # row-major, one per cell
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -447,7 +538,8 @@ class PhaseDiagram:
     def table(self) -> Table:
         """One row per cell (tidy form of every array)."""
         yy, xx = np.meshgrid(self.y_values, self.x_values, indexing="ij")
-        cols: dict[str, NDArray[Any]] = {self.y_name: yy.ravel(), self.x_name: xx.ravel()}
+        cols = {self.y_name: _column(self.y_name, yy.ravel()),
+                self.x_name: _column(self.x_name, xx.ravel())}
         if self.y_name == self.x_name:  # pragma: no cover - refused by phase_diagram
             cols = {"y": yy.ravel(), "x": xx.ravel()}
         cols["ok"] = self.ok.ravel()
@@ -461,11 +553,22 @@ class PhaseDiagram:
             cols[f"median_{k}"] = v.ravel()
         return Table(cols)
 
+    def to_long(self) -> Table:
+        """One row per (cell, trajectory): the cell's axis values, hyperparameters and
+        seed, then the trajectory's index, label, ok flag and scores (``SCORE_COLUMNS``);
+        the tidy form for plotting and grouping (``.to_pandas()`` for a DataFrame)."""
+        require(len(self.ensembles) == self.dominant.size, "ensembles",
+                "must hold one ensemble per cell for to_long", len(self.ensembles))
+        nx = self.x_values.size
+        settings = [{self.x_name: self.x_values[k % nx], self.y_name: self.y_values[k // nx],
+                     **_setting(e)} for k, e in enumerate(self.ensembles)]
+        return _long_table(self.ensembles, settings)
+
     def to_npz(self, path: Any) -> None:
         """All arrays in one ``.npz`` (readable with plain NumPy)."""
         arrays: dict[str, Any] = {
-            "x_name": np.array(self.x_name), "x_values": self.x_values,
-            "y_name": np.array(self.y_name), "y_values": self.y_values,
+            "x_name": np.array(self.x_name), "x_values": _column(self.x_name, self.x_values),
+            "y_name": np.array(self.y_name), "y_values": _column(self.y_name, self.y_values),
             "dominant": self.dominant, "dominant_fraction": self.dominant_fraction,
             "ok": self.ok,
         }
@@ -476,7 +579,9 @@ class PhaseDiagram:
 
     def summary(self) -> str:
         w = max(8, max(len(f"{v:g}") for v in self.x_values) + 2)
-        lines = [f"dominant label (fraction); rows {self.y_name}, columns {self.x_name}",
+        lines = [f"phase diagram: {self.trajectories} trajectories per cell "
+                 f"({'exact, t = inf' if self.exact else 'simulated'})",
+                 f"dominant label (fraction); rows {self.y_name}, columns {self.x_name}",
                  " " * 10 + "".join(f"{v:>{w + 6}g}" for v in self.x_values)]
         short = {"kernel": "K", "alignment": "A", "disalignment": "D", "rescaling": "R",
                  FAILED: "F"}
@@ -486,6 +591,9 @@ class PhaseDiagram:
             lines.append(f"{yv:>10g}{cells}")
         lines.append("K kernel, A alignment, D disalignment, R rescaling, F failed")
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
 
 
 def _cell_setting(
@@ -518,23 +626,7 @@ def phase_diagram(
     width: int = 256,
     trajectories: int = 200,
     seed: int = 0,
-    *,
-    data: Data | None = None,
-    exact: bool = False,
-    t_max: TMax = "auto",
-    solver: str = "dopri5",
-    rtol: float = 1e-10,
-    atol: float = 1e-14,
-    dt: float = 0.01,
-    times: int = 200,
-    loss_below: float = 1e-6,
-    eps: float = 0.05,
-    tau: float = 0.1,
-    threads: int | None = None,
-    progress: bool = False,
-    store: str | Path | Store | None = None,
-    client: Any = None,
-    resume: bool = True,
+    **settings: Any,
 ) -> PhaseDiagram:
     """Label fractions and mean scores over a grid of two hyperparameters.
 
@@ -549,56 +641,53 @@ def phase_diagram(
         Width of every cell (unless "width" is an axis).
     trajectories, seed : int
         Per cell; the cell seed is ``derive_seed(seed, x_name, x, y_name, y)``.
-    exact : bool
-        Linear, dim 1: each cell from the closed form at t = inf (``classify_exact``),
-        no integration: the infinite-precision phase diagram.
-    store, client, resume
-        As in ``sweep``: each cell is one task (see ``width_study``).
-    Other parameters as in ``width_study``.
+    **settings
+        The study settings (``StudySettings``), as in ``width_study``. ``exact=True``
+        (linear, dim 1): each cell from the closed form at t = inf (``classify_exact``),
+        no integration: the infinite-precision phase diagram. With ``store``/``client``
+        each cell is one task.
     """
     p = _parametrization(base)
     width = integer(width, "width", minimum=1)
-    trajectories = integer(trajectories, "trajectories", minimum=1)
-    data = LatentLine() if data is None else data
-    names = []
-    axes = []
-    for label, ax in (("x", x), ("y", y)):
-        require(isinstance(ax, (tuple, list)) and len(ax) == 2, label,
-                "must be a pair (name, values)", ax)
-        name, vals = ax
-        require(name in AXES, f"{label} name", f"must be one of {AXES}", name)
-        v = np.asarray(vals, dtype=np.float64).reshape(-1)
-        require(v.size >= 1 and bool(np.all(np.isfinite(v))), f"{label} values",
-                "must be a non-empty list of finite numbers", vals)
-        names.append(str(name))
-        axes.append(v)
-    require(names[0] != names[1], "y name", "must differ from the x name", names[1])
-    xv, yv = axes
-    ny, nx = yv.size, xv.size
+    st = _settings("phase_diagram", dict(settings, trajectories=trajectories, seed=seed))
+    (xn, xv), (yn, yv) = _axis("x", x), _axis("y", y)
+    require(xn != yn, "y name", "must differ from the x name", yn)
+    t0 = time.perf_counter()
+    cells = [(i, j) for i in range(yv.size) for j in range(xv.size)]
+    setups = [_cell_setting(p, width, st.data, {xn: float(xv[j]), yn: float(yv[i])})
+              for i, j in cells]
+    tasks = [st.task(h, corr, st.seed_for(xn, xv[j], yn, yv[i]), d)
+             for (i, j), (h, corr, d) in zip(cells, setups, strict=True)]
+    done = st.run(tasks, desc="phase diagram")
+    ensembles = [_ensemble(h, out) for (h, _, _), out in zip(setups, done, strict=True)]
+    frac, mean, med, dom, domf, okc = _cell_arrays(ensembles, yv.size, xv.size)
+    return PhaseDiagram(xn, xv, yn, yv, frac, mean, med, dom, domf, okc, st.trajectories,
+                        st.exact, time.perf_counter() - t0, ensembles)
+
+
+def _axis(label: str, ax: Any) -> tuple[str, NDArray[np.float64]]:
+    require(isinstance(ax, (tuple, list)) and len(ax) == 2, label,
+            "must be a pair (name, values)", ax)
+    name, vals = ax
+    require(name in AXES, f"{label} name", f"must be one of {AXES}", name)
+    v = np.asarray(vals, dtype=np.float64).reshape(-1)
+    require(v.size >= 1 and bool(np.all(np.isfinite(v))), f"{label} values",
+            "must be a non-empty list of finite numbers", vals)
+    return str(name), v
+
+
+def _cell_arrays(ensembles: Sequence[Ensemble], ny: int, nx: int) -> tuple[Any, ...]:
+    """The (ny, nx) arrays of a phase diagram from its cells' ensembles (row-major):
+    label fractions, mean and median scores (ok, finite), dominant label and its
+    fraction, ok counts."""
     frac = {lab: np.full((ny, nx), np.nan) for lab in LABELS}
-    score_names = [*SCORE_NAMES, "abs_delta_a", "final_loss", "t_hit"]
-    mean = {s: np.full((ny, nx), np.nan) for s in score_names}
-    med = {s: np.full((ny, nx), np.nan) for s in score_names}
+    mean = {s: np.full((ny, nx), np.nan) for s in SCORE_COLUMNS}
+    med = {s: np.full((ny, nx), np.nan) for s in SCORE_COLUMNS}
     dom = np.full((ny, nx), FAILED, dtype="<U12")
     domf = np.full((ny, nx), np.nan)
     okc = np.zeros((ny, nx), dtype=np.int64)
-    t0 = time.perf_counter()
-    cells = [(i, j) for i in range(ny) for j in range(nx)]
-    hypers = []
-    tasks = []
-    for i, j in cells:
-        cell = {names[0]: float(xv[j]), names[1]: float(yv[i])}
-        h, corr, d = _cell_setting(p, width, data, cell)
-        hypers.append(h)
-        tasks.append(ensemble_task(
-            h, correlation=corr, data=d, trajectories=trajectories,
-            seed=derive_seed(seed, names[0], xv[j], names[1], yv[i]), exact=exact,
-            t_max=t_max, solver=solver, rtol=rtol, atol=atol, dt=dt, times=times,
-            loss_below=loss_below, eps=eps, tau=tau))
-    done = sweep(tasks, store=store, client=client, resume=resume, threads=threads,
-                 progress=progress, desc="phase diagram")
-    for (i, j), h, out in zip(cells, hypers, done, strict=True):
-        e = _ensemble(h, out)
+    for k, e in enumerate(ensembles):
+        i, j = divmod(k, nx)
         c = e.classification
         okc[i, j] = int(np.sum(c.ok))
         for lab, f in c.fractions.items():
@@ -607,11 +696,10 @@ def phase_diagram(
         if dom[i, j] != FAILED:
             domf[i, j] = c.fractions[dom[i, j]]
         sc = _score_columns(e)
-        for s in score_names:
+        for s in SCORE_COLUMNS:
             v = sc[s][c.ok]
             v = v[np.isfinite(v)]
             if v.size:
                 mean[s][i, j] = float(np.mean(v))
                 med[s][i, j] = float(np.median(v))
-    return PhaseDiagram(names[0], xv, names[1], yv, frac, mean, med, dom, domf, okc,
-                        trajectories, exact, time.perf_counter() - t0)
+    return frac, mean, med, dom, domf, okc

@@ -72,8 +72,8 @@ def _horizon(sol: Any) -> float:
     ones)."""
     t = np.asarray(sol.escape_time) + 40.0 / np.asarray(sol.rate)
     t = t[np.isfinite(t)]
-    require(t.size > 0, "t_max", '"auto" found no finite horizon (Gamma = 0); give a number',
-            "auto")
+    require(t.size > 0, "t_max", '"auto" found no finite horizon (no trajectory escapes: '
+            'Gamma = 0 or an unreachable target); give a number', "auto")
     return float(np.max(t))
 
 
@@ -301,9 +301,15 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
     if task.compute == "exact":
         assert sol is not None
         c = classify_exact(sol, task.eps, task.tau)
-        horizon = _horizon(sol) if auto else train.t_max
-        final = sol.limit().loss[:, 0] if auto else sol.at(np.array([horizon])).loss[:, 0]
-        hit = (_exact_t_hit(sol, horizon, loss_below) if loss_below is not None
+        if auto:  # t = inf needs no horizon; only timing a level the limit reaches does
+            final = sol.limit().loss[:, 0]  # (the loss decreases monotonically to it)
+            timed = loss_below is not None and bool(np.any(final <= loss_below))
+            horizon = _horizon(sol) if timed else math.inf
+        else:
+            horizon = train.t_max
+            final = sol.at(np.array([horizon])).loss[:, 0]
+            timed = loss_below is not None
+        hit = (_exact_t_hit(sol, horizon, loss_below) if timed and loss_below is not None
                else np.full(n, np.nan))
         out.update(status=np.zeros(n, dtype=np.int8), final_loss=np.asarray(final),
                    t_hit=hit, t_max=np.float64(math.inf if auto else horizon),
