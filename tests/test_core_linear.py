@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -136,13 +138,21 @@ def test_full_matches_reduced_for_dim_above_one(width, dim, kappa, eta_u, eta_w,
     Sigma, b, params = setup(seed, width, dim, n=3)
     net = nf.TwoLayer(width=width, kappa=kappa / np.sqrt(width))
     data = nf.Moments(Sigma=Sigma, b=b, y2=float(b @ np.linalg.solve(Sigma, b)) + 0.3)
-    train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=10.0, rtol=1e-11, atol=1e-14)
+    train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=10.0, rtol=1e-12, atol=1e-15)
     full = nf.simulate(net, data, train, init=params, record=nf.Record(times=41))
     red = nf.exact.reduced(full, net, data, train)
-    # Different systems (m(1+d) vs d(d+1)+1 unknowns), both at rtol 1e-11: 1e-7 of scale.
-    for name in ("loss", "norm_u2", "norm_w2", "ntk", "p"):
-        ref.assert_close_to_scale(getattr(full, name), getattr(red, name), 1e-7, name)
-    np.testing.assert_allclose(full.alignment, red.alignment, rtol=0, atol=1e-7)
+    coarse = nf.exact.reduced(full, net, data, dataclasses.replace(train, rtol=1e-10))
+    # Different systems (m(1+d) vs d(d+1)+1 unknowns), both at rtol 1e-12. Some runs
+    # amplify local errors 1e5-fold (width 1, u passing near 0: 7.8e-7 of scale at rtol
+    # 1e-11, 3.3e-8 at 1e-13, converging with rtol), so the bound is the run's own
+    # sensitivity: 10 times the reduced system's change from rtol 1e-10 to 1e-12 (about
+    # 1000 times its error at 1e-12), plus 1e-9 of scale. A wrong field is off by O(1).
+    for name in ("loss", "norm_u2", "norm_w2", "ntk", "p", "alignment"):
+        a, b, c = (np.asarray(getattr(r, name)) for r in (full, red, coarse))
+        scale = np.max(np.abs(b), axis=tuple(range(1, b.ndim)), keepdims=True)
+        scale = np.where(scale > 0, scale, 1.0)
+        sens = np.max(np.abs(c - b) / scale, axis=tuple(range(1, b.ndim)), keepdims=True)
+        assert np.all(np.abs(a - b) / scale <= 10 * sens + 1e-9), name
     # The NTK matrix reproduces df/dt = -(1/n) sum K (f - y) on the moments: K g = kappa dp/dt.
     assert full.ntk.shape == (3, 41, dim, dim)
     np.testing.assert_allclose(full.ntk, np.swapaxes(full.ntk, -1, -2), atol=1e-12)
