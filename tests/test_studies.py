@@ -325,3 +325,29 @@ def test_long_tables_have_one_row_per_setting_and_trajectory() -> None:
     df = pd.to_long().to_pandas()
     assert df.shape == (24, len(long.names)) and df["seed"].dtype == np.uint64
     assert (df.groupby(["c_w", "alpha"])["label"].count() == 4).all()
+
+
+def test_width_study_of_a_relu_network_on_a_dataset() -> None:
+    """#16: any activation in a width study, its kernel label by the twin test
+    (docs/theory.md §E.5); what it cannot do is refused naming the setting."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 3))
+    data = nf.Dataset(X, np.sin(X @ rng.normal(size=3)))
+    study = nf.width_study([64, 1024], "ntk", trajectories=8, act="relu", data=data,
+                           t_max=30.0, times=40, n_boot=100)
+    e64, e1024 = study.ensembles
+    for e in study.ensembles:
+        c = e.classification
+        assert c.kernel_test == "delta_lin"
+        np.testing.assert_array_equal(c.labels[c.ok] == "kernel",
+                                      c.scores["delta_lin"][c.ok] < 0.05)
+    # Lazier with width: delta_lin falls, every wide run is kernel.
+    assert study.table["median_delta_lin"][1] < 0.5 * study.table["median_delta_lin"][0]
+    assert study.table["frac_kernel"][1] == 1.0
+    assert study.fits["delta_lin"].exponent < 0
+    with pytest.raises(ValueError, match="data"):
+        nf.width_study([16], "ntk", act="relu", t_max=1.0)
+    with pytest.raises(ValueError, match="t_max"):
+        nf.width_study([16], "ntk", act="tanh", data=data)
+    with pytest.raises(ValueError, match="exact"):
+        nf.width_study([16], "ntk", act="relu", data=data, t_max=1.0, exact=True)

@@ -333,3 +333,22 @@ def test_sweep_runs_relu_sgd_tasks_with_the_twin_test():
         c, d = out.classification(), nf.classify(direct)
         assert c.kernel_test == d.kernel_test == "delta_lin"
         np.testing.assert_array_equal(c.labels, d.labels)
+
+
+def test_relu_width_study_same_bits_on_dask(client: Any) -> None:
+    """#16: a relu width study (twin test, a held-out set) runs in-process and on a
+    LocalCluster with the same numbers."""
+    rng = np.random.default_rng(0)
+    X, Xt = rng.normal(size=(20, 3)), rng.normal(size=(15, 3))
+    w = rng.normal(size=3)
+    kw = dict(trajectories=6, act="relu", data=nf.Dataset(X, np.sin(X @ w)),
+              test=nf.Dataset(Xt, np.sin(Xt @ w)), t_max=10.0, times=30, n_boot=50)
+    local = nf.width_study([32, 128], "ntk", **kw)
+    on_dask = nf.width_study([32, 128], "ntk", client=client, **kw)
+    for name in local.table.columns:
+        if name != "seconds":
+            np.testing.assert_array_equal(local.table[name], on_dask.table[name], name)
+    assert np.all(np.isfinite(local.table["median_delta_lin"]))
+    assert np.all(np.isfinite(local.table["median_test_loss_gap"]))
+    assert all(e.classification.kernel_test == "delta_lin" for e in local.ensembles)
+    assert "delta_lin" in local.fits and "med d_lin" in local.summary()

@@ -23,7 +23,7 @@ from ._table import Table
 from ._validate import integer, real, require
 from .mechanisms import FAILED, LABELS, SCORE_NAMES, Classification
 from .parametrization import EXPONENTS, Hyper, Parametrization
-from .specs import Data, Gaussian, GradientFlow, LatentLine, Record, TwoLayer
+from .specs import Data, Dataset, Gaussian, GradientFlow, LatentLine, Record, TwoLayer
 from .sweeps import Sweep, Task, TaskOutput, sweep
 from .sweeps import _exact_t_hit as _exact_t_hit  # noqa: F401 - kept importable
 from .sweeps import _horizon as _horizon  # noqa: F401
@@ -97,6 +97,15 @@ class StudySettings:
         Loss level whose first passage time is reported (``t_hit``).
     eps, tau : float
         Classification thresholds.
+    act, bias, loss : network and objective
+        The activation ("linear" by default), a first-layer bias, and the loss, as in
+        ``TwoLayer`` and ``GradientFlow``. Anything but a linear network on the square
+        loss needs a ``Dataset`` (``data``) and a numeric ``t_max``, and has no exact mode.
+    linearized : bool, optional
+        Record the linearised twin (default: for networks with an activation, whose
+        kernel label is decided by it, docs/theory.md §E.5).
+    test : Dataset, optional
+        A held-out set evaluated along every run (test loss and error, the twin's).
     threads : int, optional
         OpenMP threads per ensemble (never changes a number).
     progress : bool
@@ -120,6 +129,11 @@ class StudySettings:
     loss_below: float = 1e-6
     eps: float = 0.05
     tau: float = 0.1
+    act: str = "linear"
+    bias: bool = False
+    loss: str = "square"
+    linearized: bool | None = None
+    test: Dataset | None = None
     threads: int | None = None
     progress: bool = False
     store: str | Path | Store | None = None
@@ -135,6 +149,24 @@ class StudySettings:
         s("loss_below", real(self.loss_below, "loss_below", low=0.0))
         if self.data is None:
             s("data", LatentLine())
+        TwoLayer(width=1, act=self.act, bias=self.bias)  # type: ignore[arg-type]  # checks
+        GradientFlow(loss=self.loss)  # type: ignore[arg-type]  # checks the name
+        if self.linearized is None:
+            s("linearized", self.act != "linear")
+        kind = (f'act="{self.act}"' if self.act != "linear" else "bias=True" if self.bias
+                else f'loss="{self.loss}"' if self.loss != "square" else None)
+        if kind is not None:  # not model A and its relatives: no closed form
+            require(isinstance(self.data, Dataset), "data",
+                    f"must be a Dataset for {kind} (the network needs the samples)",
+                    type(self.data).__name__)
+            require(not self.exact, "exact",
+                    f"must be False for {kind}: the closed form is of linear networks "
+                    "on the square loss", self.exact)
+            require(self.t_max not in (None, "auto"), "t_max",
+                    f'must be a number for {kind}: "auto" takes the horizon from the '
+                    "closed form of a linear network", self.t_max)
+        require(self.test is None or isinstance(self.test, Dataset), "test",
+                "must be a Dataset or None", type(self.test).__name__)
 
     def seed_for(self, *keys: float | str) -> int:
         """The seed of the ensemble these keys identify (``derive_seed``)."""
@@ -147,13 +179,15 @@ class StudySettings:
         horizon = 1.0 if auto else real(self.t_max, "t_max", low=0.0, low_open=True)
         train = GradientFlow(eta_u=hyper.eta_u, eta_w=hyper.eta_w, t_max=horizon,
                              solver=self.solver, rtol=self.rtol, atol=self.atol,  # type: ignore[arg-type]
-                             dt=self.dt)
-        return Task(net=TwoLayer(width=hyper.width, kappa=hyper.kappa),
-                    data=self.data if data is None else data, train=train,
+                             dt=self.dt, loss=self.loss)  # type: ignore[arg-type]
+        net = TwoLayer(width=hyper.width, kappa=hyper.kappa, act=self.act,  # type: ignore[arg-type]
+                       bias=self.bias)
+        return Task(net=net, data=self.data if data is None else data, train=train,
                     init=Gaussian(hyper.s_u, hyper.s_w, correlation=correlation),
                     trajectories=self.trajectories, seed=seed,
                     record=Record(times=self.times, spacing="log",
-                                  loss_below=self.loss_below),
+                                  loss_below=self.loss_below,
+                                  linearized=bool(self.linearized), test=self.test),
                     compute="exact" if self.exact else "classify",
                     horizon="auto" if auto else "train", eps=self.eps, tau=self.tau)
 
@@ -217,7 +251,10 @@ class ScalingFit(NamedTuple):
 
 
 FIT_SCORES: tuple[str, ...] = ("rho_star", "rho_T", "abs_delta_a", "t_hit")
-SCORE_COLUMNS: tuple[str, ...] = (*SCORE_NAMES, "abs_delta_a", "final_loss", "t_hit")
+# The linearised twin's scores (docs/theory.md §E.5): NaN where the twin was not recorded.
+TWIN_SCORES: tuple[str, ...] = ("delta_lin", "delta_lin_T", "test_delta_lin", "test_loss_gap")
+SCORE_COLUMNS: tuple[str, ...] = (*SCORE_NAMES, "abs_delta_a", "final_loss", "t_hit",
+                                  *TWIN_SCORES)
 """Per-trajectory numbers of a study: the classification's scores, ``|delta_a|``, the
 final loss and the threshold time (NaN where a trajectory is not ok)."""
 
@@ -225,6 +262,8 @@ final loss and the threshold time (NaN where a trajectory is not ok)."""
 def _score_columns(e: Ensemble) -> dict[str, NDArray[np.float64]]:
     s = dict(e.classification.scores)
     s["abs_delta_a"] = np.abs(s["delta_a"])
+    for name in TWIN_SCORES:
+        s.setdefault(name, np.full(e.classification.trajectories, np.nan))
     s["final_loss"] = np.where(e.classification.ok, e.final_loss, np.nan)
     s["t_hit"] = np.where(e.classification.ok, e.t_hit, np.nan)
     return s
@@ -309,8 +348,10 @@ class WidthStudy:
 
     def summary(self) -> str:
         t = self.table
+        twin = bool(np.any(np.isfinite(t["median_delta_lin"])))
         head = (f"{'width':>7}{'ok':>6}{'kernel':>8}{'align':>7}{'disal':>7}{'rescl':>7}"
-                f"{'med rho*':>11}{'med |da|':>10}{'med t_hit':>11}")
+                f"{'med rho*':>11}{'med |da|':>10}{'med t_hit':>11}"
+                + (f"{'med d_lin':>11}" if twin else ""))
         lines = [f"width study: {self.parametrization.name} "
                  f"({'exact, t = inf' if self.exact else 'simulated'})", head]
         for i in range(len(t)):
@@ -319,7 +360,8 @@ class WidthStudy:
                 f"{t['frac_kernel'][i]:>8.2f}{t['frac_alignment'][i]:>7.2f}"
                 f"{t['frac_disalignment'][i]:>7.2f}{t['frac_rescaling'][i]:>7.2f}"
                 f"{t['median_rho_star'][i]:>11.3g}{t['median_abs_delta_a'][i]:>10.3g}"
-                f"{t['median_t_hit'][i]:>11.3g}")
+                f"{t['median_t_hit'][i]:>11.3g}"
+                + (f"{t['median_delta_lin'][i]:>11.3g}" if twin else ""))
         if self.fits:
             lines.append("scaling of the median with width (95% bootstrap interval):")
         for f in self.fits.values():
@@ -405,6 +447,8 @@ def width_study(
                              ("width", "trajectory", "label", *SCORE_COLUMNS))
                  if per_trajectory else None)
     predicted = _predicted(p) if st.exact else {}
+    if fit is FIT_SCORES and st.linearized:  # the twin's distance decides the label
+        fit = (*FIT_SCORES, "delta_lin")
     fits = {f: fit_scaling(ws, [_score_columns(e)[f][e.classification.ok] for e in ensembles],
                            score=f, n_boot=n_boot, boot_seed=boot_seed,
                            predicted=predicted.get(f, math.nan))
