@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import ntkflow as nf
 from ntkflow.studies import derive_seed
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -230,3 +231,39 @@ def test_plot_functions_draw_into_given_axes(tmp_path: Path, plotted) -> None:
         plots.width_scaling(st, ["rho_star", "abs_delta_a"], ax=a[0])
     with pytest.raises(ValueError, match="ax must be a matplotlib Axes"):
         plots.phase_diagram(pd, ax="left")
+
+
+def test_relu_width_study_and_tanh_phase_diagram_from_toml(tmp_path: Path) -> None:
+    """#16: studies of networks with an activation from a config file, on a dataset read
+    from an .npz next to it (with a held-out set), equal to the Python API's."""
+    from ntkflow import config
+
+    rng = np.random.default_rng(0)
+    X, Xt = rng.normal(size=(20, 3)), rng.normal(size=(10, 3))
+    w = rng.normal(size=3)
+    np.savez(tmp_path / "task.npz", X=X, y=np.sin(X @ w), X_test=Xt, y_test=np.sin(Xt @ w))
+    study = tmp_path / "relu.toml"
+    study.write_text('kind = "width_study"\n[parametrization]\nname = "ntk"\n'
+                     '[data]\nfile = "task.npz"\n'
+                     '[study]\nwidths = [32, 128]\ntrajectories = 4\nact = "relu"\n'
+                     't_max = 10.0\ntimes = 20\nn_boot = 20\n[output]\nfigures = false\n')
+    config.run(study, tmp_path / "out", quiet=True)
+    api = nf.width_study([32, 128], "ntk", trajectories=4, act="relu", t_max=10.0,
+                         times=20, n_boot=20, data=nf.Dataset(X, np.sin(X @ w)),
+                         test=nf.Dataset(Xt, np.sin(Xt @ w)))
+    with np.load(tmp_path / "out" / "width_study.npz") as z:
+        for name in ("frac_kernel", "median_delta_lin", "median_test_loss_gap", "seed"):
+            np.testing.assert_array_equal(z[name], api.table[name], name)
+    grid = tmp_path / "tanh.toml"
+    grid.write_text('kind = "phase_diagram"\n[parametrization]\nname = "ntk"\n'
+                    '[data]\nfile = "task.npz"\n'
+                    '[grid]\nx = "alpha"\nx_values = [0.0, 0.5]\ny = "s_w"\n'
+                    'y_values = [0.5, 1.0]\nwidth = 32\ntrajectories = 3\nact = "tanh"\n'
+                    't_max = 5.0\ntimes = 10\n[output]\nfigures = false\n')
+    config.run(grid, tmp_path / "grid", quiet=True)
+    assert (tmp_path / "grid" / "phase_diagram.csv").exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('kind = "width_study"\n[data]\nfile = "none.npz"\n'
+                   '[study]\nwidths = [8]\nact = "relu"\nt_max = 1.0\n')
+    with pytest.raises(config.ConfigError, match="data.file"):
+        config.run(bad, tmp_path / "bad", quiet=True)

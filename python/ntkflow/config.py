@@ -3,7 +3,9 @@ TOML file, with its data (.npz, .csv) and figures written to an output folder.
 
 Every key is checked against the schema below before anything runs: an unknown key, a
 wrong type or a bad value raises ``ConfigError`` naming the key (``section.key``).
-See ``examples/*.toml``.
+See ``examples/*.toml``. Studies of networks with an activation take their data from an
+.npz file (``[data] file``, with X, y and optionally X_test, y_test) and the network's
+``act``, ``bias``, ``loss`` and ``linearized`` in ``[study]`` / ``[grid]``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ _SOLVE: dict[str, tuple[type, ...]] = {"t_max": _T_MAX, "solver": (str,), "rtol"
 # studies are sweeps: a store folder (relative paths from the config file's folder),
 # resume, and a Dask scheduler address
 _SWEEP: dict[str, tuple[type, ...]] = {"store": (str,), "resume": (bool,), "scheduler": (str,)}
+# Studies of any network: its activation, bias, loss and twin, and the data as a file
+# (.npz with X, y and optionally X_test, y_test; relative to the config file's folder) or
+# a LatentLine.
+_NETWORK: dict[str, tuple[type, ...]] = {"act": (str,), "bias": (bool,), "loss": (str,),
+                                         "linearized": (bool,)}
+_DATA: dict[str, tuple[type, ...]] = {**_COMMON["data"], "file": (str,), "classes": (int,)}
 SCHEMA: dict[str, dict[str, dict[str, tuple[type, ...]]]] = {
     "simulate": {
         "network": {"width": (int,), "kappa": _NUM},
@@ -56,15 +64,17 @@ SCHEMA: dict[str, dict[str, dict[str, tuple[type, ...]]]] = {
         "parametrization": _PARAM,
         "study": {"widths": (list,), "trajectories": (int,), "seed": (int,),
                   "exact": (bool,), "n_boot": (int,), "fit": (list,), **_SOLVE,
-                  **_SWEEP},
+                  **_SWEEP, **_NETWORK},
         **_COMMON,
+        "data": _DATA,
     },
     "phase_diagram": {
         "parametrization": _PARAM,
         "grid": {"x": (str,), "x_values": (list,), "y": (str,), "y_values": (list,),
                  "width": (int,), "trajectories": (int,), "seed": (int,),
-                 "exact": (bool,), **_SOLVE, **_SWEEP},
+                 "exact": (bool,), **_SOLVE, **_SWEEP, **_NETWORK},
         **_COMMON,
+        "data": _DATA,
     },
 }
 
@@ -133,6 +143,46 @@ def _data(cfg: dict[str, Any]) -> Any:
     from .specs import LatentLine
 
     return _call("data", LatentLine, **cfg.get("data", {}))
+
+
+def _study_data(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A study's data keywords: ``data`` (and ``test``) from ``[data] file`` (an .npz with
+    X, y and optionally X_test, y_test, read relative to the config file), else the
+    LatentLine of ``[data]``."""
+    from .specs import Dataset
+
+    sec = dict(cfg.get("data", {}))
+    if "file" not in sec:
+        if "classes" in sec:
+            raise ConfigError("data.classes needs data.file (class labels of a dataset)")
+        return {"data": _data(cfg)}
+    extra = sorted(set(sec) - {"file", "classes"})
+    if extra:
+        raise ConfigError(f"data.{extra[0]} is for a LatentLine, not with data.file")
+    path = Path(sec["file"])
+    if not path.is_absolute():
+        path = cfg["_sweep"][0].parent / path
+    try:
+        with np.load(path) as z:
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"data.file: cannot read {path} as .npz ({exc})") from None
+    for k in ("X", "y"):
+        if k not in arrays:
+            raise ConfigError(f"data.file: {path} has no array {k!r} (it needs X and y; "
+                              "X_test and y_test are optional)")
+    classes = sec.get("classes")
+    out = {"data": _call("data", Dataset, arrays["X"], arrays["y"], classes=classes)}
+    if "X_test" in arrays or "y_test" in arrays:
+        if not ("X_test" in arrays and "y_test" in arrays):
+            raise ConfigError(f"data.file: {path} needs both X_test and y_test, or neither")
+        out["test"] = _call("data", Dataset, arrays["X_test"], arrays["y_test"],
+                            classes=classes)
+    return out
+
+
+def _network_kwargs(sec: dict[str, Any]) -> dict[str, Any]:
+    return {k: sec[k] for k in _NETWORK if k in sec}
 
 
 def _parametrization(cfg: dict[str, Any]) -> Any:
@@ -291,8 +341,10 @@ def _run_width_study(cfg: dict[str, Any], out: Path, figures: bool, eps: float,
     if "fit" in st:
         kw["fit"] = tuple(st["fit"])
     per = cfg.get("output", {}).get("per_trajectory", False)
-    res = _call("study", width_study, st["widths"], _parametrization(cfg), data=_data(cfg),
-                eps=eps, tau=tau, per_trajectory=per, progress=not quiet, **kw)
+    kw.update(_network_kwargs(st))
+    res = _call("study", width_study, st["widths"], _parametrization(cfg),
+                **_study_data(cfg), eps=eps, tau=tau, per_trajectory=per,
+                progress=not quiet, **kw)
     if not quiet:
         print(res.summary())
     files = [res.table.to_csv(out / "width_study.csv"),
@@ -323,8 +375,9 @@ def _run_phase_diagram(cfg: dict[str, Any], out: Path, figures: bool, eps: float
         if k in g:
             kw[k] = g[k]
     kw.update(_sweep_kwargs(g, *cfg["_sweep"]))
+    kw.update(_network_kwargs(g))
     res = _call("grid", phase_diagram, (g["x"], g["x_values"]), (g["y"], g["y_values"]),
-                _parametrization(cfg), data=_data(cfg), eps=eps, tau=tau,
+                _parametrization(cfg), **_study_data(cfg), eps=eps, tau=tau,
                 progress=not quiet, **kw)
     if not quiet:
         print(res.summary())
