@@ -13,13 +13,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python -m bench --tiny ARGS`` from the checkout, as a user runs it; it must exit 0."""
+    proc = subprocess.run([sys.executable, "-m", "bench", "--tiny", *args], check=False,
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def test_bench_tiny_w1_runs_and_agrees(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--only", "W1", "--json", str(out)],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _bench("--only", "W1", "--json", str(out))
     assert "agree with their reference" in proc.stdout
     report = json.loads(out.read_text())
     assert report["mode"] == "tiny" and report["git"]
@@ -38,11 +42,7 @@ def test_bench_tiny_w1_runs_and_agrees(tmp_path: Path) -> None:
 
 
 def test_bench_runs_without_peers(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--only", "W1-fixed", "--peers", "none"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _bench("--only", "W1-fixed", "--peers", "none")
     assert "skipped (excluded by --peers)" in proc.stdout
 
 
@@ -50,11 +50,7 @@ def test_bench_tiny_w4_runs_and_checks(tmp_path: Path) -> None:
     """W4 at tiny sizes: the reference, ntkflow default and every installed peer's
     accuracy ladder run, each answer is sane, and the row says whether it matched."""
     out = tmp_path / "w4.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--only", "W4", "--json", str(out)],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _bench("--only", "W4", "--json", str(out), timeout=180)
     assert "W4 at matched accuracy" in proc.stdout
     (w4,) = json.loads(out.read_text())["workloads"]
     assert w4["workload"] == "W4"
@@ -76,11 +72,7 @@ def test_bench_tiny_w4_runs_and_checks(tmp_path: Path) -> None:
 
 
 def test_bench_w4_without_peers() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--only", "W4", "--peers", "none"],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _bench("--only", "W4", "--peers", "none")
     assert "skipped (excluded by --peers)" in proc.stdout
     assert "ntkflow rk4 (fixed dt)" in proc.stdout
 
@@ -88,18 +80,8 @@ def test_bench_w4_without_peers() -> None:
 def test_bench_tiny_w3_sgd_runs_and_checks(tmp_path: Path) -> None:
     """W3-SGD at tiny sizes: ntkflow's SGD, the NumPy reference on its exact batches
     (agreeing to 1e-10) and every installed peer, checked by its final-loss distribution."""
-    import ntkflow as nf
-
-    if not hasattr(nf, "SGD"):
-        import pytest
-
-        pytest.skip("this ntkflow has no nf.SGD")
     out = tmp_path / "w3sgd.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--only", "W3-SGD", "--json", str(out)],
-        check=False, cwd=ROOT, capture_output=True, text=True, timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _bench("--only", "W3-SGD", "--json", str(out), timeout=180)
     (w,) = json.loads(out.read_text())["workloads"]
     assert w["workload"] == "W3-SGD" and w["batch"] == 32
     rows = {r["name"]: r for r in w["rows"]}
