@@ -399,9 +399,12 @@ class NetworkThread {
     if (data_.label_noise > 0) {
       const Philox rng(seed_ ^ kSgdKey, traj);
       const std::uint64_t base = (static_cast<std::uint64_t>(step) << 32) | 0x80000000u;
-      for (Index q = 0; q < b * c_; ++q) {
-        const auto uq = static_cast<std::uint64_t>(q);
-        yb_[q] += data_.label_noise * rng.normal_pair(base + (uq >> 1))[uq & 1];
+      // One Box-Muller pair for two targets (normals 2k and 2k + 1 of block 2^31 + k).
+      const Index count = b * c_;
+      for (Index q = 0; q < count; q += 2) {
+        const auto z = rng.normal_pair(base + (static_cast<std::uint64_t>(q) >> 1));
+        yb_[q] += data_.label_noise * z[0];
+        if (q + 1 < count) yb_[q + 1] += data_.label_noise * z[1];
       }
     }
     view_ = View{xb_.data(), yb_.data(), b};
