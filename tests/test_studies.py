@@ -351,3 +351,14 @@ def test_width_study_of_a_relu_network_on_a_dataset() -> None:
         nf.width_study([16], "ntk", act="tanh", data=data)
     with pytest.raises(ValueError, match="exact"):
         nf.width_study([16], "ntk", act="relu", data=data, t_max=1.0, exact=True)
+
+
+def test_init_scale_prefactors_carry_a_fixed_scale_across_widths() -> None:
+    p = nf.Parametrization(beta_u=0.5, s_u0=0.01, s_w0=2.0)
+    for m in (4, 256):
+        h = p.at(m)
+        assert h.s_u == pytest.approx(0.01 * m**-0.5, rel=1e-15)
+        assert h.s_w == 2.0
+    assert p.predicted_exponents() == nf.Parametrization(beta_u=0.5).predicted_exponents()
+    with pytest.raises(ValueError, match="s_w0"):
+        nf.Parametrization(s_w0=0.0)

@@ -38,7 +38,8 @@ _COMMON: dict[str, dict[str, tuple[type, ...]]] = {
     "output": {"figures": (bool,), "per_trajectory": (bool,)},
 }
 _PARAM: dict[str, tuple[type, ...]] = {"name": (str,), "alpha": _NUM, "beta_u": _NUM, "beta_w": _NUM, "c_u": _NUM,
-          "c_w": _NUM, "kappa0": _NUM, "eta0": _NUM, "correlation": (int, float, str)}
+          "c_w": _NUM, "kappa0": _NUM, "eta0": _NUM, "s_u0": _NUM, "s_w0": _NUM,
+          "correlation": (int, float, str)}
 _SOLVE: dict[str, tuple[type, ...]] = {"t_max": _T_MAX, "solver": (str,), "rtol": _NUM, "atol": _NUM, "dt": _NUM,
           "times": (int,), "loss_below": _NUM, "threads": (int,)}
 # studies are sweeps: a store folder (relative paths from the config file's folder),

@@ -31,20 +31,23 @@ _PRESETS: dict[str, tuple[float, float, float, float, float]] = {
     "mean_field_imbalanced": (1.0, 0.0, 0.0, 0.0, 2.0),
 }
 
-EXPONENTS: tuple[str, ...] = ("alpha", "beta_u", "beta_w", "c_u", "c_w", "kappa0", "eta0")
+EXPONENTS: tuple[str, ...] = ("alpha", "beta_u", "beta_w", "c_u", "c_w", "kappa0", "eta0",
+                              "s_u0", "s_w0")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Parametrization:
-    """``kappa = kappa0 m^-alpha``, ``s_u = m^-beta_u``, ``s_w = m^-beta_w``,
+    """``kappa = kappa0 m^-alpha``, ``s_u = s_u0 m^-beta_u``, ``s_w = s_w0 m^-beta_w``,
     ``eta_u = eta0 m^c_u``, ``eta_w = eta0 m^c_w`` (docs/theory.md §D, d = 1).
 
     Parameters
     ----------
     alpha, beta_u, beta_w, c_u, c_w : float
         Width exponents (any finite real).
-    kappa0, eta0 : float
-        Prefactors, > 0. A common factor of both learning rates only rescales time.
+    kappa0, eta0, s_u0, s_w0 : float
+        Prefactors, > 0 (default 1). A common factor of both learning rates only rescales
+        time; ``s_u0``, ``s_w0`` carry a fixed init scale across widths (e.g. a small
+        initialisation s = 0.01 at every width).
     correlation : float in [-1, 1] or "copy"
         Init correlation of the two layers (docs/theory.md §E.4's rho0), default 0.
     name : str
@@ -63,6 +66,8 @@ class Parametrization:
     c_w: float = 0.0
     kappa0: float = 1.0
     eta0: float = 1.0
+    s_u0: float = 1.0
+    s_w0: float = 1.0
     correlation: float | Literal["copy"] = 0.0
     name: str = "custom"
 
@@ -70,7 +75,8 @@ class Parametrization:
         for f in ("alpha", "beta_u", "beta_w", "c_u", "c_w"):
             object.__setattr__(self, f, real(getattr(self, f), f))
         object.__setattr__(self, "kappa0", real(self.kappa0, "kappa0", low=0.0, low_open=True))
-        object.__setattr__(self, "eta0", real(self.eta0, "eta0", low=0.0, low_open=True))
+        for f in ("eta0", "s_u0", "s_w0"):
+            object.__setattr__(self, f, real(getattr(self, f), f, low=0.0, low_open=True))
         if self.correlation != "copy":
             object.__setattr__(self, "correlation",
                                real(self.correlation, "correlation", low=-1.0, high=1.0))
@@ -105,8 +111,8 @@ class Parametrization:
         return Hyper(
             width=m,
             kappa=self.kappa0 * m ** (-self.alpha),
-            s_u=float(m ** (-self.beta_u)),
-            s_w=float(m ** (-self.beta_w)),
+            s_u=self.s_u0 * float(m ** (-self.beta_u)),
+            s_w=self.s_w0 * float(m ** (-self.beta_w)),
             eta_u=self.eta0 * m**self.c_u,
             eta_w=self.eta0 * m**self.c_w,
         )
