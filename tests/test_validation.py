@@ -256,3 +256,13 @@ def test_set_memory_budget_refuses_a_bad_size(given: str) -> None:
     assert nf.memory_budget() == before
     with pytest.raises(ValueError, match=r"^nbytes must be a finite number > 0; got -1"):
         nf.set_memory_budget(-1)
+
+
+def test_log_spaced_record_times_end_at_the_horizon() -> None:
+    flow = nf.GradientFlow(t_max=50.0)
+    for n in (2, 3, 7):
+        t = nf.Record(times=n, spacing="log").resolve_times(flow)
+        assert t.size == n and t[0] == 0.0 and t[-1] == 50.0
+        assert np.all(np.diff(t) > 0)
+    t = nf.Record(times=5, spacing="log").resolve_times(flow)
+    np.testing.assert_allclose(t[1:], np.geomspace(50.0 * 1e-4, 50.0, 4), rtol=1e-15)

@@ -673,7 +673,7 @@ class Record:
                 return np.arange(t_max + 1.0)
             # The times alone can be an absurd request (Record(times=10**12) is 8 TB).
             _memory.check(8.0 * n, f"record.times={n}", "record fewer times")
-            if self.spacing == "log" and n > 1:
+            if self.spacing == "log" and n > 2:  # (geomspace of one point is its start)
                 t = np.concatenate([[0.0], np.geomspace(t_max * 1e-4, t_max, n - 1)])
             else:
                 t = np.linspace(0.0, t_max, n) if n > 1 else np.array([t_max])
