@@ -352,3 +352,21 @@ def test_relu_width_study_same_bits_on_dask(client: Any) -> None:
     assert np.all(np.isfinite(local.table["median_test_loss_gap"]))
     assert all(e.classification.kernel_test == "delta_lin" for e in local.ensembles)
     assert "delta_lin" in local.fits and "med d_lin" in local.summary()
+
+
+def test_tanh_phase_diagram_same_bits_on_dask(client: Any) -> None:
+    """#16: a tanh phase diagram (twin test, a held-out set) runs in-process and on a
+    LocalCluster with the same numbers, cell by cell and trajectory by trajectory."""
+    rng = np.random.default_rng(1)
+    X, Xt = rng.normal(size=(16, 2)), rng.normal(size=(12, 2))
+    w = rng.normal(size=2)
+    kw = dict(width=32, trajectories=4, act="tanh", data=nf.Dataset(X, np.tanh(X @ w)),
+              test=nf.Dataset(Xt, np.tanh(Xt @ w)), t_max=8.0, times=20)
+    axes = (("alpha", [0.5, 1.0]), ("correlation", [0.0, 0.9]))
+    local = nf.phase_diagram(*axes, **kw)
+    on_dask = nf.phase_diagram(*axes, client=client, **kw)
+    a, b = local.to_long(), on_dask.to_long()
+    assert len(a) == 2 * 2 * 4
+    for name in a.columns:
+        np.testing.assert_array_equal(a[name], b[name], name)
+    assert np.all(np.isfinite(a["delta_lin"])) and np.all(np.isfinite(a["test_loss_gap"]))
