@@ -306,3 +306,39 @@ def test_parquet_output_without_pyarrow_is_refused_before_any_work(
     assert err == ["ntkflow run: error: output.parquet = true needs pyarrow: pip install "
                    "'ntkflow[parquet]' (or leave parquet out)"]
     assert not (tmp_path / "out").exists()  # refused before the folder, let alone a run
+
+
+def test_teacher_student_file_is_what_its_generator_writes() -> None:
+    # examples/data/teacher_student.npz is committed; its script must reproduce it bit
+    # for bit, so the file can always be traced to (and rebuilt from) the code.
+    import runpy
+
+    data = EXAMPLES / "data"
+    made = runpy.run_path(str(data / "make_teacher_student.py"))["make"]()
+    assert (data / "teacher_student.npz").stat().st_size < 60_000
+    with np.load(data / "teacher_student.npz") as z:
+        assert sorted(z.files) == sorted(made) == ["X", "X_test", "y", "y_test"]
+        for k, v in made.items():
+            assert z[k].dtype == v.dtype == np.float64, k
+            assert z[k].shape == v.shape and z[k].tobytes() == v.tobytes(), k
+    assert made["X"].shape == (64, 5) and made["X_test"].shape == (256, 5)
+
+
+def test_relu_width_study_example_runs_on_its_data_file(tmp_path: Path) -> None:
+    data = EXAMPLES / "data" / "teacher_student.npz"
+    cfg = _small_config(tmp_path, "relu_width_study.toml", {
+        "widths = [64, 256, 1024]": "widths = [16, 64]",
+        "trajectories = 16": "trajectories = 3", "n_boot = 1000": "n_boot = 20",
+        "t_max = 30.0": "t_max = 3.0", "times = 40": "times = 10",
+        'file = "data/teacher_student.npz"': f"file = {str(data)!r}",
+        "[output]": "[output]\nfigures = false"})
+    r = ntkflow("run", str(cfg), "--out", "out", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with (tmp_path / "out" / "width_study_trajectories.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["width"], r["trajectory"]) for r in rows] == [
+        (m, t) for m in ("16", "64") for t in ("0", "1", "2")]
+    assert {r["seed"] for r in rows} == {str(derive_seed(0, 16)), str(derive_seed(0, 64))}
+    # the twin and the file's held-out set were used: their scores are numbers
+    assert all(r["ok"] == "True" and float(r["delta_lin"]) >= 0 for r in rows)
+    assert all(np.isfinite(float(r["test_loss_gap"])) for r in rows)
