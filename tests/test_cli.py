@@ -113,6 +113,16 @@ def test_run_width_study(tmp_path: Path) -> None:
     assert [r["ok"] for r in rows] == ["30", "30", "30"]
     _png(out / "width_scaling.png")
     assert "rho_star" in r.stdout
+    # issue 16: per_trajectory = true writes the long table, one row per width x
+    # trajectory with every column, the same bytes as the Python API's to_long()
+    api = nf.width_study([16, 64, 256], "ntk", trajectories=30, exact=True, n_boot=50)
+    ref = api.to_long().to_csv(tmp_path / "ref.csv")
+    long = out / "width_study_trajectories.csv"
+    assert long.read_text() == ref.read_text()
+    with long.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 * 30 and rows[0]["seed"] == "6192166547663441477"
+    assert {"width", "trajectory", "label", "ok", "kappa", "rho_star", "t_hit"} <= set(rows[0])
 
 
 def test_run_phase_diagram(tmp_path: Path) -> None:
@@ -120,13 +130,25 @@ def test_run_phase_diagram(tmp_path: Path) -> None:
     cfg = _small_config(tmp_path, "phase_diagram.toml", {
         "x_values = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]": "x_values = [0.5, 1.25]",
         "y_values = [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0]": "y_values = [0.0, 2.0]",
-        "trajectories = 200": "trajectories = 20", "exact = true": "exact = false"})
+        "trajectories = 200": "trajectories = 20", "exact = true": "exact = false",
+        "# parquet = true": "parquet = true"})
     r = ntkflow("run", str(cfg), "--out", "out", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    with np.load(tmp_path / "out" / "phase_diagram.npz") as z:
+    out = tmp_path / "out"
+    with np.load(out / "phase_diagram.npz") as z:
         assert z["dominant"].shape == (2, 2)
         assert z["dominant"][0, 1] == "alignment" and z["dominant"][0, 0] == "kernel"
-    _png(tmp_path / "out" / "phase_diagram.png")
+        dominant = z["dominant"].ravel().tolist()
+    _png(out / "phase_diagram.png")
+    # the long table as CSV and Parquet: one row per cell x trajectory, the same values
+    # (the Parquet file written back as CSV gives the same bytes), dtypes kept
+    long = nf.Table.read_parquet(out / "phase_diagram_trajectories.parquet")
+    assert len(long) == 2 * 2 * 20 and long.names[:3] == ("alpha", "c_w", "width")
+    assert long["seed"].dtype == np.uint64 and long["ok"].dtype == bool
+    assert (long.to_csv(tmp_path / "back.csv").read_text()
+            == (out / "phase_diagram_trajectories.csv").read_text())
+    cells = nf.Table.read_parquet(out / "phase_diagram.parquet")
+    assert cells["dominant"].tolist() == dominant
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -148,6 +170,8 @@ def test_run_phase_diagram(tmp_path: Path) -> None:
     ('kind = "phase_diagram"\n[grid]\nx = "alpah"\nx_values = [1]\ny = "c_w"\n'
      'y_values = [0]\n', "x name must be one of"),
     ('kind = "sweep"\n', "kind must be one of"),
+    ('kind = "width_study"\n[output]\nparquet = "yes"\n',
+     "output.parquet must be of type true/false"),
 ])
 def test_bad_config_gives_one_line_error(tmp_path: Path, text: str, message: str) -> None:
     cfg = tmp_path / "bad.toml"
@@ -267,3 +291,54 @@ def test_relu_width_study_and_tanh_phase_diagram_from_toml(tmp_path: Path) -> No
                    '[study]\nwidths = [8]\nact = "relu"\nt_max = 1.0\n')
     with pytest.raises(config.ConfigError, match="data.file"):
         config.run(bad, tmp_path / "bad", quiet=True)
+
+
+def test_parquet_output_without_pyarrow_is_refused_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ntkflow import cli
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    cfg = _small_config(tmp_path, "width_study.toml", {"# parquet = true": "parquet = true"})
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ntkflow run: error: output.parquet = true needs pyarrow: pip install "
+                   "'ntkflow[parquet]' (or leave parquet out)"]
+    assert not (tmp_path / "out").exists()  # refused before the folder, let alone a run
+
+
+def test_teacher_student_file_is_what_its_generator_writes() -> None:
+    # examples/data/teacher_student.npz is committed; its script must reproduce it bit
+    # for bit, so the file can always be traced to (and rebuilt from) the code.
+    import runpy
+
+    data = EXAMPLES / "data"
+    made = runpy.run_path(str(data / "make_teacher_student.py"))["make"]()
+    assert (data / "teacher_student.npz").stat().st_size < 60_000
+    with np.load(data / "teacher_student.npz") as z:
+        assert sorted(z.files) == sorted(made) == ["X", "X_test", "y", "y_test"]
+        for k, v in made.items():
+            assert z[k].dtype == v.dtype == np.float64, k
+            assert z[k].shape == v.shape and z[k].tobytes() == v.tobytes(), k
+    assert made["X"].shape == (64, 5) and made["X_test"].shape == (256, 5)
+
+
+def test_relu_width_study_example_runs_on_its_data_file(tmp_path: Path) -> None:
+    data = EXAMPLES / "data" / "teacher_student.npz"
+    cfg = _small_config(tmp_path, "relu_width_study.toml", {
+        "widths = [64, 256, 1024]": "widths = [16, 64]",
+        "trajectories = 16": "trajectories = 3", "n_boot = 1000": "n_boot = 20",
+        "t_max = 30.0": "t_max = 3.0", "times = 40": "times = 10",
+        'file = "data/teacher_student.npz"': f"file = {str(data)!r}",
+        "[output]": "[output]\nfigures = false"})
+    r = ntkflow("run", str(cfg), "--out", "out", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with (tmp_path / "out" / "width_study_trajectories.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["width"], r["trajectory"]) for r in rows] == [
+        (m, t) for m in ("16", "64") for t in ("0", "1", "2")]
+    assert {r["seed"] for r in rows} == {str(derive_seed(0, 16)), str(derive_seed(0, 64))}
+    # the twin and the file's held-out set were used: their scores are numbers
+    assert all(r["ok"] == "True" and float(r["delta_lin"]) >= 0 for r in rows)
+    assert all(np.isfinite(float(r["test_loss_gap"])) for r in rows)

@@ -1,4 +1,5 @@
-"""A small column table: NumPy columns of equal length, CSV out, pandas if installed."""
+"""A small column table: NumPy columns of equal length, CSV out, Parquet and pandas if
+installed."""
 
 from __future__ import annotations
 
@@ -77,5 +78,41 @@ class Table:
                 w.writerow([_cell(v[i]) for v in self.columns.values()])
         return path
 
+    def to_parquet(self, path: str | Path) -> Path:
+        """Write a Parquet file (needs the ``parquet`` extra, pyarrow) in which every
+        column keeps its dtype: uint64 seeds, int64 widths, bool flags, str labels, NaN
+        as NaN (not as missing). ``Table.read_parquet`` reads it back."""
+        pa, pq = _pyarrow("Table.to_parquet")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({k: pa.array(v) for k, v in self.columns.items()}), path)
+        return path
+
+    @classmethod
+    def read_parquet(cls, path: str | Path) -> Table:
+        """A Table from a Parquet file such as ``to_parquet`` writes (needs pyarrow)."""
+        _, pq = _pyarrow("Table.read_parquet")
+        t = pq.read_table(Path(path))
+        return cls({k: _numpy(t.column(k)) for k in t.column_names})
+
     def __repr__(self) -> str:
         return f"Table({len(self)} rows: {', '.join(self.names)})"
+
+
+def _pyarrow(caller: str) -> tuple[Any, Any]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"{caller} needs pyarrow: pip install 'ntkflow[parquet]'") from None
+    return pa, pq
+
+
+def _numpy(column: Any) -> NDArray[Any]:
+    """A pyarrow column as NumPy: strings as str (pyarrow gives objects), the rest as
+    its own dtype."""
+    import pyarrow as pa
+
+    values: NDArray[Any] = column.to_numpy()
+    text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    return values.astype(str) if text else values

@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run a simulation, width study or phase diagram described in a TOML file",
         description="Run CONFIG.toml (kind = \"simulate\", \"width_study\" or "
         "\"phase_diagram\"; see examples/ in the source tree) and write its data (.npz, "
-        ".csv) and figures (.png) into --out.",
+        ".csv; .parquet too with [output] parquet = true) and figures (.png) into --out.",
     )
     run.add_argument("config", metavar="CONFIG.toml", help="the configuration file")
     run.add_argument("--out", default=".", metavar="DIR",

@@ -1,11 +1,17 @@
 """``ntkflow run CONFIG.toml``: a simulation, width study or phase diagram described in a
-TOML file, with its data (.npz, .csv) and figures written to an output folder.
+TOML file, with its data (.npz, .csv, and .parquet on request) and figures written to
+an output folder.
 
 Every key is checked against the schema below before anything runs: an unknown key, a
 wrong type or a bad value raises ``ConfigError`` naming the key (``section.key``).
 See ``examples/*.toml``. Studies of networks with an activation take their data from an
 .npz file (``[data] file``, with X, y and optionally X_test, y_test) and the network's
 ``act``, ``bias``, ``loss`` and ``linearized`` in ``[study]`` / ``[grid]``.
+
+``[output] per_trajectory = true`` adds a study's long table (``to_long()``: one row per
+width or cell x trajectory, with its hyperparameters, seed, label, ok flag and every
+score) as ``<kind>_trajectories.csv``; ``parquet = true`` writes every table as .parquet
+too, with its dtypes (needs pyarrow).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ _T_MAX = (int, float, str)
 _COMMON: dict[str, dict[str, tuple[type, ...]]] = {
     "data": {"beta": _NUM, "sigma": _NUM, "loss_min": _NUM},
     "classify": {"eps": _NUM, "tau": _NUM},
-    "output": {"figures": (bool,), "per_trajectory": (bool,)},
+    "output": {"figures": (bool,), "per_trajectory": (bool,), "parquet": (bool,)},
 }
 _PARAM: dict[str, tuple[type, ...]] = {"name": (str,), "alpha": _NUM, "beta_u": _NUM, "beta_w": _NUM, "c_u": _NUM,
           "c_w": _NUM, "kappa0": _NUM, "eta0": _NUM, "s_u0": _NUM, "s_w0": _NUM,
@@ -226,6 +232,7 @@ def run(path: str | Path, out: str | Path, *, quiet: bool = False,
     phase diagrams, over the config's ``store``/``scheduler`` keys.
     """
     cfg = load(path)
+    _check_parquet(cfg)
     cfg["_sweep"] = (Path(path), store, scheduler)
     if cfg["kind"] == "simulate" and (store is not None or scheduler is not None):
         raise ConfigError("--store and --scheduler apply to width_study and "
@@ -255,6 +262,30 @@ def run(path: str | Path, out: str | Path, *, quiet: bool = False,
         files = _run_phase_diagram(cfg, out, figures, eps, tau, quiet)
     if not quiet:
         print(f"{kind} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return files
+
+
+def _check_parquet(cfg: dict[str, Any]) -> None:
+    """``[output] parquet = true`` needs pyarrow: refused before anything runs, rather
+    than after a long study that then cannot write its files."""
+    if not cfg.get("output", {}).get("parquet", False):
+        return
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise ConfigError("output.parquet = true needs pyarrow: pip install "
+                          "'ntkflow[parquet]' (or leave parquet out)") from None
+
+
+def _tables(cfg: dict[str, Any], out: Path, **tables: Any) -> list[Path]:
+    """Each table as ``out/<name>.csv``, and as .parquet beside it with ``[output]
+    parquet = true``."""
+    parquet = cfg.get("output", {}).get("parquet", False)
+    files = []
+    for name, table in tables.items():
+        files.append(table.to_csv(out / f"{name}.csv"))
+        if parquet:
+            files.append(table.to_parquet(out / f"{name}.parquet"))
     return files
 
 
@@ -315,7 +346,7 @@ def _run_simulate(cfg: dict[str, Any], out: Path, figures: bool, eps: float, tau
     cols: dict[str, Any] = {"trajectory": np.arange(res.trajectories), "label": c.labels,
                             "status": res.status, "final_loss": res.loss[:, -1]}
     cols.update(c.scores)
-    files.append(Table(cols).to_csv(out / "classification.csv"))
+    files.extend(_tables(cfg, out, classification=Table(cols)))
     if figures:
         from . import plots
 
@@ -341,17 +372,16 @@ def _run_width_study(cfg: dict[str, Any], out: Path, figures: bool, eps: float,
     kw.update(_sweep_kwargs(st, *cfg["_sweep"]))
     if "fit" in st:
         kw["fit"] = tuple(st["fit"])
-    per = cfg.get("output", {}).get("per_trajectory", False)
     kw.update(_network_kwargs(st))
     res = _call("study", width_study, st["widths"], _parametrization(cfg),
-                **_study_data(cfg), eps=eps, tau=tau, per_trajectory=per,
-                progress=not quiet, **kw)
+                **_study_data(cfg), eps=eps, tau=tau, progress=not quiet, **kw)
     if not quiet:
         print(res.summary())
-    files = [res.table.to_csv(out / "width_study.csv"),
-             res.fits_table().to_csv(out / "width_study_fits.csv")]
-    if res.trajectories is not None:
-        files.append(res.trajectories.to_csv(out / "width_study_trajectories.csv"))
+    files = _tables(cfg, out, width_study=res.table, width_study_fits=res.fits_table())
+    if cfg.get("output", {}).get("per_trajectory", False):
+        # The long table: a superset of the columns this file had before (width,
+        # trajectory, label, scores), now with each width's hyperparameters and seed.
+        files.extend(_tables(cfg, out, width_study_trajectories=res.to_long()))
     columns: dict[str, Any] = {k: np.asarray(v) for k, v in res.table.columns.items()}
     np.savez(out / "width_study.npz", **columns)
     files.append(out / "width_study.npz")
@@ -382,7 +412,9 @@ def _run_phase_diagram(cfg: dict[str, Any], out: Path, figures: bool, eps: float
                 progress=not quiet, **kw)
     if not quiet:
         print(res.summary())
-    files = [res.table().to_csv(out / "phase_diagram.csv")]
+    files = _tables(cfg, out, phase_diagram=res.table())
+    if cfg.get("output", {}).get("per_trajectory", False):
+        files.extend(_tables(cfg, out, phase_diagram_trajectories=res.to_long()))
     res.to_npz(out / "phase_diagram.npz")
     files.append(out / "phase_diagram.npz")
     if figures:

@@ -29,6 +29,8 @@ from .sweeps import _exact_t_hit as _exact_t_hit  # noqa: F401 - kept importable
 from .sweeps import _horizon as _horizon  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
+    import xarray
+
     from .store import Store
 
 TMax = float | Literal["auto"] | None
@@ -382,6 +384,17 @@ class WidthStudy:
         for plotting and grouping (``.to_pandas()`` for a DataFrame)."""
         return _long_table(self.ensembles, [_setting(e) for e in self.ensembles])
 
+    def to_xarray(self) -> xarray.Dataset:
+        """``to_long()`` as an ``xarray.Dataset`` of dims ("width", "trajectory"): label,
+        ok and every score per trajectory; hyperparameters and seed (uint64) as
+        coordinates and t_max, seconds, source per width (needs the ``xarray`` extra)."""
+        from ._study_outputs import study_dataset
+
+        return study_dataset("WidthStudy.to_xarray", self.to_long(), self.ensembles,
+                             [("width", len(self.ensembles))], ("label", "ok", *SCORE_COLUMNS),
+                             {"parametrization": self.parametrization.name,
+                              "exact": self.exact})
+
 
 def _parametrization(p: Parametrization | str) -> Parametrization:
     if isinstance(p, str):
@@ -607,6 +620,15 @@ class PhaseDiagram:
         settings = [{self.x_name: self.x_values[k % nx], self.y_name: self.y_values[k // nx],
                      **_setting(e)} for k, e in enumerate(self.ensembles)]
         return _long_table(self.ensembles, settings)
+
+    def to_xarray(self) -> xarray.Dataset:
+        """``to_long()`` as an ``xarray.Dataset`` of dims (y_name, x_name, "trajectory"),
+        as ``WidthStudy.to_xarray`` (needs the ``xarray`` extra)."""
+        from ._study_outputs import study_dataset
+
+        return study_dataset("PhaseDiagram.to_xarray", self.to_long(), self.ensembles,
+                             [(self.y_name, self.shape[0]), (self.x_name, self.shape[1])],
+                             ("label", "ok", *SCORE_COLUMNS), {"exact": self.exact})
 
     def to_npz(self, path: Any) -> None:
         """All arrays in one ``.npz`` (readable with plain NumPy)."""
