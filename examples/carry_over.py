@@ -182,13 +182,21 @@ def acceptance(rows: Sequence[dict[str, Any]], family: str,
             "passed": all(r["frac_kernel"] >= 0.99 for r in below) if below else None}
 
 
+def trajectories(family: str, act: str, args: argparse.Namespace) -> int:
+    """K1 (the NTK parametrization) carries the acceptance check and the exponents, so it
+    gets more seeds than the other families."""
+    if family != "K1":
+        return args.trajectories
+    return args.acceptance_trajectories if act == "relu" else args.k1_trajectories
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     widths = args.widths
     families = [f for f in FAMILIES if args.families is None or f.name in args.families]
     rows: list[dict[str, Any]] = []
     fits: list[dict[str, Any]] = []
     for fam in families:
-        exact, sim = model_a(fam, widths, args.trajectories, args.seed)
+        exact, sim = model_a(fam, widths, trajectories(fam.name, "linear", args), args.seed)
         rows += rows_of(fam.name, "linear", sim, exact)
         fits += fits_of(fam.name, "linear", sim, widths, args.seed)
         horizon = 4.0 * float(np.max(sim.table["t_max"]))
@@ -196,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"(model A exact: {' '.join(SHORT[e.classification.dominant] for e in exact.ensembles)})",
               flush=True)
         for act in args.acts:
-            n = args.acceptance_trajectories if fam.name == "K1" and act == "relu" else args.trajectories
+            n = trajectories(fam.name, act, args)
             t0 = time.perf_counter()
             study = activation_study(fam, act, widths, n, args.seed, horizon, args)
             rows += rows_of(fam.name, act, study, exact)
@@ -206,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if fam.name == "K1" and args.dim > 1:  # the NTK parametrization off the line too
             name = f"K1 d={args.dim}"
             for act in ("linear", *args.acts):
-                n = args.acceptance_trajectories if act == "relu" else args.trajectories
+                n = trajectories(fam.name, act, args)
                 t0 = time.perf_counter()
                 study = activation_study(fam, act, widths, n, args.seed, horizon, args,
                                          dim=args.dim)
@@ -219,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"widths": list(widths), "rows": rows, "fits": fits,
             "acceptance": accept, "settings": {
                 "samples": args.samples, "test": args.test, "dim": args.dim, "rtol": args.rtol,
-                "trajectories": args.trajectories,
+                "trajectories": args.trajectories, "k1_trajectories": args.k1_trajectories,
                 "acceptance_trajectories": args.acceptance_trajectories, "seed": args.seed,
                 "ntkflow": nf.__version__, "build": nf.build_info()}}
 
@@ -324,7 +332,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--families", nargs="+", default=None,
                     help=f"a subset of {[f.name for f in FAMILIES]}")
     ap.add_argument("--acts", nargs="+", default=["relu", "tanh"])
-    ap.add_argument("--trajectories", type=int, default=16)
+    ap.add_argument("--trajectories", type=int, default=8)
+    ap.add_argument("--k1-trajectories", type=int, default=16,
+                    help="trajectories of K1's linear and tanh runs")
     ap.add_argument("--acceptance-trajectories", type=int, default=128,
                     help="trajectories of relu K1, whose kernel fraction is checked at 99%%")
     ap.add_argument("--samples", type=int, default=32)
