@@ -169,7 +169,7 @@ def test_width_study_and_phase_diagram_with_a_store(tmp_path: Path) -> None:
     resumed = nf.width_study([8, 16], "ntk", store=tmp_path / "w", **kw)
     assert [p.stat().st_mtime_ns for p in task_files(tmp_path / "w")] == stamps
     np.testing.assert_array_equal(resumed.table["seconds"], stored.table["seconds"])
-    grid = (("alpha", [0.5, 1.0]), ("beta", [0.5, -1.0]))
+    grid = (("alpha", [0.5, 1.0]), ("target", [0.5, -1.0]))
     pd0 = nf.phase_diagram(*grid, width=16, trajectories=10, exact=True)
     pd1 = nf.phase_diagram(*grid, width=16, trajectories=10, exact=True, store=tmp_path / "p")
     np.testing.assert_array_equal(pd0.dominant, pd1.dominant)
