@@ -150,7 +150,9 @@ class StudySettings:
     linearized : bool, optional
         Record the linearised twin (default: for networks with an activation on the
         square loss, whose kernel label is then decided by it, docs/theory.md §E.5; the
-        twin is solved for the square loss only).
+        twin is solved for the square loss only). With descent or SGD the twin is
+        full-batch descent at the same lr: for SGD, batch noise counts as distance from
+        it (``delta_lin``).
     test : Dataset, optional
         A held-out set evaluated along every run (test loss and error, the twin's).
     threads : int, optional
