@@ -115,12 +115,13 @@ def test_flow_template_is_the_settings_flow() -> None:
     (dict(train=nf.GradientFlow(), solver="rk4"), "solver"),
     (dict(train=nf.SGD(), loss="square"), "loss"),
     (dict(train="sgd"), "train"),
+    (dict(train=nf.SGD(), data=nf.LatentLine()), "data"),
     (dict(loss="softmax", linearized=True, t_max=1.0), "linearized"),
 ])
 def test_contradictory_settings_are_refused(settings: dict[str, Any], name: str) -> None:
     _, _, data = three_classes()
     with pytest.raises(ValueError, match=f"^{name} ") as err:
-        nf.width_study([8], data=data, **settings)
+        nf.width_study([8], **{"data": data, **settings})
     assert "\n" not in str(err.value)
 
 

@@ -218,19 +218,24 @@ class StudySettings:
         require(isinstance(t, (GradientFlow, GradientDescent, SGD)), "train",
                 "must be None or a GradientFlow, GradientDescent or SGD (the template of "
                 "every ensemble's training)", t)
-        kind = type(t).__name__
+        kind = {GradientFlow: "a GradientFlow", GradientDescent: "a GradientDescent",
+                SGD: "an SGD"}[type(t)]
         for name in FLOW_SETTINGS:
             require(getattr(self, name) is None, name,
-                    f"must not be given with a {kind} template: set train.{name} on it",
+                    f"must not be given with {kind} template: set train.{name} on it",
                     getattr(self, name))
         flow = isinstance(t, GradientFlow)
         horizon = "train.t_max" if flow else "train.steps"
+        allowed = 'None or "auto"' if flow else "None"
         require(self.t_max is None or (flow and self.t_max == "auto"), "t_max",
-                f"must be None{' or auto' if flow else ''} with a {kind} template: the "
-                f"horizon is {horizon}", self.t_max)
+                f"must be {allowed} with {kind} template: the horizon is {horizon}",
+                self.t_max)
         require(flow or not self.exact, "exact",
-                f"must be False with a {kind} template: the closed form is of gradient "
+                f"must be False with {kind} template: the closed form is of gradient "
                 "flow", self.exact)
+        require(not isinstance(t, SGD) or isinstance(self.data, Dataset), "data",
+                "must be a Dataset with an SGD template (batches are drawn from the "
+                "samples)", type(self.data).__name__)
 
     def _check_network(self) -> None:
         """What any network but model A and its relatives needs: the samples, a horizon
