@@ -169,6 +169,8 @@ def test_run_phase_diagram(tmp_path: Path) -> None:
     ('kind = "simulate"\n[train]\nt_max = "later"\n', "train.t_max"),
     ('kind = "phase_diagram"\n[grid]\nx = "alpah"\nx_values = [1]\ny = "c_w"\n'
      'y_values = [0]\n', "x name must be one of"),
+    ('kind = "phase_diagram"\n[grid]\nx = "alpha"\nx_values = [1]\ny = "beta"\n'
+     'y_values = [0]\n', 'y name "beta" was renamed to "target"'),
     ('kind = "sweep"\n', "kind must be one of"),
     ('kind = "width_study"\n[output]\nparquet = "yes"\n',
      "output.parquet must be of type true/false"),
@@ -342,3 +344,44 @@ def test_relu_width_study_example_runs_on_its_data_file(tmp_path: Path) -> None:
     # the twin and the file's held-out set were used: their scores are numbers
     assert all(r["ok"] == "True" and float(r["delta_lin"]) >= 0 for r in rows)
     assert all(np.isfinite(float(r["test_loss_gap"])) for r in rows)
+
+
+def test_phase_diagram_axes_from_toml(tmp_path: Path) -> None:
+    """#16: the width and the new axes (samples, imbalance, target, ...) from a config
+    file, equal to the Python API's."""
+    from ntkflow import config
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(20, 2))
+    np.savez(tmp_path / "task.npz", X=X, y=np.tanh(X[:, 0]))
+    grid = tmp_path / "samples.toml"
+    grid.write_text('kind = "phase_diagram"\n[parametrization]\nname = "ntk"\n'
+                    '[data]\nfile = "task.npz"\n'
+                    '[grid]\nx = "samples"\nx_values = [8, 20]\ny = "imbalance"\n'
+                    'y_values = [0.25, 4.0]\nwidth = 16\ntrajectories = 3\n'
+                    'act = "relu"\nt_max = 3.0\ntimes = 10\n[output]\nfigures = false\n')
+    config.run(grid, tmp_path / "a", quiet=True)
+    api = nf.phase_diagram(("samples", [8, 20]), ("imbalance", [0.25, 4.0]), "ntk",
+                           width=16, trajectories=3, act="relu", t_max=3.0, times=10,
+                           data=nf.Dataset(X, np.tanh(X[:, 0])))
+    with np.load(tmp_path / "a" / "phase_diagram.npz") as z:
+        assert z["x_values"].tolist() == [8, 20] and z["x_values"].dtype == np.int64
+        for name in ("final_loss", "delta_lin"):
+            np.testing.assert_array_equal(z[f"median_{name}"], api.median[name], name)
+        np.testing.assert_array_equal(z["source"], api.source)
+        np.testing.assert_array_equal(z["outputs"], api.outputs)
+        assert z["outputs"].tolist() == [[1, 1], [1, 1]]
+    widths = tmp_path / "widths.toml"
+    widths.write_text('kind = "phase_diagram"\n[grid]\nx = "width"\nx_values = [8, 32]\n'
+                      'y = "target"\ny_values = [0.5, -1.0]\ntrajectories = 4\n'
+                      'exact = true\n[output]\nfigures = false\n')
+    config.run(widths, tmp_path / "b", quiet=True)
+    api = nf.phase_diagram(("width", [8, 32]), ("target", [0.5, -1.0]), trajectories=4,
+                           exact=True)
+    with (tmp_path / "b" / "phase_diagram.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["target"], r["width"], r["source"]) for r in rows] == [
+        ("0.5", "8", "exact"), ("0.5", "32", "exact"), ("-1.0", "8", "exact"),
+        ("-1.0", "32", "exact")]
+    medians = [float(r["median_rho_star"]) for r in rows]
+    assert medians == api.median["rho_star"].ravel().tolist()

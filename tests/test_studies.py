@@ -168,7 +168,7 @@ def test_phase_diagram_exact_cells() -> None:
 def test_phase_diagram_simulated_matches_exact() -> None:
     # correlation vs target: kernel/alignment/disalignment/rescaling regions (§E.3b);
     # simulated cells (100 seeds, 200 log times) have the exact cells' fractions +- 0.02.
-    kw = dict(x=("correlation", [0.0, 0.9]), y=("beta", [0.05, 1.0]),
+    kw = dict(x=("correlation", [0.0, 0.9]), y=("target", [0.05, 1.0]),
               base=nf.Parametrization(alpha=1.0), width=256, trajectories=100, seed=2)
     ex = nf.phase_diagram(**kw, exact=True)
     sim = nf.phase_diagram(**kw)
@@ -184,7 +184,7 @@ def test_exact_cells_need_no_horizon_at_t_inf() -> None:
     # t = inf cell needs none: rescaling, the loss stops at L* + Sigma beta*^2 / 2 = 0.5
     # (exactly, 0 tolerance) and the level 1e-6 is never reached (t_hit NaN). Before the
     # fix this raised 't_max "auto" found no finite horizon'.
-    pd = nf.phase_diagram(("correlation", [1.0, 0.5]), ("beta", [-1.0]), trajectories=8,
+    pd = nf.phase_diagram(("correlation", [1.0, 0.5]), ("target", [-1.0]), trajectories=8,
                           seed=4, exact=True)
     assert pd.dominant[0, 0] == "rescaling" and pd.ok[0, 0] == 8
     assert pd.median["final_loss"][0, 0] == 0.5
@@ -194,13 +194,13 @@ def test_exact_cells_need_no_horizon_at_t_inf() -> None:
     from ntkflow.sweeps import _exact_t_hit, _horizon
 
     p = nf.Parametrization.named("ntk").replace(correlation=0.5)
-    seed = derive_seed(4, "correlation", 0.5, "beta", -1.0)
+    seed = derive_seed(4, "correlation", 0.5, "target", -1.0)
     sol = nf.exact.line(nf._simulate.draw_initial(p.init(256), 256, 1, 8, seed=seed),
                         p.net(256), nf.LatentLine(beta=-1.0), p.train(256))
     assert pd.median["t_hit"][0, 1] == np.median(_exact_t_hit(sol, _horizon(sol), 1e-6))
     # Simulating the unreachable cell does need a horizon: a clear error, not a wrong one.
     with pytest.raises(ValueError, match="unreachable target"):
-        nf.phase_diagram(("correlation", [1.0]), ("beta", [-1.0]), trajectories=2)
+        nf.phase_diagram(("correlation", [1.0]), ("target", [-1.0]), trajectories=2)
 
 
 def test_studies_run_the_tasks_their_settings_describe(tmp_path) -> None:
@@ -229,9 +229,9 @@ def test_studies_run_the_tasks_their_settings_describe(tmp_path) -> None:
     want = {task(p.at(m), derive_seed(9, m), data).key for m in (8, 16)}
     assert set(nf.Store(tmp_path / "w").keys()) == want
     kw["t_max"] = "auto"
-    nf.phase_diagram(("beta", [0.5, -1.0]), ("correlation", [0.25]), p, 8, 3, 9, data=data,
+    nf.phase_diagram(("target", [0.5, -1.0]), ("correlation", [0.25]), p, 8, 3, 9, data=data,
                      store=tmp_path / "p", **kw)
-    want = {task(p.at(8), derive_seed(9, "beta", b, "correlation", 0.25),
+    want = {task(p.at(8), derive_seed(9, "target", b, "correlation", 0.25),
                  nf.LatentLine(beta=b, sigma=2.0), 0.25, "auto").key for b in (0.5, -1.0)}
     assert set(nf.Store(tmp_path / "p").keys()) == want
 

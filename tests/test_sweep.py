@@ -169,7 +169,7 @@ def test_width_study_and_phase_diagram_with_a_store(tmp_path: Path) -> None:
     resumed = nf.width_study([8, 16], "ntk", store=tmp_path / "w", **kw)
     assert [p.stat().st_mtime_ns for p in task_files(tmp_path / "w")] == stamps
     np.testing.assert_array_equal(resumed.table["seconds"], stored.table["seconds"])
-    grid = (("alpha", [0.5, 1.0]), ("beta", [0.5, -1.0]))
+    grid = (("alpha", [0.5, 1.0]), ("target", [0.5, -1.0]))
     pd0 = nf.phase_diagram(*grid, width=16, trajectories=10, exact=True)
     pd1 = nf.phase_diagram(*grid, width=16, trajectories=10, exact=True, store=tmp_path / "p")
     np.testing.assert_array_equal(pd0.dominant, pd1.dominant)
@@ -370,3 +370,43 @@ def test_tanh_phase_diagram_same_bits_on_dask(client: Any) -> None:
     for name in a.columns:
         np.testing.assert_array_equal(a[name], b[name], name)
     assert np.all(np.isfinite(a["delta_lin"])) and np.all(np.isfinite(a["test_loss_gap"]))
+
+
+def sgd_study_kw() -> dict[str, Any]:
+    """A small relu width study trained by SGD (with a held-out set)."""
+    rng = np.random.default_rng(3)
+    X, Xt = rng.normal(size=(16, 2)), rng.normal(size=(8, 2))
+    return dict(trajectories=4, act="relu", data=nf.Dataset(X, np.tanh(X[:, 0])),
+                test=nf.Dataset(Xt, np.tanh(Xt[:, 0])), times=20, n_boot=20,
+                train=nf.SGD(lr=0.3, steps=120, batch_size=6))
+
+
+def assert_same_study(a: Any, b: Any) -> None:
+    for name in a.table.columns:
+        if name != "seconds":
+            np.testing.assert_array_equal(a.table[name], b.table[name], name)
+    for e, f in zip(a.ensembles, b.ensembles, strict=True):
+        assert e.final_loss.tobytes() == f.final_loss.tobytes()
+        for k, v in e.classification.scores.items():
+            assert v.tobytes() == f.classification.scores[k].tobytes(), k
+
+
+def test_sgd_width_study_same_bits_through_a_store(tmp_path: Path) -> None:
+    """#16: a width study trained by SGD gives the same bits in-process, through a store
+    and resumed from it (nothing recomputed)."""
+    kw = sgd_study_kw()
+    local = nf.width_study([16, 64], "ntk", **kw)
+    stored = nf.width_study([16, 64], "ntk", store=tmp_path / "s", **kw)
+    stamps = [p.stat().st_mtime_ns for p in task_files(tmp_path / "s")]
+    resumed = nf.width_study([16, 64], "ntk", store=tmp_path / "s", **kw)
+    assert len(stamps) == 2
+    assert [p.stat().st_mtime_ns for p in task_files(tmp_path / "s")] == stamps
+    assert_same_study(local, stored)
+    assert_same_study(local, resumed)
+    assert np.all(np.isfinite(local.table["median_test_loss"]))
+
+
+def test_sgd_width_study_same_bits_on_dask(client: Any) -> None:
+    kw = sgd_study_kw()
+    assert_same_study(nf.width_study([16, 64], "ntk", **kw),
+                      nf.width_study([16, 64], "ntk", client=client, **kw))

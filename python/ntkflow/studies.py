@@ -7,6 +7,7 @@ whether it is run alone, in a larger grid or in another order.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -19,12 +20,25 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _axes
+from ._axes import AXES as AXES  # noqa: F401 - the axis names, importable from here
 from ._table import Table
 from ._validate import integer, real, require
 from .mechanisms import FAILED, LABELS, SCORE_NAMES, Classification
-from .parametrization import EXPONENTS, Hyper, Parametrization
-from .specs import Data, Dataset, Gaussian, GradientFlow, LatentLine, Record, TwoLayer
-from .sweeps import Sweep, Task, TaskOutput, sweep
+from .parametrization import Hyper, Parametrization
+from .specs import (
+    SGD,
+    Data,
+    Dataset,
+    Gaussian,
+    GradientDescent,
+    GradientFlow,
+    LatentLine,
+    Record,
+    Training,
+    TwoLayer,
+)
+from .sweeps import FINAL_RECORDS, Sweep, Task, TaskOutput, sweep
 from .sweeps import _exact_t_hit as _exact_t_hit  # noqa: F401 - kept importable
 from .sweeps import _horizon as _horizon  # noqa: F401
 
@@ -63,13 +77,22 @@ class Ensemble:
     classification: Classification
     final_loss: NDArray[np.float64]  # (trajectories,) at t_max (exact: at t_max or t = inf)
     t_hit: NDArray[np.float64]  # (trajectories,) first time loss <= loss_below; NaN if never
-    t_max: float
+    t_max: float  # the horizon: a time, or a number of steps (descent, SGD)
     seconds: float
     source: str  # "simulate" or "exact"
+    outputs: int = 1  # the network's outputs c (the data's target columns)
+    # Final values of the records in FINAL_RECORDS (test_loss, test_error, error), those
+    # the runs recorded: (trajectories,) each.
+    finals: dict[str, NDArray[np.float64]] = field(default_factory=dict)
 
 
 def _is_line(data: Data) -> bool:
     return int(data.dim) == 1
+
+
+# The gradient-flow settings of a study without a train template, and their defaults.
+FLOW_SETTINGS: dict[str, Any] = {"solver": "dopri5", "rtol": 1e-10, "atol": 1e-14,
+                                 "dt": 0.01, "loss": "square"}
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -77,7 +100,7 @@ class StudySettings:
     """What every ensemble of a study shares, and how the study's sweep runs.
 
     ``width_study`` and ``phase_diagram`` take these as keywords and check them here, in
-    one place.
+    one place, before any ensemble runs.
 
     Parameters
     ----------
@@ -87,25 +110,51 @@ class StudySettings:
         The study seed: each ensemble's seed is ``derive_seed(seed, *keys)`` of the keys
         that identify it, independent of the order and of the other ensembles.
     data : default ``LatentLine()`` (beta* = 1, Sigma = 1)
+        A ``Dataset`` with targets Y of shape (samples, c) (or ``classes=k``) trains
+        networks with c outputs.
+    train : GradientFlow, GradientDescent or SGD, optional
+        The template of every ensemble's training. Each ensemble trains with its lr,
+        steps, batch size, solver, loss, decay etc., at per-layer rates ``train.eta_u *
+        eta_u`` and ``train.eta_w * eta_w``, where ``eta_u``, ``eta_w`` are the
+        ensemble's (``Hyper``, from the parametrization and the axes). The horizon is
+        the template's: ``train.t_max`` for a GradientFlow (or ``t_max="auto"``, the
+        closed form's), ``train.steps`` for descent and SGD, whose records are at step
+        numbers. ``solver``, ``rtol``, ``atol``, ``dt`` and ``loss`` belong to the
+        template then and are refused beside it, as is a numeric ``t_max``. Default
+        (None): gradient flow with the settings below, as ``GradientFlow(t_max=t_max,
+        solver=solver, rtol=rtol, atol=atol, dt=dt, loss=loss)`` with unit rates.
     exact : bool
-        Linear, dim 1: t = inf scores from the closed form (``classify_exact``), no
-        integration; the final loss at ``t_max`` (at t = inf if "auto") and the threshold
-        time from the closed form. Much faster; the path extremes are exact.
-    t_max : float or "auto"
-        "auto"/None: t_esc + 40/Gamma from the closed form (dim 1).
-    solver, rtol, atol, dt, times
-        GradientFlow settings and the number of log-spaced record times.
+        Linear, dim 1, gradient flow: t = inf scores from the closed form
+        (``classify_exact``), no integration; the final loss at ``t_max`` (at t = inf if
+        "auto") and the threshold time from the closed form. Much faster; the path
+        extremes are exact. Refused with a descent or SGD template.
+    t_max : float or "auto", optional
+        Without a template: the horizon; "auto"/None (default): t_esc + 40/Gamma from the
+        closed form (dim 1). With a GradientFlow template: None (its ``t_max``) or "auto";
+        with descent or SGD: None only.
+    solver, rtol, atol, dt
+        Gradient-flow settings without a template (default dopri5, 1e-10, 1e-14, 0.01).
+    times : int
+        Number of log-spaced record times (0 and ``times - 1`` from ``t_max * 1e-4``;
+        for descent and SGD rounded to whole steps, repeats dropped, so there may be
+        fewer; every step when ``times > steps``).
     loss_below : float
-        Loss level whose first passage time is reported (``t_hit``).
+        Loss level whose first passage time is reported (``t_hit``; a step number for
+        descent). SGD never evaluates the full-data loss between records, so with an
+        SGD template ``t_hit`` is NaN (the level is not asked for).
     eps, tau : float
         Classification thresholds.
     act, bias, loss : network and objective
-        The activation ("linear" by default), a first-layer bias, and the loss, as in
-        ``TwoLayer`` and ``GradientFlow``. Anything but a linear network on the square
-        loss needs a ``Dataset`` (``data``) and a numeric ``t_max``, and has no exact mode.
+        The activation ("linear" by default), a first-layer bias, and the loss (default
+        "square"; a template's loss otherwise), as in ``TwoLayer`` and ``Objective``.
+        Anything but a linear network with one output on the square loss needs a
+        ``Dataset`` (``data``) and a numeric horizon, and has no exact mode.
     linearized : bool, optional
-        Record the linearised twin (default: for networks with an activation, whose
-        kernel label is decided by it, docs/theory.md §E.5).
+        Record the linearised twin (default: for networks with an activation on the
+        square loss, whose kernel label is then decided by it, docs/theory.md §E.5; the
+        twin is solved for the square loss only). With descent or SGD the twin is
+        full-batch descent at the same lr: for SGD, batch noise counts as distance from
+        it (``delta_lin``).
     test : Dataset, optional
         A held-out set evaluated along every run (test loss and error, the twin's).
     threads : int, optional
@@ -121,19 +170,20 @@ class StudySettings:
     trajectories: int = 200
     seed: int = 0
     data: Data = field(default_factory=LatentLine)  # None is taken as the default too
+    train: Training | None = None
     exact: bool = False
-    t_max: TMax = "auto"
-    solver: str = "dopri5"
-    rtol: float = 1e-10
-    atol: float = 1e-14
-    dt: float = 0.01
+    t_max: TMax = None
+    solver: str | None = None  # None: FLOW_SETTINGS (without a template)
+    rtol: float | None = None
+    atol: float | None = None
+    dt: float | None = None
     times: int = 200
     loss_below: float = 1e-6
     eps: float = 0.05
     tau: float = 0.1
     act: str = "linear"
     bias: bool = False
-    loss: str = "square"
+    loss: str | None = None
     linearized: bool | None = None
     test: Dataset | None = None
     threads: int | None = None
@@ -151,24 +201,84 @@ class StudySettings:
         s("loss_below", real(self.loss_below, "loss_below", low=0.0))
         if self.data is None:
             s("data", LatentLine())
+        self._check_train()
+        if self.train is None:
+            for name, default in FLOW_SETTINGS.items():
+                if getattr(self, name) is None:
+                    s(name, default)
+        else:
+            s("loss", self.train.loss)
+        self.template()  # checks solver, rtol, atol, dt and the loss name
         TwoLayer(width=1, act=self.act, bias=self.bias)  # type: ignore[arg-type]  # checks
-        GradientFlow(loss=self.loss)  # type: ignore[arg-type]  # checks the name
+        self._check_network()
+
+    def _check_train(self) -> None:
+        """The template, and the settings it owns or excludes."""
+        t = self.train
+        if t is None:
+            return
+        require(isinstance(t, (GradientFlow, GradientDescent, SGD)), "train",
+                "must be None or a GradientFlow, GradientDescent or SGD (the template of "
+                "every ensemble's training)", t)
+        kind = {GradientFlow: "a GradientFlow", GradientDescent: "a GradientDescent",
+                SGD: "an SGD"}[type(t)]
+        for name in FLOW_SETTINGS:
+            require(getattr(self, name) is None, name,
+                    f"must not be given with {kind} template: set train.{name} on it",
+                    getattr(self, name))
+        flow = isinstance(t, GradientFlow)
+        horizon = "train.t_max" if flow else "train.steps"
+        allowed = 'None or "auto"' if flow else "None"
+        require(self.t_max is None or (flow and self.t_max == "auto"), "t_max",
+                f"must be {allowed} with {kind} template: the horizon is {horizon}",
+                self.t_max)
+        require(flow or not self.exact, "exact",
+                f"must be False with {kind} template: the closed form is of gradient "
+                "flow", self.exact)
+        require(not isinstance(t, SGD) or isinstance(self.data, Dataset), "data",
+                "must be a Dataset with an SGD template (batches are drawn from the "
+                "samples)", type(self.data).__name__)
+
+    def _check_network(self) -> None:
+        """What any network but model A and its relatives needs: the samples, a horizon
+        and no exact mode; and a twin only where it is solved (the square loss)."""
+        outputs = int(getattr(self.data, "outputs", 1))
         if self.linearized is None:
-            s("linearized", self.act != "linear")
+            object.__setattr__(self, "linearized",
+                               self.act != "linear" and self.loss == "square")
+        require(not self.linearized or self.loss == "square", "linearized",
+                f'must be False with loss="{self.loss}": the linearised twin is solved for '
+                "the square loss only", self.linearized)
         kind = (f'act="{self.act}"' if self.act != "linear" else "bias=True" if self.bias
-                else f'loss="{self.loss}"' if self.loss != "square" else None)
+                else f'loss="{self.loss}"' if self.loss != "square"
+                else f"{outputs} outputs" if outputs > 1 else None)
         if kind is not None:  # not model A and its relatives: no closed form
             require(isinstance(self.data, Dataset), "data",
                     f"must be a Dataset for {kind} (the network needs the samples)",
                     type(self.data).__name__)
             require(not self.exact, "exact",
                     f"must be False for {kind}: the closed form is of linear networks "
-                    "on the square loss", self.exact)
-            require(self.t_max not in (None, "auto"), "t_max",
+                    "with one output on the square loss", self.exact)
+            require(not self.auto_horizon, "t_max",
                     f'must be a number for {kind}: "auto" takes the horizon from the '
                     "closed form of a linear network", self.t_max)
         require(self.test is None or isinstance(self.test, Dataset), "test",
                 "must be a Dataset or None", type(self.test).__name__)
+
+    @property
+    def auto_horizon(self) -> bool:
+        """Whether each ensemble's horizon comes from the closed form (t_esc + 40/Gamma)."""
+        return self.t_max == "auto" or (self.t_max is None and self.train is None)
+
+    def template(self) -> Training:
+        """The training every ensemble starts from: ``train``, or the gradient flow of
+        the settings (unit rates; horizon 1 when it is "auto", which ignores it)."""
+        if self.train is not None:
+            return self.train
+        horizon = 1.0 if self.auto_horizon else real(self.t_max, "t_max", low=0.0,
+                                                     low_open=True)
+        return GradientFlow(t_max=horizon, solver=self.solver, rtol=self.rtol,  # type: ignore[arg-type]
+                            atol=self.atol, dt=self.dt, loss=self.loss)  # type: ignore[arg-type]
 
     def seed_for(self, *keys: float | str) -> int:
         """The seed of the ensemble these keys identify (``derive_seed``)."""
@@ -177,21 +287,27 @@ class StudySettings:
     def task(self, hyper: Hyper, correlation: float | Literal["copy"], seed: int,
              data: Data | None = None) -> Task:
         """The sweep task of one ensemble (on ``data``, default the settings' data)."""
-        auto = self.t_max is None or self.t_max == "auto"
-        horizon = 1.0 if auto else real(self.t_max, "t_max", low=0.0, low_open=True)
-        train = GradientFlow(eta_u=hyper.eta_u, eta_w=hyper.eta_w, t_max=horizon,
-                             solver=self.solver, rtol=self.rtol, atol=self.atol,  # type: ignore[arg-type]
-                             dt=self.dt, loss=self.loss)  # type: ignore[arg-type]
+        data = self.data if data is None else data
+        t = self.template()
+        # Unit template rates give the ensemble's own rates exactly (1.0 * x == x), so
+        # a study without a template describes the tasks it always did.
+        train = dataclasses.replace(t, eta_u=t.eta_u * hyper.eta_u,
+                                    eta_w=t.eta_w * hyper.eta_w)
+        if isinstance(t, SGD) and isinstance(data, Dataset):
+            require(t.replace or t.batch_size <= data.samples, "train.batch_size",
+                    f"must be <= the {data.samples} training samples without replacement "
+                    "(or replace=True)", t.batch_size)
         net = TwoLayer(width=hyper.width, kappa=hyper.kappa, act=self.act,  # type: ignore[arg-type]
                        bias=self.bias)
-        return Task(net=net, data=self.data if data is None else data, train=train,
+        return Task(net=net, data=data, train=train,
                     init=Gaussian(hyper.s_u, hyper.s_w, correlation=correlation),
                     trajectories=self.trajectories, seed=seed,
                     record=Record(times=self.times, spacing="log",
-                                  loss_below=self.loss_below,
+                                  loss_below=None if isinstance(t, SGD) else self.loss_below,
                                   linearized=bool(self.linearized), test=self.test),
                     compute="exact" if self.exact else "classify",
-                    horizon="auto" if auto else "train", eps=self.eps, tau=self.tau)
+                    horizon="auto" if self.auto_horizon else "train", eps=self.eps,
+                    tau=self.tau)
 
     def run(self, tasks: Sequence[Task], desc: str) -> Sweep:
         """``sweep`` the tasks with these settings' store, client, threads, progress."""
@@ -219,8 +335,12 @@ def ensemble_task(hyper: Hyper, *, correlation: float | Literal["copy"], seed: i
 
 
 def _ensemble(hyper: Hyper, out: TaskOutput) -> Ensemble:
+    # Stores written before the final records were kept have none (NaN in the tables).
+    finals = {k: out.arrays[f"final_{k}"] for k in FINAL_RECORDS
+              if f"final_{k}" in out.arrays}
     return Ensemble(hyper, out.task.seed, out.classification(), out["final_loss"],
-                    out["t_hit"], float(out["t_max"]), out.seconds, str(out["source"]))
+                    out["t_hit"], float(out["t_max"]), out.seconds, str(out["source"]),
+                    int(getattr(out.task.data, "outputs", 1)), finals)
 
 
 def run_ensemble(hyper: Hyper, *, correlation: float | Literal["copy"], seed: int,
@@ -230,9 +350,10 @@ def run_ensemble(hyper: Hyper, *, correlation: float | Literal["copy"], seed: in
     ``exact=True`` (linear, dim 1): no integration; labels from ``classify_exact`` at
     t = inf, the final loss at ``t_max`` (at t = inf if ``t_max`` is "auto"/None) and the
     threshold time from the closed form. ``exact=False``: ``simulate`` on ``times``
-    log-spaced record times up to ``t_max`` ("auto": t_esc + 40/Gamma from the closed form,
-    dim 1 only), then ``classify`` on the records. ``settings`` as in ``StudySettings``;
-    the work is ``ensemble_task(...)``, the task a sweep runs.
+    log-spaced record times up to the horizon ("auto": t_esc + 40/Gamma from the closed
+    form, dim 1 only; with a ``train`` template its t_max or steps), then ``classify`` on
+    the records. ``settings`` as in ``StudySettings``; the work is
+    ``ensemble_task(...)``, the task a sweep runs.
     """
     st = _settings("run_ensemble", settings)
     return _ensemble(hyper, st.task(hyper, correlation, seed).run(st.threads))
@@ -256,9 +377,11 @@ FIT_SCORES: tuple[str, ...] = ("rho_star", "rho_T", "abs_delta_a", "t_hit")
 # The linearised twin's scores (docs/theory.md §E.5): NaN where the twin was not recorded.
 TWIN_SCORES: tuple[str, ...] = ("delta_lin", "delta_lin_T", "test_delta_lin", "test_loss_gap")
 SCORE_COLUMNS: tuple[str, ...] = (*SCORE_NAMES, "abs_delta_a", "final_loss", "t_hit",
-                                  *TWIN_SCORES)
+                                  *TWIN_SCORES, *FINAL_RECORDS)
 """Per-trajectory numbers of a study: the classification's scores, ``|delta_a|``, the
-final loss and the threshold time (NaN where a trajectory is not ok)."""
+final loss, the threshold time, the twin's scores and the final ``test_loss``,
+``test_error`` (with a test set) and training ``error`` (targets that are labels); NaN
+where a trajectory is not ok or the number was not recorded."""
 
 
 def _score_columns(e: Ensemble) -> dict[str, NDArray[np.float64]]:
@@ -268,6 +391,10 @@ def _score_columns(e: Ensemble) -> dict[str, NDArray[np.float64]]:
         s.setdefault(name, np.full(e.classification.trajectories, np.nan))
     s["final_loss"] = np.where(e.classification.ok, e.final_loss, np.nan)
     s["t_hit"] = np.where(e.classification.ok, e.t_hit, np.nan)
+    for name in FINAL_RECORDS:
+        v = e.finals.get(name)
+        s[name] = (np.where(e.classification.ok, v, np.nan) if v is not None
+                   else np.full(e.classification.trajectories, np.nan))
     return s
 
 
@@ -432,15 +559,24 @@ def width_study(
     per_trajectory : bool
         Also return one row per trajectory.
     fit : sequence of str
-        Scores whose median is fitted against width: any score name, "abs_delta_a",
-        "final_loss", "t_hit".
+        Scores whose median is fitted against width: any of ``SCORE_COLUMNS`` (a score
+        name, "abs_delta_a", "final_loss", "t_hit", a twin score, "test_loss",
+        "test_error", "error").
     n_boot, boot_seed : int
         Bootstrap refits and the seed of their generator.
     **settings
-        The study settings (``StudySettings``): data, exact, t_max, solver, rtol, atol,
-        dt, times, loss_below, eps, tau, threads, progress, store, client, resume.
-        ``exact=True`` (linear, dim 1) takes the t = inf scores from the closed form and
-        fits against the exponents docs/theory.md §D predicts.
+        The study settings (``StudySettings``): data, train, exact, t_max, solver, rtol,
+        atol, dt, times, loss_below, eps, tau, act, bias, loss, linearized, test,
+        threads, progress, store, client, resume. ``exact=True`` (linear, dim 1) takes
+        the t = inf scores from the closed form and fits against the exponents
+        docs/theory.md §D predicts. ``train=nf.SGD(...)`` (or ``GradientDescent``,
+        ``GradientFlow``) trains every width as that template, at the width's rates.
+
+    Returns
+    -------
+    WidthStudy
+        ``table`` has one row per width, with ``outputs`` (the network's outputs) and
+        ``source`` ("exact" or "simulate") beside the medians of ``SCORE_COLUMNS``.
     """
     p = _parametrization(parametrization)
     ws = _distinct_widths(widths)
@@ -492,7 +628,7 @@ def _predicted(p: Parametrization) -> dict[str, float]:
 
 INTEGER_COLUMNS: dict[str, type[np.integer[Any]]] = {
     "width": np.int64, "seed": np.uint64, "trajectories": np.int64, "trajectory": np.int64,
-    "failed": np.int64}
+    "failed": np.int64, "samples": np.int64, "outputs": np.int64}
 """Columns of study tables that hold integers, with their dtypes: seeds go up to
 2**64 - 1 (``derive_seed``), which neither float64 nor int64 keeps. ("ok" is a count per
 width but a flag per trajectory: NumPy's int64 or bool.)"""
@@ -517,6 +653,7 @@ def _width_table(ensembles: Sequence[Ensemble]) -> Table:
         sc = _score_columns(e)
         rows.append({**e.hyper._asdict(), "seed": e.seed, "trajectories": c.trajectories,
                      "ok": int(np.sum(c.ok)), "failed": c.failed, "t_max": e.t_max,
+                     "outputs": e.outputs, "source": e.source,
                      **{f"frac_{lab}": frac for lab, frac in c.fractions.items()},
                      **{f"median_{s}": _median(sc[s][c.ok]) for s in SCORE_COLUMNS},
                      "seconds": e.seconds})
@@ -524,7 +661,7 @@ def _width_table(ensembles: Sequence[Ensemble]) -> Table:
 
 
 def _setting(e: Ensemble) -> dict[str, Any]:
-    return {**e.hyper._asdict(), "seed": e.seed}
+    return {**e.hyper._asdict(), "seed": e.seed, "outputs": e.outputs, "source": e.source}
 
 
 def _long_table(ensembles: Sequence[Ensemble], settings: Sequence[dict[str, Any]],
@@ -546,13 +683,6 @@ def _long_table(ensembles: Sequence[Ensemble], settings: Sequence[dict[str, Any]
 
 # --------------------------------------------------------------------------- phase diagram
 
-AXES: tuple[str, ...] = (*EXPONENTS, "correlation", "width", "beta", "sigma", "kappa",
-                         "s_u", "s_w", "eta_u", "eta_w")
-"""Names a phase-diagram axis can vary: Parametrization fields (exponents, prefactors,
-correlation), the width, the target slope ``beta`` and input moment ``sigma`` of a
-LatentLine, or a concrete hyperparameter overriding the parametrization's value."""
-
-
 @dataclass(frozen=True, eq=False, repr=False)
 class PhaseDiagram:
     """Result of ``phase_diagram``: arrays of shape (ny, nx), row i is ``y_values[i]``;
@@ -571,6 +701,10 @@ class PhaseDiagram:
         Trajectories counted per cell.
     ensembles : list of Ensemble
         One per cell, row-major (cell (i, j) is ``ensembles[i * nx + j]``).
+    source : (ny, nx) str
+        "exact" or "simulate": how each cell was computed.
+    outputs : (ny, nx) int
+        The network's outputs in each cell.
     """
 
     x_name: str
@@ -587,6 +721,8 @@ class PhaseDiagram:
     exact: bool
     seconds: float
     ensembles: list[Ensemble] = field(default_factory=list)  # row-major, one per cell
+    source: NDArray[np.str_] | None = None
+    outputs: NDArray[np.int64] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -600,6 +736,9 @@ class PhaseDiagram:
         if self.y_name == self.x_name:  # pragma: no cover - refused by phase_diagram
             cols = {"y": yy.ravel(), "x": xx.ravel()}
         cols["ok"] = self.ok.ravel()
+        if self.outputs is not None and self.source is not None:
+            cols["outputs"] = self.outputs.ravel()
+            cols["source"] = self.source.ravel()
         cols["dominant"] = self.dominant.ravel()
         cols["dominant_fraction"] = self.dominant_fraction.ravel()
         for k, v in self.fractions.items():
@@ -638,6 +777,8 @@ class PhaseDiagram:
             "dominant": self.dominant, "dominant_fraction": self.dominant_fraction,
             "ok": self.ok,
         }
+        if self.outputs is not None and self.source is not None:
+            arrays.update(outputs=self.outputs, source=self.source)
         arrays.update({f"frac_{k}": v for k, v in self.fractions.items()})
         arrays.update({f"mean_{k}": v for k, v in self.mean.items()})
         arrays.update({f"median_{k}": v for k, v in self.median.items()})
@@ -662,29 +803,6 @@ class PhaseDiagram:
         return self.summary()
 
 
-def _cell_setting(
-    base: Parametrization, width: int, data: Data, values: dict[str, float]
-) -> tuple[Hyper, float | Literal["copy"], Data]:
-    p_changes = {k: v for k, v in values.items() if k in (*EXPONENTS, "correlation")}
-    p = base.replace(**p_changes) if p_changes else base
-    if "width" in values:
-        require(float(values["width"]).is_integer() and values["width"] >= 1, "width",
-                "axis values must be positive integers", values["width"])
-        width = int(values["width"])
-    h = p.at(width)
-    direct = {k: float(v) for k, v in values.items() if k in Hyper._fields and k != "width"}
-    if direct:
-        h = h._replace(**direct)  # type: ignore[arg-type]
-    if "beta" in values or "sigma" in values:
-        require(isinstance(data, LatentLine), "data", "must be a LatentLine to vary beta or "
-                "sigma", data)
-        assert isinstance(data, LatentLine)
-        data = LatentLine(beta=float(values.get("beta", data.beta)),
-                          sigma=float(values.get("sigma", data.sigma)),
-                          loss_min=data.loss_min)
-    return h, p.correlation, data
-
-
 def phase_diagram(
     x: tuple[str, Sequence[float]],
     y: tuple[str, Sequence[float]],
@@ -699,8 +817,24 @@ def phase_diagram(
     Parameters
     ----------
     x, y : (name, values)
-        Axis names from ``AXES`` (e.g. ``("alpha", [0.5, 0.75, 1])``, ``("c_w", ...)``,
-        ``("correlation", ...)``, ``("beta", ...)``); two different names.
+        Two different axis names from ``AXES``, e.g. ``("alpha", [0.5, 0.75, 1])``:
+
+        - a Parametrization field: ``alpha``, ``beta_u``, ``beta_w``, ``c_u``, ``c_w``,
+          ``kappa0``, ``eta0``, ``s_u0``, ``s_w0``, ``correlation``;
+        - ``width`` (integers);
+        - ``target``: the LatentLine's target slope beta* (``data.beta``; the axis was
+          called "beta" before), ``sigma``: its input moment;
+        - ``kappa``, ``s_u``, ``s_w``, ``eta_u``, ``eta_w``: that hyperparameter of every
+          cell, in place of the parametrization's;
+        - ``init_scale``: a factor (>= 0) on both s_u and s_w;
+        - ``imbalance``: s_u / s_w (> 0), sqrt(s_u s_w) kept;
+        - ``lr_ratio``: eta_w / eta_u (> 0), sqrt(eta_u eta_w) kept, so only the ratio
+          changes, not the time unit (a ``train`` template's rates multiply these);
+        - ``samples``: the cell trains on the first n rows of the ``Dataset`` (integers
+          up to its rows; the test set stays): sample-complexity curves.
+
+        A cell applies them in this order: parametrization fields, width, concrete
+        hyperparameters, init_scale, imbalance, lr_ratio, data.
     base : Parametrization or preset name
         Everything not on an axis.
     width : int
@@ -708,38 +842,38 @@ def phase_diagram(
     trajectories, seed : int
         Per cell; the cell seed is ``derive_seed(seed, x_name, x, y_name, y)``.
     **settings
-        The study settings (``StudySettings``), as in ``width_study``. ``exact=True``
-        (linear, dim 1): each cell from the closed form at t = inf (``classify_exact``),
-        no integration: the infinite-precision phase diagram. With ``store``/``client``
-        each cell is one task.
+        The study settings (``StudySettings``), as in ``width_study`` (``train``: every
+        cell trains as that GradientFlow, GradientDescent or SGD template).
+        ``exact=True`` (linear, dim 1): each cell from the closed form at t = inf
+        (``classify_exact``), no integration: the infinite-precision phase diagram.
+        With ``store``/``client`` each cell is one task.
+
+    Returns
+    -------
+    PhaseDiagram
+        ``table()`` has one row per cell, with ``outputs`` and ``source`` ("exact" or
+        "simulate"); ``mean`` and ``median`` hold every score of ``SCORE_COLUMNS``.
     """
     p = _parametrization(base)
     width = integer(width, "width", minimum=1)
     st = _settings("phase_diagram", dict(settings, trajectories=trajectories, seed=seed))
-    (xn, xv), (yn, yv) = _axis("x", x), _axis("y", y)
+    (xn, xv), (yn, yv) = _axes.axis("x", x), _axes.axis("y", y)
     require(xn != yn, "y name", "must differ from the x name", yn)
     t0 = time.perf_counter()
     cells = [(i, j) for i in range(yv.size) for j in range(xv.size)]
-    setups = [_cell_setting(p, width, st.data, {xn: float(xv[j]), yn: float(yv[i])})
+    setups = [_axes.cell_setting(p, width, st.data, {xn: float(xv[j]), yn: float(yv[i])})
               for i, j in cells]
     tasks = [st.task(h, corr, st.seed_for(xn, xv[j], yn, yv[i]), d)
              for (i, j), (h, corr, d) in zip(cells, setups, strict=True)]
     done = st.run(tasks, desc="phase diagram")
     ensembles = [_ensemble(h, out) for (h, _, _), out in zip(setups, done, strict=True)]
     frac, mean, med, dom, domf, okc = _cell_arrays(ensembles, yv.size, xv.size)
+    shape = (yv.size, xv.size)
     return PhaseDiagram(xn, xv, yn, yv, frac, mean, med, dom, domf, okc, st.trajectories,
-                        st.exact, time.perf_counter() - t0, ensembles)
-
-
-def _axis(label: str, ax: Any) -> tuple[str, NDArray[np.float64]]:
-    require(isinstance(ax, (tuple, list)) and len(ax) == 2, label,
-            "must be a pair (name, values)", ax)
-    name, vals = ax
-    require(name in AXES, f"{label} name", f"must be one of {AXES}", name)
-    v = np.asarray(vals, dtype=np.float64).reshape(-1)
-    require(v.size >= 1 and bool(np.all(np.isfinite(v))), f"{label} values",
-            "must be a non-empty list of finite numbers", vals)
-    return str(name), v
+                        st.exact, time.perf_counter() - t0, ensembles,
+                        np.array([e.source for e in ensembles]).reshape(shape),
+                        np.array([e.outputs for e in ensembles],
+                                 dtype=np.int64).reshape(shape))
 
 
 def _cell_arrays(ensembles: Sequence[Ensemble], ny: int, nx: int) -> tuple[Any, ...]:

@@ -62,6 +62,9 @@ DASK_MISSING = ("running a sweep on a Dask cluster needs dask.distributed, which
 
 _RECORDS = ("times", "loss", "p", "norm_u2", "norm_w2", "alignment", "ntk",
             "balance_drift", "t_fail", "steps", "rejected", "u", "W")
+FINAL_RECORDS: tuple[str, ...] = ("test_loss", "test_error", "error")
+"""Records whose final values a simulated task keeps, as ``final_<name>`` (trajectories,),
+when the run recorded them: the held-out loss and error, and the training error."""
 
 
 # --------------------------------------------------------------------------- exact helpers
@@ -325,6 +328,10 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
         out.update(status=res.status, final_loss=res.loss[:, -1].copy(),
                    t_hit=(res.t_hit.copy() if res.t_hit is not None else np.full(n, np.nan)),
                    t_max=np.float64(train.t_max), source=np.str_("simulate"))
+        for k in FINAL_RECORDS:  # only what was recorded: other tasks' files stay as they were
+            v = getattr(res, k)
+            if v is not None:
+                out[f"final_{k}"] = v[:, -1].copy()
         if task.compute == "records":
             for k in _RECORDS:
                 v = getattr(res, k)
