@@ -176,7 +176,8 @@ def test_csv_keeps_seeds_exact_and_reads_back_with_dtypes(study: nf.WidthStudy,
 
     df = pd.read_csv(path, dtype={"seed": "uint64"})
     back = nf.Table({k: df[k].to_numpy() for k in df.columns})
-    back.columns["label"] = back["label"].astype(str)
+    for name in ("label", "source"):  # pandas reads strings as objects
+        back.columns[name] = back[name].astype(str)
     _same_table(long, back)
     edges = pd.read_csv(_edges().to_csv(tmp_path / "edges.csv"), dtype={"seed": "uint64"},
                         keep_default_na=False, na_values={"x": [""]})

@@ -90,7 +90,8 @@ def study_dataset(
             coords[name] = (names, values[..., 0])
     data["t_max"] = (names, np.array([e.t_max for e in ensembles]).reshape(shape))
     data["seconds"] = (names, np.array([e.seconds for e in ensembles]).reshape(shape))
-    data["source"] = (names, np.array([e.source for e in ensembles]).reshape(shape))
+    if "source" not in coords and "source" not in data:  # older long tables lack it
+        data["source"] = (names, np.array([e.source for e in ensembles]).reshape(shape))
     # Flags as 0/1: netCDF has no boolean attributes, and to_netcdf should just work.
     flags = {k: int(v) if isinstance(v, bool) else v for k, v in attrs.items()}
     ds: xarray.Dataset = xr.Dataset(data, coords=coords, attrs={
