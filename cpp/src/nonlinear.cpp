@@ -530,27 +530,7 @@ class NetworkThread {
     if (!piecewise_) return false;
     switched_.clear();
     if (!fresh) field_piecewise(y, scratch_.data());  // z, E and the controls at y
-    for (std::size_t s = 0; s < slides_.size();) {
-      const Slide& sl = slides_[s];
-      const double z = z_[sl.j * m_ + sl.i];
-      // A pair leaves its surface once the flow has carried z off it by more than the
-      // absolute tolerance of the weights, with its control on the bound of that side
-      // (alpha = 1 above, 0 below): the sliding field then equals that side's field, so
-      // the exit is tangential and needs no event. Rounding noise (a unit pinned at w = 0
-      // by more surfaces than dimensions) stays below the threshold.
-      const double off = sched_.atol * std::sqrt(xnorm2_[sl.j]);
-      const double e = e_[sl.j * m_ + sl.i];
-      const double alpha = e != 0 ? sl.beta / e : 0.5;
-      std::uint8_t to = kSlide;
-      if (alpha >= 1.0 && z > off) to = kOn;
-      if (alpha <= 0.0 && z < -off) to = kOff;
-      if (to == kSlide) {
-        ++s;
-        continue;
-      }
-      set_mode(sl.j * m_ + sl.i, to);
-      slides_.erase(slides_.begin() + static_cast<std::ptrdiff_t>(s));
-    }
+    leave_surfaces();
     // The located crossings move to their other side whatever z rounds to at the located
     // state (it may round back inside, and would cross again at once); all of them at
     // once, so that pairs crossing together see each other. Sliding pairs were released
@@ -562,47 +542,11 @@ class NetworkThread {
         set_mode(c.q, mode_[c.q] == kOn ? kOff : kOn);
         switched_.push_back(c.q);
       }
-    // Pairs found outside their piece without a located crossing (a crossing and a return
-    // within one step's rounding) move by the sign of z.
     const std::size_t located = switched_.size();
-    for (Index q = 0; q < n_ * m_; ++q) {
-      if (q % m_ == 0 && !row_outside(q / m_)) {
-        q += m_ - 1;
-        continue;
-      }
-      if (mode_[q] == kSlide || inside(mode_[q], z_[q])) continue;
-      if (std::find(switched_.begin(), switched_.begin() + static_cast<std::ptrdiff_t>(located),
-                    q) != switched_.begin() + static_cast<std::ptrdiff_t>(located))
-        continue;
-      set_mode(q, z_[q] > 0 ? kOn : kOff);
-      switched_.push_back(q);
-    }
+    repair_modes(located);
     if (switched_.empty()) return false;
     field_piecewise(y, scratch_.data());  // P and E on the new pattern, for the side test
-    // Then the side of each switched pair on its surface, from the field of the new
-    // pattern: d(w_i . x_j)/dt up to the factor eta_w kappa / n > 0 is dz_off without the
-    // pair and dz_on with it (e_ij = R_j . U_i). Both push into the surface: it slides.
-    // Both push one way (or one is tangential, = 0): it takes that side, whatever z rounds
-    // to, so that no step starts on a side its own field leaves at once (such a pair is
-    // not watched for crossings: it would run a whole step on the wrong piece). Both push
-    // away: it keeps the side it was crossing to. A pair found well off its surface (a
-    // repair, |z| > atol |x_j|) keeps the side of z and never slides.
-    for (const Index q : switched_) {
-      const Index j = q / m_, i = q % m_;
-      if (std::abs(z_[q]) > sched_.atol * std::sqrt(xnorm2_[j])) continue;
-      const ConstVec x(data_.x + j * d_, d_);
-      const double e = e_[q];
-      double pj = x.dot(ConstVec(P_.data() + i * d_, d_));
-      if (mode_[q] == kOn) pj -= e * xnorm2_[j];
-      const double dz_off = -pj;
-      const double dz_on = dz_off - e * xnorm2_[j];
-      if (dz_on < 0 && dz_off > 0)
-        add_slide(j, i);
-      else if (dz_on <= 0 && dz_off <= 0)
-        set_mode(q, kOff);
-      else if (dz_on >= 0 && dz_off >= 0)
-        set_mode(q, kOn);
-    }
+    pair_sides();
     return true;
   }
 
@@ -636,6 +580,75 @@ class NetworkThread {
   };
 
   static bool inside(std::uint8_t mode, double z) { return mode == kOn ? z > 0 : z <= 0; }
+
+  /// Sliding pairs that the flow has carried off their surface leave it.
+  void leave_surfaces() {
+    for (std::size_t s = 0; s < slides_.size();) {
+      const Slide& sl = slides_[s];
+      const double z = z_[sl.j * m_ + sl.i];
+      // A pair leaves its surface once the flow has carried z off it by more than the
+      // absolute tolerance of the weights, with its control on the bound of that side
+      // (alpha = 1 above, 0 below): the sliding field then equals that side's field, so
+      // the exit is tangential and needs no event. Rounding noise (a unit pinned at w = 0
+      // by more surfaces than dimensions) stays below the threshold.
+      const double off = sched_.atol * std::sqrt(xnorm2_[sl.j]);
+      const double e = e_[sl.j * m_ + sl.i];
+      const double alpha = e != 0 ? sl.beta / e : 0.5;
+      std::uint8_t to = kSlide;
+      if (alpha >= 1.0 && z > off) to = kOn;
+      if (alpha <= 0.0 && z < -off) to = kOff;
+      if (to == kSlide) {
+        ++s;
+        continue;
+      }
+      set_mode(sl.j * m_ + sl.i, to);
+      slides_.erase(slides_.begin() + static_cast<std::ptrdiff_t>(s));
+    }
+  }
+
+  /// Pairs found outside their piece without a located crossing (a crossing and a return
+  /// within one step's rounding) move by the sign of z. `located`: the crossings at the
+  /// front of switched_.
+  void repair_modes(std::size_t located) {
+    for (Index q = 0; q < n_ * m_; ++q) {
+      if (q % m_ == 0 && !row_outside(q / m_)) {
+        q += m_ - 1;
+        continue;
+      }
+      if (mode_[q] == kSlide || inside(mode_[q], z_[q])) continue;
+      if (std::find(switched_.begin(), switched_.begin() + static_cast<std::ptrdiff_t>(located),
+                    q) != switched_.begin() + static_cast<std::ptrdiff_t>(located))
+        continue;
+      set_mode(q, z_[q] > 0 ? kOn : kOff);
+      switched_.push_back(q);
+    }
+  }
+
+  /// The side of each switched pair on its surface, from the field of the new pattern: d(w_i . x_j)/dt up to the factor eta_w kappa / n > 0 is
+  /// dz_off without the pair and dz_on with it (e_ij = R_j . U_i). Both push into the
+  /// surface: it slides. Both push one way (or one is tangential, = 0): it takes that side,
+  /// whatever z rounds to, so that no step starts on a side its own field leaves at once
+  /// (such a pair is not watched for crossings: it would run a whole step on the wrong
+  /// piece). Both push away: it keeps the side it was crossing to. A pair found well off
+  /// its surface (a repair, |z| > atol |x_j|) keeps the side of z and never slides.
+  void pair_sides() {
+    for (const Index q : switched_) {
+      const Index j = q / m_, i = q % m_;
+      if (std::abs(z_[q]) > sched_.atol * std::sqrt(xnorm2_[j])) continue;
+      const ConstVec x(data_.x + j * d_, d_);
+      const double e = e_[q];
+      double pj = x.dot(ConstVec(P_.data() + i * d_, d_));
+      if (mode_[q] == kOn) pj -= e * xnorm2_[j];
+      const double dz_off = -pj;
+      const double dz_on = dz_off - e * xnorm2_[j];
+      if (dz_on < 0 && dz_off > 0)
+        add_slide(j, i);
+      else if (dz_on <= 0 && dz_off <= 0)
+        set_mode(q, kOff);
+      else if (dz_on >= 0 && dz_off >= 0)
+        set_mode(q, kOn);
+    }
+  }
 
   /// First theta in (0, hi] where the dense-output pre-activation c leaves the piece of
   /// `mode` (it is inside at 0): the first sampled bracket, then bisection to a relative
