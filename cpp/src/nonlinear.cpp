@@ -726,9 +726,10 @@ class NetworkThread {
     return up ? 1 : down ? -1 : 0;
   }
 
-  /// The first-layer field of the units at the origin into P_ (the off pairs left their
-  /// rows 0): the sum of the side origin_side picks. Continuous where a unit leaves (the
-  /// outward field grows from 0), so the exit needs no event, as for sliding pairs.
+  /// The first-layer field of the units at the origin into P_ (their pairs, off, left
+  /// their rows 0): the one-sided sum of the side origin_side picks, from E at y in e_.
+  /// Continuous where a unit leaves (the outward field grows from 0), so the exit needs no
+  /// event, as for sliding pairs.
   void origin_fields(const double* y) {
     for (const Index i : origin_) {
       const auto g = origin_sums(e_.data(), i);
@@ -766,7 +767,9 @@ class NetworkThread {
   /// Units at the origin that the flow has carried off it by more than atol take the side
   /// they are on: the threshold keeps rounding noise, and the flow near an equilibrium
   /// within atol of the origin (common once the loss has converged), from making events.
-  /// True when one left.
+  /// (Locating the instant a held unit's field turns outward as an event, and deciding each
+  /// return to 0 anew, made up to an event per step there: docs/theory.md §H.) True when
+  /// one left.
   bool leave_origin(const double* y) {
     bool left = false;
     for (std::size_t k = 0; k < origin_.size();) {
