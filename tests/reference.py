@@ -92,9 +92,22 @@ def assert_close_to_scale(actual, expected, tol, name="", scale=None):
 # dense output, and the sliding controls by scipy.optimize.lsq_linear. The selection is
 # the one docs/theory.md §H defines: for unit i with sliding samples J, beta_j = alpha_j r_j
 # minimises ||P_i + sum_j beta_j x_j|| over alpha in [0, 1]^J (where the pairs can stay
-# on their surfaces this makes every x_j . (P_i + sum beta x) = 0).
+# on their surfaces this makes every x_j . (P_i + sum beta x) = 0). In one dimension a unit
+# reaching w_i = 0 is decided whole instead (ORIGIN): it takes the field of the side whose
+# field points away from 0, or none while both point into it.
 
-OFF, ON, SLIDE = 0, 1, 2
+OFF, ON, SLIDE, ORIGIN = 0, 1, 2, 3
+
+
+def origin_side(r, x, u_i, w_i):
+    """+1 / -1: the side (w > 0 / w < 0) a one-dimensional unit at w_i = 0 moves to, 0
+    when both sides' fields point into the origin. With g+- = u_i sum_{x_j >< 0} r_j x_j
+    the fields are -g+- up to a positive factor; when both point away, the side of w_i."""
+    gp, gm = u_i * r[x > 0] @ x[x > 0], u_i * r[x <= 0] @ x[x <= 0]
+    up, down = gp < 0, gm > 0
+    if up and down:
+        return 1 if w_i > 0 else -1 if w_i < 0 else (1 if -gp >= gm else -1)
+    return 1 if up else -1 if down else 0
 
 
 def relu_field(state, mode, X, y, kappa, eta_u, eta_w):
@@ -106,9 +119,14 @@ def relu_field(state, mode, X, y, kappa, eta_u, eta_w):
     m = mode.shape[1]
     u, W = state[:m], state[m:].reshape(m, d)
     Z = X @ W.T
-    H = np.where(mode == ON, Z, np.where(mode == SLIDE, np.maximum(Z, 0.0), 0.0))
+    H = np.where(mode == ON, Z, np.where(mode >= SLIDE, np.maximum(Z, 0.0), 0.0))
     r = kappa * H @ u - y
     P = ((mode == ON) * r[:, None]).T @ X  # (m, d)
+    for i in np.nonzero((mode == ORIGIN).all(axis=0))[0]:
+        side = origin_side(r, X[:, 0], u[i], W[i, 0])
+        if side != 0:
+            on = X[:, 0] > 0 if side > 0 else X[:, 0] < 0
+            P[i] = r[on] @ X[on]
     alpha = {}
     for i in np.unique(np.nonzero(mode == SLIDE)[1]):
         js = np.nonzero(mode[:, i] == SLIDE)[0]
@@ -137,6 +155,8 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
     m = u0.size
     state = np.concatenate([u0, W0.ravel()])
     mode = np.where(X @ W0.T > 0, ON, OFF)
+    if d == 1:
+        mode[:, W0[:, 0] == 0] = ORIGIN
     t, k, T = 0.0, 0, len(times)
     out_loss, out_state = np.empty(T), np.empty((T, state.size))
     slides = 0
@@ -146,9 +166,11 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
         return 0.5 * r @ r / n
 
     def switch(s, crossing):
-        """New modes at state s: the crossing pair (and any pair found outside its side)
-        goes to the other side or slides; sliding pairs whose control sits on a bound with z
-        on that side leave."""
+        """New modes at state s (and s, in one dimension with units held at exactly 0):
+        the crossing pair (and any pair found outside its side) goes to the other side or
+        slides; sliding pairs whose control sits on a bound with z on that side leave. In one
+        dimension units carried off the origin beyond atol leave it, and units with a pair
+        moved at the origin go to ORIGIN."""
         nonlocal slides
         new = mode.copy()
         _, alpha, P, r, Z = relu_field(s, mode, X, y, kappa, eta_u, eta_w)
@@ -158,6 +180,9 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
                 new[j, i] = ON
             elif a <= 0.0 and Z[j, i] < -off:
                 new[j, i] = OFF
+        for i in np.nonzero((new == ORIGIN).all(axis=0))[0]:
+            if abs(s[m + i]) > atol:
+                new[:, i] = np.where(X[:, 0] * s[m + i] > 0, ON, OFF)
         outside = ((new == ON) & (Z <= 0)) | ((new == OFF) & (Z > 0))
         for jc, ic in crossing:
             outside[jc, ic] = True
@@ -166,6 +191,15 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
             new[j, i] = OFF if new[j, i] == ON else ON
         _, _, P, r, _ = relu_field(s, new, X, y, kappa, eta_u, eta_w)
         u = s[:m]
+        if d == 1:
+            s = s.copy()
+            located = {i for _, i in crossing}
+            for i in sorted({i for _, i in moved}):
+                if i in located or abs(s[m + i]) <= atol:
+                    if origin_side(r, X[:, 0], u[i], s[m + i]) == 0:
+                        s[m + i] = 0.0
+                    new[:, i] = ORIGIN
+            return new, s
         for j, i in moved:
             pj = X[j] @ P[i] - (r[j] * X[j] @ X[j] if new[j, i] == ON else 0.0)
             dz_off = -u[i] * pj
@@ -173,7 +207,7 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
             if dz_on < 0 < dz_off:
                 new[j, i] = SLIDE
                 slides += 1
-        return new
+        return new, s
 
     while k < T:
         while k < T and times[k] <= t:
@@ -206,7 +240,7 @@ def relu_flow_filippov(u0, W0, X, y, kappa, eta_u, eta_w, times, rtol=1e-12, ato
                 out_loss[k], out_state[k] = record(s), s
                 k += 1
             state, t = (solver.y, t1) if not crossing else (dense(first), first)
-            new = switch(state, crossing)
+            new, state = switch(state, crossing)
             if crossing or not np.array_equal(new, mode) or solver.status == "finished":
                 mode = new
                 break

@@ -9,7 +9,8 @@
 //   void fail_from(Index j);                   NaN into record slots j, j+1, ...
 // and, when its field is only piecewise smooth (relu), the switching hooks of dopri5:
 //   double switch_fraction(const DenseStep&);  first switching time in (0, 1] of the step
-//   bool update_modes(const double* y, bool fresh);  new smooth pieces at y (true: changed)
+//   bool update_modes(double* y, bool fresh);  new smooth pieces at y (true: changed); may
+//                                              set a weight it holds at 0 to exactly 0
 // Integrators never allocate: they work in a caller-provided buffer of
 // workspace_size(n) doubles, so one buffer per thread serves every trajectory.
 #pragma once

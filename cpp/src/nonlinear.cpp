@@ -166,6 +166,7 @@ bool is_piecewise(const Network& net, const Schedule& sched) {
 constexpr std::uint8_t kOff = 0;    // w_i . x_j < 0: relu and relu' are 0
 constexpr std::uint8_t kOn = 1;     // w_i . x_j > 0: relu = z, relu' = 1
 constexpr std::uint8_t kSlide = 2;  // sliding on w_i . x_j = 0 (Filippov equivalent control)
+constexpr std::uint8_t kOrigin = 3;  // d = 1: unit within atol of w_i = 0, decided whole
 // Crossings closer than this fraction of a step to the first are handled as one event.
 constexpr double kTogether = 1e-9;
 // Sweeps of the coordinate descent for the controls of several sliding pairs of one unit.
@@ -248,6 +249,7 @@ class NetworkThread {
         nt_(plan_.test ? kr.n_test : 0),
         neurons_(out, net.width, sched.n_times, net.eta_u, net.eta_w),
         piecewise_(is_piecewise(net, sched)),
+        line_(piecewise_ && net.dim == 1),
         sgd_(data.batch > 0 && sched.solver == Solver::gd),
         seed_(init.seed),
         first_(init.first_trajectory) {
@@ -310,6 +312,10 @@ class NetworkThread {
       slides_.reserve(static_cast<std::size_t>(std::min<Index>(n_ * m_, 4096)));
       crossing_.reserve(64);
       switched_.reserve(64);
+      if (line_) {
+        origin_.reserve(static_cast<std::size_t>(m_));
+        units_.reserve(static_cast<std::size_t>(m_));
+      }
       xnorm2_.resize(static_cast<std::size_t>(n_));
       for (Index j = 0; j < n_; ++j)
         xnorm2_[j] = ConstVec(data.x + j * d_, d_).squaredNorm();
@@ -376,6 +382,12 @@ class NetworkThread {
       pre_activation(w);
       for (Index q = 0; q < n_ * m_; ++q) set_mode(q, hs_[q] > 0 ? kOn : kOff);
       slides_.clear();
+      // A unit that starts at w_i = 0 in one dimension starts at the origin: it leaves
+      // when a side's field points away (without it, all its pairs off, it never would).
+      origin_.clear();
+      if (line_)
+        for (Index i = 0; i < m_; ++i)
+          if (w[i] == 0.0) enter_origin(i);
     }
     view_ = View{data_.x, data_.y, n_};
     return *this;
@@ -499,7 +511,7 @@ class NetworkThread {
       const double* x = data_.x + j * d_;
       for (Index i = 0; i < m_; ++i) {
         const Index q = j * m_ + i;
-        if (mode_[q] == kSlide || inside(mode_[q], z_[q])) continue;
+        if (mode_[q] >= kSlide || inside(mode_[q], z_[q])) continue;
         double c[5] = {0, 0, 0, 0, 0}, ck[5];
         for (Index k = 0; k < d_; ++k) {
           ds.coeffs(wo_ + i * d_ + k, ck);
@@ -523,34 +535,17 @@ class NetworkThread {
   }
 
   /// Brings the modes in line with the state y at the end of a step: pairs outside their
-  /// piece switch (to the other side, or to sliding when both sides push into the surface)
-  /// and sliding pairs that the flow has carried off their surface leave it. `fresh`:
-  /// the last field evaluation was at y. True when the field at y changed.
-  bool update_modes(const double* y, bool fresh) {
+  /// piece switch (to the other side, or to sliding when both sides push into the surface),
+  /// sliding pairs that the flow has carried off their surface leave it; in one dimension
+  /// a unit reaching the origin goes to mode kOrigin, and leaves it once carried off.
+  /// `fresh`: the last field evaluation was at y. May set a unit held at the origin to
+  /// exactly w_i = 0 in y. True when the field at y changed.
+  bool update_modes(double* y, bool fresh) {
     if (!piecewise_) return false;
     switched_.clear();
     if (!fresh) field_piecewise(y, scratch_.data());  // z, E and the controls at y
-    for (std::size_t s = 0; s < slides_.size();) {
-      const Slide& sl = slides_[s];
-      const double z = z_[sl.j * m_ + sl.i];
-      // A pair leaves its surface once the flow has carried z off it by more than the
-      // absolute tolerance of the weights, with its control on the bound of that side
-      // (alpha = 1 above, 0 below): the sliding field then equals that side's field, so
-      // the exit is tangential and needs no event. Rounding noise (a unit pinned at w = 0
-      // by more surfaces than dimensions) stays below the threshold.
-      const double off = sched_.atol * std::sqrt(xnorm2_[sl.j]);
-      const double e = e_[sl.j * m_ + sl.i];
-      const double alpha = e != 0 ? sl.beta / e : 0.5;
-      std::uint8_t to = kSlide;
-      if (alpha >= 1.0 && z > off) to = kOn;
-      if (alpha <= 0.0 && z < -off) to = kOff;
-      if (to == kSlide) {
-        ++s;
-        continue;
-      }
-      set_mode(sl.j * m_ + sl.i, to);
-      slides_.erase(slides_.begin() + static_cast<std::ptrdiff_t>(s));
-    }
+    leave_surfaces();
+    const bool left = leave_origin(y);
     // The located crossings move to their other side whatever z rounds to at the located
     // state (it may round back inside, and would cross again at once); all of them at
     // once, so that pairs crossing together see each other. Sliding pairs were released
@@ -562,47 +557,14 @@ class NetworkThread {
         set_mode(c.q, mode_[c.q] == kOn ? kOff : kOn);
         switched_.push_back(c.q);
       }
-    // Pairs found outside their piece without a located crossing (a crossing and a return
-    // within one step's rounding) move by the sign of z.
     const std::size_t located = switched_.size();
-    for (Index q = 0; q < n_ * m_; ++q) {
-      if (q % m_ == 0 && !row_outside(q / m_)) {
-        q += m_ - 1;
-        continue;
-      }
-      if (mode_[q] == kSlide || inside(mode_[q], z_[q])) continue;
-      if (std::find(switched_.begin(), switched_.begin() + static_cast<std::ptrdiff_t>(located),
-                    q) != switched_.begin() + static_cast<std::ptrdiff_t>(located))
-        continue;
-      set_mode(q, z_[q] > 0 ? kOn : kOff);
-      switched_.push_back(q);
-    }
-    if (switched_.empty()) return false;
+    repair_modes(located);
+    if (switched_.empty()) return left;
     field_piecewise(y, scratch_.data());  // P and E on the new pattern, for the side test
-    // Then the side of each switched pair on its surface, from the field of the new
-    // pattern: d(w_i . x_j)/dt up to the factor eta_w kappa / n > 0 is dz_off without the
-    // pair and dz_on with it (e_ij = R_j . U_i). Both push into the surface: it slides.
-    // Both push one way (or one is tangential, = 0): it takes that side, whatever z rounds
-    // to, so that no step starts on a side its own field leaves at once (such a pair is
-    // not watched for crossings: it would run a whole step on the wrong piece). Both push
-    // away: it keeps the side it was crossing to. A pair found well off its surface (a
-    // repair, |z| > atol |x_j|) keeps the side of z and never slides.
-    for (const Index q : switched_) {
-      const Index j = q / m_, i = q % m_;
-      if (std::abs(z_[q]) > sched_.atol * std::sqrt(xnorm2_[j])) continue;
-      const ConstVec x(data_.x + j * d_, d_);
-      const double e = e_[q];
-      double pj = x.dot(ConstVec(P_.data() + i * d_, d_));
-      if (mode_[q] == kOn) pj -= e * xnorm2_[j];
-      const double dz_off = -pj;
-      const double dz_on = dz_off - e * xnorm2_[j];
-      if (dz_on < 0 && dz_off > 0)
-        add_slide(j, i);
-      else if (dz_on <= 0 && dz_off <= 0)
-        set_mode(q, kOff);
-      else if (dz_on >= 0 && dz_off >= 0)
-        set_mode(q, kOn);
-    }
+    if (line_)
+      origin_sides(y, located);
+    else
+      pair_sides();
     return true;
   }
 
@@ -637,6 +599,76 @@ class NetworkThread {
 
   static bool inside(std::uint8_t mode, double z) { return mode == kOn ? z > 0 : z <= 0; }
 
+  /// Sliding pairs that the flow has carried off their surface leave it.
+  void leave_surfaces() {
+    for (std::size_t s = 0; s < slides_.size();) {
+      const Slide& sl = slides_[s];
+      const double z = z_[sl.j * m_ + sl.i];
+      // A pair leaves its surface once the flow has carried z off it by more than the
+      // absolute tolerance of the weights, with its control on the bound of that side
+      // (alpha = 1 above, 0 below): the sliding field then equals that side's field, so
+      // the exit is tangential and needs no event. Rounding noise (a unit pinned at w = 0
+      // by more surfaces than dimensions) stays below the threshold.
+      const double off = sched_.atol * std::sqrt(xnorm2_[sl.j]);
+      const double e = e_[sl.j * m_ + sl.i];
+      const double alpha = e != 0 ? sl.beta / e : 0.5;
+      std::uint8_t to = kSlide;
+      if (alpha >= 1.0 && z > off) to = kOn;
+      if (alpha <= 0.0 && z < -off) to = kOff;
+      if (to == kSlide) {
+        ++s;
+        continue;
+      }
+      set_mode(sl.j * m_ + sl.i, to);
+      slides_.erase(slides_.begin() + static_cast<std::ptrdiff_t>(s));
+    }
+  }
+
+  /// Pairs found outside their piece without a located crossing (a crossing and a return
+  /// within one step's rounding) move by the sign of z. `located`: the crossings at the
+  /// front of switched_.
+  void repair_modes(std::size_t located) {
+    for (Index q = 0; q < n_ * m_; ++q) {
+      if (q % m_ == 0 && !row_outside(q / m_)) {
+        q += m_ - 1;
+        continue;
+      }
+      if (mode_[q] >= kSlide || inside(mode_[q], z_[q])) continue;
+      if (std::find(switched_.begin(), switched_.begin() + static_cast<std::ptrdiff_t>(located),
+                    q) != switched_.begin() + static_cast<std::ptrdiff_t>(located))
+        continue;
+      set_mode(q, z_[q] > 0 ? kOn : kOff);
+      switched_.push_back(q);
+    }
+  }
+
+  /// The side of each switched pair on its surface (two or more dimensions), from the
+  /// field of the new pattern: d(w_i . x_j)/dt up to the factor eta_w kappa / n > 0 is
+  /// dz_off without the pair and dz_on with it (e_ij = R_j . U_i). Both push into the
+  /// surface: it slides. Both push one way (or one is tangential, = 0): it takes that side,
+  /// whatever z rounds to, so that no step starts on a side its own field leaves at once
+  /// (such a pair is not watched for crossings: it would run a whole step on the wrong
+  /// piece). Both push away: it keeps the side it was crossing to. A pair found well off
+  /// its surface (a repair, |z| > atol |x_j|) keeps the side of z and never slides.
+  void pair_sides() {
+    for (const Index q : switched_) {
+      const Index j = q / m_, i = q % m_;
+      if (std::abs(z_[q]) > sched_.atol * std::sqrt(xnorm2_[j])) continue;
+      const ConstVec x(data_.x + j * d_, d_);
+      const double e = e_[q];
+      double pj = x.dot(ConstVec(P_.data() + i * d_, d_));
+      if (mode_[q] == kOn) pj -= e * xnorm2_[j];
+      const double dz_off = -pj;
+      const double dz_on = dz_off - e * xnorm2_[j];
+      if (dz_on < 0 && dz_off > 0)
+        add_slide(j, i);
+      else if (dz_on <= 0 && dz_off <= 0)
+        set_mode(q, kOff);
+      else if (dz_on >= 0 && dz_off >= 0)
+        set_mode(q, kOn);
+    }
+  }
+
   /// First theta in (0, hi] where the dense-output pre-activation c leaves the piece of
   /// `mode` (it is inside at 0): the first sampled bracket, then bisection to a relative
   /// width of 2^-52. Returns the outside end, so the state there has crossed; 2 when c
@@ -656,6 +688,105 @@ class NetworkThread {
       (inside(mode, DenseStep::eval(c, mid)) ? lo : hi) = mid;
     }
     return hi;
+  }
+
+  // ---- one dimension: a unit at the origin (docs/theory.md §H) ----
+  //
+  // With d = 1 all n surfaces of unit i are w_i = 0, and only two regions meet there:
+  // w_i > 0, where the inputs x_j > 0 are on, and w_i < 0, where the x_j < 0 are. Filippov's
+  // set at the origin is the segment between their fields v+ and v-. The per-pair box of
+  // the sliding controls relaxes it to every on/off combination of the inputs, most of them
+  // fields of no region (all x_j > 0 switch together): with both fields pointing into the
+  // origin, the pairs flipped, each pair's test sent the unit back, and the solver
+  // chattered with an event per step. So in one dimension a unit reaching the origin is
+  // decided whole, in mode kOrigin: its field is the side origin_side picks, recomputed at
+  // every evaluation, 0 while both fields point inward (0 is in the segment), and it
+  // leaves the mode at a step end once that field has carried it off by more than atol.
+
+  /// Unit i's one-sided sums g+- = sum_{x_j >< 0} e_ji x_j from E = R U^T (n x m): its
+  /// fields on either side of the origin are v+- = -(eta_w kappa/n) g+- (plus decay, which
+  /// vanishes at 0).
+  std::array<double, 2> origin_sums(const double* E, Index i) const {
+    std::array<double, 2> g{0.0, 0.0};
+    for (Index j = 0; j < n_; ++j) {
+      const double x = data_.x[j];
+      g[x > 0 ? 0 : 1] += E[j * m_ + i] * x;
+    }
+    return g;
+  }
+
+  /// The side a unit at the origin moves to: +1 when v+ > 0 and v- >= 0, -1 in the mirror
+  /// case, 0 when both fields point into the origin (v+ <= 0 <= v-: it stays). When both
+  /// point away, where Filippov solutions are not unique, the side w (the state's w_i) is
+  /// on, which after a located crossing is the side it was crossing to; at exactly 0 the
+  /// faster one. A function of the state alone, as a field must be.
+  static int origin_side(const std::array<double, 2>& g, double w) {
+    const bool up = g[0] < 0, down = g[1] > 0;  // v+ > 0, v- < 0
+    if (up && down) return w > 0 ? 1 : w < 0 ? -1 : (-g[0] >= g[1] ? 1 : -1);
+    return up ? 1 : down ? -1 : 0;
+  }
+
+  /// The first-layer field of the units at the origin into P_ (their pairs, off, left
+  /// their rows 0): the one-sided sum of the side origin_side picks, from E at y in e_.
+  /// Continuous where a unit leaves (the outward field grows from 0), so the exit needs no
+  /// event, as for sliding pairs.
+  void origin_fields(const double* y) {
+    for (const Index i : origin_) {
+      const auto g = origin_sums(e_.data(), i);
+      const int side = origin_side(g, y[wo_ + i]);
+      P_[i] += side > 0 ? g[0] : side < 0 ? g[1] : 0.0;
+    }
+  }
+
+  /// Unit i to mode kOrigin (its pairs are off for the vectorised passes).
+  void enter_origin(Index i) {
+    for (Index j = 0; j < n_; ++j) set_mode(j * m_ + i, kOrigin);
+    const auto at = std::lower_bound(origin_.begin(), origin_.end(), i);
+    if (at == origin_.end() || *at != i) origin_.insert(at, i);
+  }
+
+  /// Each unit with a switched pair at the origin (a located crossing, or a repair within
+  /// atol of it) goes to mode kOrigin. One whose fields both point inward is held at
+  /// exactly w_i = 0 (a move within rounding at a located crossing, within atol at a
+  /// repair): its field is then exactly 0 at every stage, and so is the part of its output
+  /// weights' field that its features carry (relu(0) = 0; decay remains). E at y is in e_.
+  void origin_sides(double* y, std::size_t located) {
+    units_.clear();
+    for (std::size_t s = 0; s < switched_.size(); ++s) {
+      const Index i = switched_[s] % m_;
+      if (s < located || std::abs(y[wo_ + i]) <= sched_.atol) units_.push_back(i);
+    }
+    std::sort(units_.begin(), units_.end());
+    units_.erase(std::unique(units_.begin(), units_.end()), units_.end());
+    for (const Index i : units_) {
+      if (origin_side(origin_sums(e_.data(), i), y[wo_ + i]) == 0) y[wo_ + i] = 0.0;
+      enter_origin(i);
+    }
+  }
+
+  /// Units at the origin that the flow has carried off it by more than atol take the side
+  /// they are on: the threshold keeps rounding noise, and the flow near an equilibrium
+  /// within atol of the origin (common once the loss has converged), from making events.
+  /// (Locating the instant a held unit's field turns outward as an event, and deciding each
+  /// return to 0 anew, made up to an event per step there: docs/theory.md §H.) True when
+  /// one left.
+  bool leave_origin(const double* y) {
+    bool left = false;
+    for (std::size_t k = 0; k < origin_.size();) {
+      const Index i = origin_[k];
+      const double w = y[wo_ + i];
+      if (std::abs(w) <= sched_.atol) {
+        ++k;
+        continue;
+      }
+      for (Index j = 0; j < n_; ++j) {
+        const double x = data_.x[j];
+        set_mode(j * m_ + i, (w > 0 ? x > 0 : x < 0) ? kOn : kOff);
+      }
+      origin_.erase(origin_.begin() + static_cast<std::ptrdiff_t>(k));
+      left = true;
+    }
+    return left;
   }
 
   void add_slide(Index j, Index i) {
@@ -681,6 +812,8 @@ class NetworkThread {
     double* H = hs_.data();
     for (Index q = 0; q < len; ++q) H[q] = z_[q] * on_[q];
     for (const Slide& sl : slides_) H[sl.j * m_ + sl.i] = std::max(z_[sl.j * m_ + sl.i], 0.0);
+    for (const Index i : origin_)  // relu on either side, as the unit may leave in a step
+      for (Index j = 0; j < n_; ++j) H[j * m_ + i] = std::max(z_[j * m_ + i], 0.0);
     const View all{data_.x, data_.y, n_};
     const double loss = outputs_to_slope(y, all);  // R into f_
     output_layer_field(y, dy, n_);
@@ -690,6 +823,7 @@ class NetworkThread {
     for (Index q = 0; q < len; ++q) B[q] = on_[q] * e_[q];
     gemm_.run<Eigen::ColMajor, Eigen::RowMajor>(m_, d_, n_, B, m_, data_.x, d_, P_.data(), d_,
                                                 1.0, false);
+    origin_fields(y);
     if (net_.lambda_w > 0) {  // decay is part of the unit's field the controls act on
       const double k = static_cast<double>(n_) * net_.lambda_w / net_.kappa;
       Vec(P_.data(), m_ * d_) += k * ConstVec(y + wo_, m_ * d_);
@@ -1176,6 +1310,9 @@ class NetworkThread {
   // The piecewise (relu + dopri5) integration: pre-activations, P, the mode of every
   // (sample, unit) pair, the sliding pairs sorted by unit, scratch.
   const bool piecewise_;
+  // One-dimensional data without a bias: every surface of unit i is w_i = 0, and the unit
+  // changes sign only through the origin, where it is decided as a whole (origin_).
+  const bool line_;
   AlignedBuffer z_, on_, P_, scratch_, xnorm2_;
   std::vector<std::uint8_t> mode_;
   std::vector<Slide> slides_;
@@ -1185,6 +1322,8 @@ class NetworkThread {
   };
   std::vector<Crossing> crossing_;  // the pairs crossing first in the current step
   std::vector<Index> switched_;     // pairs switched by update_modes
+  std::vector<Index> origin_;  // units in mode kOrigin (line_ only), ascending
+  std::vector<Index> units_;   // scratch of update_modes: units reaching the origin
   // Minibatch descent: the step's batch (inputs, noisy targets, indices) and the
   // permutation the draws shuffle (the identity between steps).
   const bool sgd_;
@@ -1252,7 +1391,9 @@ double piecewise_workspace_bytes(const Network& net, Index samples) {
   // + E = R U^T (n x m)
   const double doubles = 3.0 * n * m + m * d + m * (c + d) + n;
   const double slides = std::min(n * m, 4096.0) * (2.0 * sizeof(Index) + 2.0 * sizeof(double));
-  return 8.0 * doubles + n * m + slides + 64.0 * sizeof(Index);
+  // One dimension: the units at the origin, and those reaching it in a step.
+  const double origin = net.dim == 1 ? m * (2.0 * sizeof(Index)) : 0.0;
+  return 8.0 * doubles + n * m + slides + origin + 64.0 * sizeof(Index);
 }
 
 double network_workspace_bytes(const Network& net, Index samples, Index n_probe, bool gram,

@@ -350,9 +350,11 @@ class GradientFlow(Objective):
     integrates such a network piece by piece: each step uses the smooth field of the
     activation pattern it starts from, a crossing inside a step is located on the dense
     output and the step cut there, and where the flow slides along a switching surface it
-    follows Filippov's sliding field (docs/theory.md §H). So dopri5 keeps its accuracy on
-    relu networks (records within about 10 rtol of the exact flow) and never stalls;
-    rk4 and euler step across the surfaces with O(dt) error there.
+    follows Filippov's sliding field (docs/theory.md §H); on one-dimensional data a unit
+    whose fields on both sides push it into ``w_i = 0`` is held there, for one event,
+    until one turns outward. So dopri5 keeps its accuracy on relu networks (records
+    within about 10 rtol of the exact flow) and never stalls; rk4 and euler step across
+    the surfaces with O(dt) error there.
     """
 
     t_max: float = 10.0
