@@ -28,7 +28,8 @@ What it does:
    ``max_t ||f_t - f_lin,t|| / ||f_0 - y||`` on the training inputs (``delta_lin``) and on the
    test inputs. The twin is solved for the square loss only: softmax rows show "-".
    It diagonalises the (10 n) x (10 n) initial Gram matrix once per trajectory, which is
-   most of the run time at the default sizes: ``--no-twin`` skips it.
+   most of the run time at the default sizes: ``--no-twin`` skips it. With SGD the twin
+   takes the run's own batches instead, stepped along (docs/theory.md §I.3).
 5. Sweeps. Widths (``--widths``) at s = 1, then init scales (``--scales``) at the middle width:
    the gap to the twin shrinks as the width or s grows (lazier training), and a large s
    also starts from a noisy initial function, ``f_0 ~ s^2``.

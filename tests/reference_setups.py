@@ -8,6 +8,7 @@ Written from the math of the issue's plan (docs/theory.md notation), not from th
   the initial-parameter layout, the SGD stream and its batch and label-noise draws;
 - the network ``F = kappa act(Xa W^T) U`` (Xa = [X, 1] with a bias), its losses and
   gradients, the flow field with weight decay, gradient descent, SGD and a SciPy flow;
+- SGD's linearised twin, trained in parameter space on the same batches;
 - the NTK Gram with c outputs as an explicit Jacobian, and a finite-difference Jacobian.
 
 Conventions: U (m, c), W (m, D) with the bias as W's last column when there is one
@@ -285,6 +286,44 @@ def sgd_run(U0, W0, X, Y, s: Setup, lr: float, steps: int, *, seed: int, traject
             Yb = Yb + label_noise * sgd_noise(seed, trajectory, step, batch * c).reshape(batch, c)
         dU, dW = field(U, W, X[idx], Yb, s)
         U, W = U + lr * dU, W + lr * dW
+    return _finish(out)
+
+
+def sgd_twin_run(U0, W0, X, Y, s: Setup, lr: float, steps: int, *, seed: int,
+                 trajectory: int, batch: int, replace: bool = False, label_noise: float = 0.0,
+                 record=None, X_test=None):
+    """The linearised twin of ``sgd_run``, in parameter space: the network linearised at
+    theta_0 = (U0, W0), f_lin(x) = f_0(x) + J_0(x) (theta - theta_0), trained on the same
+    batches and noisy targets, theta -= lr eta J_0[B]^T (f_lin,B - y~_B) / |B| (no weight
+    decay: the twin is the kernel-regime run of the data loss, docs/theory.md §0). J_0 is
+    the explicit Jacobian of ``jacobian``. Returns f (T, n, c) and, with X_test, f_test
+    (T, n_test, c): the twin's outputs at the record steps (default 0..steps)."""
+    record = range(steps + 1) if record is None else [int(t) for t in record]
+    n, c = Y.shape
+    m, D = np.shape(W0)
+    J = jacobian(U0, W0, X, s.act, s.kappa)
+    eta = lr_weights(m, c, D, s.eta_u, s.eta_w)
+    f0 = forward(U0, W0, X, s.act, s.kappa)[0].ravel()
+    test = X_test is not None
+    if test:
+        Jt = jacobian(U0, W0, X_test, s.act, s.kappa)
+        ft0 = forward(U0, W0, X_test, s.act, s.kappa)[0].ravel()
+    delta = np.zeros(J.shape[1])
+    out = {"f": [], **({"f_test": []} if test else {})}
+    for step in range(steps + 1):
+        if step in record:
+            out["f"].append((f0 + J @ delta).reshape(n, c))
+            if test:
+                out["f_test"].append((ft0 + Jt @ delta).reshape(-1, c))
+        if step == steps:
+            break
+        idx = sgd_batch(seed, trajectory, step, n, batch, replace)
+        Yb = Y[idx]
+        if label_noise:
+            Yb = Yb + label_noise * sgd_noise(seed, trajectory, step, batch * c).reshape(batch, c)
+        rows = (idx[:, None] * c + np.arange(c)).ravel()  # (j, a) -> j c + a, as jacobian
+        Rb = (f0 + J @ delta)[rows] - Yb.ravel()
+        delta = delta - lr * eta * (J[rows].T @ Rb) / batch
     return _finish(out)
 
 

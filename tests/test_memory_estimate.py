@@ -24,16 +24,18 @@ CHILD = textwrap.dedent(
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field))
 
-    # optional 6th and 7th arguments: a test set of that size (0: none), with the twin;
-    # the number of outputs
+    # optional 6th to 8th arguments: a test set of that size (0: none), with the twin;
+    # the number of outputs; SGD's batch size (0: flow)
     kind, width, samples, act, gram, *extra = {args!r}
-    n_test, c = (list(extra) + [0, 1][len(extra):])[:2]
+    n_test, c, batch = (list(extra) + [0, 1, 0][len(extra):])[:3]
     rng = np.random.default_rng(0)
     X = rng.normal(size=(samples, 3))
     y = rng.normal(size=samples) if c == 1 else rng.normal(size=(samples, c))
     if kind == "simulate":
         net = nf.TwoLayer(width=width, act=act, kappa=width ** -0.5)
         train = nf.GradientFlow(t_max=0.02, solver="rk4", dt=0.01)
+        if batch:
+            train = nf.SGD(lr=0.01, steps=20, batch_size=batch)
         test = None
         if n_test:
             yt = rng.normal(size=n_test if c == 1 else (n_test, c))
@@ -71,6 +73,8 @@ CHILD = textwrap.dedent(
         # the features of both of its sides.
         ("simulate", 64, 400, "tanh", None, 4000),
         ("simulate", 2048, 200, "relu", None, 3000),
+        # SGD's twin steps with the batches: K_0 without the 2 (n c)^2 of eigenvectors.
+        ("simulate", 256, 1500, "relu", None, 200, 1, 32),
         ("ntk_gram", 100_000, 40, "tanh", None),
         ("ntk_gram", 2048, 1500, "relu", None),
         # c = 3 outputs: the (n c)^2 kernels and their own Gram scratch.

@@ -258,6 +258,28 @@ def test_sgd_run_uses_the_drawn_batches_and_noise() -> None:
     np.testing.assert_array_equal(run["W"][1], W + 0.2 * dW)
 
 
+def test_sgd_twin_is_the_network_when_only_the_output_layer_learns() -> None:
+    # With eta_w = 0 the first layer stays put and F is linear in U: the network is its own
+    # linearisation, so the twin (stepped through J_0 in parameter space) and sgd_run give
+    # the same outputs on the same batches and noise, up to round-off (1e-12 over 40 steps).
+    X, Y, U, W = problem(7, n=8, c=3, bias=True)
+    Xt = R.augment(np.random.default_rng(1).normal(size=(5, 3)), True)
+    s = R.Setup(act="tanh", kappa=0.8, eta_u=1.3, eta_w=0.0)
+    kw = dict(seed=4, trajectory=2, batch=5, replace=True, label_noise=0.2)
+    net = R.sgd_run(U, W, X, Y, s, 0.3, 40, **kw)
+    twin = R.sgd_twin_run(U, W, X, Y, s, 0.3, 40, X_test=Xt, **kw)
+    for x, key in ((X, "f"), (Xt, "f_test")):
+        f = np.array([R.forward(u, w, x, s.act, s.kappa)[0]
+                      for u, w in zip(net["U"], net["W"], strict=True)])
+        np.testing.assert_allclose(twin[key], f, rtol=1e-12, atol=1e-12)
+        assert np.abs(f[-1] - f[0]).max() > 0.1  # training moved the outputs
+    # With the first layer learning too, tanh's network leaves its twin.
+    s = R.Setup(act="tanh", kappa=0.8, eta_u=1.3, eta_w=1.0)
+    net = R.sgd_run(U, W, X, Y, s, 0.3, 40, **kw)
+    f = R.forward(net["U"][-1], net["W"][-1], X, s.act, s.kappa)[0]
+    assert np.abs(R.sgd_twin_run(U, W, X, Y, s, 0.3, 40, **kw)["f"][-1] - f).max() > 1e-3
+
+
 def test_flow_reference_is_the_limit_of_small_steps() -> None:
     # Descent with lr = 1e-3 for 1000 steps is Euler on [0, 1]: O(lr) from the flow.
     X, Y, U, W = problem(7, c=3, loss="softmax", bias=True)

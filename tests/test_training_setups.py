@@ -477,6 +477,210 @@ def test_copied_second_output_is_the_one_output_network(act, train_kind) -> None
     assert worst(scaled.loss, same.loss) <= 1e-10
 
 
+# ------------------------------------------------------------------ SGD's linearised twin
+
+# The twin is the kernel-regime run of the data loss (docs/theory.md §0): no weight decay.
+TWIN_RATES = dict(eta_u=0.8, eta_w=1.3)
+# Batches of 4 of these 10 samples step up to ~n/|B| times further along K_0's top mode than
+# descent does: at LR some twins are unstable; at 0.05 every one here trains.
+TWIN_LR = 0.05
+
+
+def held_out(p, c, bias, n_test=7):
+    """A test set of +-1 labels (c = 1) or one-hot rows (c = 3), so that the twin's test
+    error is recorded too, and its inputs as the reference sees them."""
+    Xt = p.rng.normal(size=(n_test, DIM))
+    if c == 1:
+        y = np.where(p.rng.normal(size=n_test) > 0, 1.0, -1.0)
+        return nf.Dataset(Xt, y), R.augment(Xt, bias), y[:, None]
+    Y = R.one_hot(p.rng.integers(0, c, size=n_test), c)
+    return nf.Dataset(Xt, Y), R.augment(Xt, bias), Y
+
+
+def class_margin(F, c):
+    """Smallest distance of outputs F (rows, c) from a decision boundary: |f| for one
+    output, the gap between the two largest outputs for several."""
+    if c == 1:
+        return float(np.min(np.abs(F)))
+    top = np.sort(F, axis=-1)
+    return float(np.min(top[..., -1] - top[..., -2]))
+
+
+def twin_records(run, twin, p, k, Xt, Yt, s):
+    """The records of trajectory k's twin from the reference network run and twin run:
+    loss_lin, lin_gap, test_loss_lin, test_lin_gap, test_error_lin."""
+    f = np.array([R.forward(U, W, p.X, s.act, s.kappa)[0]
+                  for U, W in zip(run["U"], run["W"], strict=True)])
+    ft = np.array([R.forward(U, W, Xt, s.act, s.kappa)[0]
+                   for U, W in zip(run["U"], run["W"], strict=True)])
+    fl, ftl = twin["f"], twin["f_test"]
+    n, nt = p.Y.shape[0], Yt.shape[0]
+    c = p.Y.shape[1]
+    err = (np.mean(~(np.sign(ftl[..., 0]) == Yt[:, 0]), axis=1) if c == 1 else
+           np.mean(np.argmax(ftl, axis=-1) != np.argmax(Yt, axis=1), axis=1))
+    assert class_margin(ftl, c) > 1e-8  # error counts are exact, not decided by round-off
+    return {"loss_lin": 0.5 * np.sum((fl - p.Y) ** 2, axis=(1, 2)) / n,
+            "lin_gap": np.linalg.norm((f - fl).reshape(len(f), -1), axis=1)
+            / np.linalg.norm(f[0] - p.Y),
+            "test_loss_lin": 0.5 * np.sum((ftl - Yt) ** 2, axis=(1, 2)) / nt,
+            "test_lin_gap": np.linalg.norm((ft - ftl).reshape(len(ft), -1), axis=1)
+            / np.linalg.norm(ft[0] - Yt),
+            "test_error_lin": err}
+
+
+@pytest.mark.parametrize(("c", "bias", "replace", "noise"),
+                         [(1, False, False, 0.0), (3, True, True, 0.3), (1, True, True, 0.3)],
+                         ids=["c1", "c3-bias-replace-noise", "c1-bias-replace-noise"])
+@pytest.mark.parametrize("act", ACTS)
+def test_sgd_twin_matches_reference(act, c, bias, replace, noise) -> None:
+    # The core steps the twin in function space with K_0 (n c x n c) and the cross Gram;
+    # the reference steps theta through the explicit Jacobian J_0 on batches and noise of
+    # its own generator port. Same numbers in another order: 1e-10 relative (worst: to the
+    # largest value over the run). A twin on other batches, or on full-batch descent as
+    # before, is off by ~lr * gradient ~1e-2.
+    p = make_problem(300 + ACTS.index(act) + 7 * c + 3 * bias, "square", c, bias)
+    test, Xt, Yt = held_out(p, c, bias)
+    s = setup(act, "square", lambda_u=0.0, lambda_w=0.0, **TWIN_RATES)
+    times = [0, 1, 2, 37, 100]
+    train = nf.SGD(lr=TWIN_LR, steps=100, batch_size=4, replace=replace, label_noise=noise,
+                   **TWIN_RATES)
+    res = nf.simulate(net(act, bias), p.data, train, init=p.params, seed=SEED,
+                      first_trajectory=FIRST,
+                      record=nf.Record(times=times, linearized=True, test=test))
+    assert np.all(res.status == 0)
+    kw = dict(seed=SEED, batch=4, replace=replace, label_noise=noise, record=times)
+    for k in range(2):
+        run = R.sgd_run(p.U0[k], p.W0[k], p.X, p.Y, s, TWIN_LR, 100, trajectory=FIRST + k, **kw)
+        twin = R.sgd_twin_run(p.U0[k], p.W0[k], p.X, p.Y, s, TWIN_LR, 100, trajectory=FIRST + k,
+                              X_test=Xt, **kw)
+        want = twin_records(run, twin, p, k, Xt, Yt, s)
+        errs = {name: worst(getattr(res, name)[k], want[name])
+                for name in want if name != "test_error_lin"}
+        assert max(errs.values()) <= 1e-10, (k, errs)
+        np.testing.assert_array_equal(res.test_error_lin[k], want["test_error_lin"])
+        # Not vacuous: the twin trained, and every network left it (the linear ones too:
+        # F = kappa X W^T U is bilinear in the parameters). Observed: <= 5e-14.
+        assert want["loss_lin"][-1] < 0.9 * want["loss_lin"][0]
+        assert want["lin_gap"][-1] > 1e-4
+    np.testing.assert_array_equal(res.delta_lin(), np.maximum.accumulate(res.lin_gap, axis=1))
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("c", [1, 3])
+def test_sgd_twin_on_the_whole_set_is_the_descent_twin(act, c) -> None:
+    # batch_size = n without replacement or noise is a permutation of the data each step:
+    # the same mean gradient as descent, and the stepped twin the same iteration as the
+    # descent twin's eigen solution (1 - lr lambda / n)^t. Round-off of the eigenvectors and
+    # of the summation order only: 1e-11 relative.
+    p = make_problem(400 + 7 * c, "square", c, True)
+    test, _, _ = held_out(p, c, True)
+    times = [0, 1, 5, 60, 150]
+    rec = nf.Record(times=times, linearized=True, test=test)
+    sgd = nf.simulate(net(act, True), p.data,
+                      nf.SGD(lr=TWIN_LR, steps=150, batch_size=N, **TWIN_RATES),
+                      init=p.params, seed=SEED, record=rec)
+    gd = nf.simulate(net(act, True), p.data, nf.GradientDescent(lr=TWIN_LR, steps=150, **TWIN_RATES),
+                     init=p.params, record=rec)
+    for name in ("loss", "loss_lin", "lin_gap", "test_loss_lin", "test_lin_gap"):
+        a, b = getattr(sgd, name), getattr(gd, name)
+        for k in range(2):
+            assert worst(a[k], b[k]) <= 1e-11, (name, k, worst(a[k], b[k]))
+    np.testing.assert_array_equal(sgd.test_error_lin, gd.test_error_lin)
+    assert gd.loss_lin[0, -1] < 0.5 * gd.loss_lin[0, 0]  # the twin trained
+
+
+def lazy_or_rich(width, scale, lr, steps, trajectories=6, **record):
+    """relu SGD at the NTK parametrization (kappa = m^-1/2) on 32 samples, batch 4, with
+    its twin; `scale` multiplies the initial weights of both layers."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(32, 3)) / np.sqrt(3)
+    data = nf.Dataset(X, np.sin(1.5 * X @ rng.normal(size=3)))
+    net_ = nf.TwoLayer(width=width, act="relu", kappa=width ** -0.5)
+    return nf.simulate(net_, data, nf.SGD(lr=lr, steps=steps, batch_size=4),
+                       init=nf.Gaussian(scale, scale), trajectories=trajectories, seed=3,
+                       record=nf.Record(times=41, linearized=True, **record)), X, data.y
+
+
+def test_lazy_sgd_is_kernel_and_rich_sgd_is_not() -> None:
+    # docs/theory.md §E.5 and §I.3: a wide relu network at the NTK parametrization tracks
+    # the kernel model trained on its own batches (delta_lin ~0.02-0.03 here); the twin of
+    # full-batch descent, which the core used before, is ~0.1-0.2 away from the same runs:
+    # their batch noise alone, so they were labelled "rescaling".
+    res, X, y = lazy_or_rich(1024, 1.0, 0.5, 400, params="all")
+    lazy = nf.classify(res)
+    assert lazy.kernel_test == "delta_lin" and lazy.counts["kernel"] == 6
+    assert np.all(lazy.scores["delta_lin"] < 0.05)
+    # The full-batch twin, by NumPy: r <- (I - lr/n K_0) r from the recorded initial state.
+    n, lr = len(y), 0.5
+    kw = dict(act="relu", kappa=1024 ** -0.5)
+    K0 = nf.ntk_gram(res.u[:, 0], res.W[:, 0], X, **kw)
+    f = np.stack([np.einsum("kij,ki->kj", np.maximum(res.W[:, j] @ X.T, 0.0), res.u[:, j])
+                  * kw["kappa"] for j in range(len(res.times))], axis=1)
+    r = f[:, 0] - y
+    full = np.empty_like(f)
+    step = 0
+    for j, t in enumerate(res.times.astype(int)):
+        while step < t:
+            r = r - lr / n * np.einsum("kij,kj->ki", K0, r)
+            step += 1
+        full[:, j] = r + y
+    old = (np.linalg.norm(f - full, axis=2) / np.linalg.norm(f[:, :1] - y, axis=2)).max(1)
+    assert np.all(old > 0.05), old
+    # ... and the network's loss is the twin's (lazy), both trained.
+    assert np.all(res.loss[:, -1] < 0.1 * res.loss[:, 0])
+    # A small start (x0.1) learns features: far from its twin, never "kernel".
+    rich = nf.classify(lazy_or_rich(128, 0.1, 1.0, 2000)[0])
+    assert rich.counts["kernel"] == 0 and np.all(rich.scores["delta_lin"] > 0.3)
+
+
+def test_sgd_twin_same_bits_for_threads_and_chunks() -> None:
+    # The twin takes the trajectory's own batches and noise: threads and chunks change no
+    # bit of it (exact equality), with a test set, replacement and label noise.
+    p = make_problem(810, "square", 3, True)
+    test, _, _ = held_out(p, 3, True)
+    train = nf.SGD(lr=LR, steps=40, batch_size=3, replace=True, label_noise=0.2, **RATES)
+    init = nf.Gaussian(1.0, 1.0, s_b=0.5)
+    names = ("loss", "loss_lin", "lin_gap", "test_loss_lin", "test_error_lin", "test_lin_gap")
+
+    def run(first, n, threads):
+        return nf.simulate(net("relu", True), p.data, train, init=init, trajectories=n,
+                           seed=SEED, first_trajectory=first, threads=threads,
+                           record=nf.Record(times=[0, 7, 40], linearized=True, test=test))
+
+    one, two = run(0, 5, 1), run(0, 5, 2)
+    chunks = [run(0, 2, 2), run(2, 3, 1)]
+    for name in names:
+        a = getattr(one, name)
+        np.testing.assert_array_equal(getattr(two, name), a, err_msg=name)
+        np.testing.assert_array_equal(
+            np.concatenate([getattr(ch, name) for ch in chunks]), a, err_msg=name)
+    assert not np.array_equal(one.loss_lin[0], one.loss_lin[1])  # trajectories differ
+
+
+def test_sgd_twin_goes_on_after_the_network_diverges() -> None:
+    # Linear activation with u_0 = 0: K_0 has the output layer's term only, so the twin
+    # is stable at this lr, while the network's kernel grows with eta_w ||u||^2 and its
+    # steps blow up. The batches depend on (seed, trajectory, step) only: the twin's
+    # records after the failure are those of the reference twin (1e-10), the network's NaN.
+    p = make_problem(820, "square", 1, False, trajectories=1)
+    u0 = np.zeros_like(p.params.u0)
+    rates = dict(eta_u=1.0, eta_w=200.0)
+    s = setup("linear", "square", lambda_u=0.0, lambda_w=0.0, **rates)
+    times = [0, 10, 50, 100]
+    res = nf.simulate(net("linear", False), p.data,
+                      nf.SGD(lr=LR, steps=100, batch_size=4, label_noise=0.1, **rates),
+                      init=nf.Params(u0, p.params.W0), seed=SEED,
+                      record=nf.Record(times=times, linearized=True))
+    assert res.status[0] == 1 and res.t_fail[0] < 50  # diverged
+    twin = R.sgd_twin_run(u0[0][:, None], p.W0[0], p.X, p.Y, s, LR, 100, seed=SEED,
+                          trajectory=0, batch=4, label_noise=0.1, record=times)
+    want = 0.5 * np.sum((twin["f"] - p.Y) ** 2, axis=(1, 2)) / N
+    assert np.all(np.isfinite(want))
+    assert worst(res.loss_lin[0], want) <= 1e-10
+    j = np.searchsorted(res.times, res.t_fail[0])
+    assert np.isnan(res.lin_gap[0, j:]).all() and np.isfinite(res.lin_gap[0, :j]).all()
+
+
 # ------------------------------------------------------------------ bad inputs
 
 

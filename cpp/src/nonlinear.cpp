@@ -251,6 +251,7 @@ class NetworkThread {
         piecewise_(is_piecewise(net, sched)),
         line_(piecewise_ && net.dim == 1),
         sgd_(data.batch > 0 && sched.solver == Solver::gd),
+        stepped_twin_(sgd_ && plan_.linearized),
         seed_(init.seed),
         first_(init.first_trajectory) {
     const bool linear = net.act == Activation::linear;
@@ -287,10 +288,15 @@ class NetworkThread {
     if (plan_.k0()) k0_.resize(static_cast<std::size_t>(nc_ * nc_));
     if (plan_.metrics && !plan_.train_gram) kt_.resize(static_cast<std::size_t>(nc_ * nc_));
     if (plan_.linearized) {
-      eig_.emplace(nc_);  // preallocates its (n c) x (n c) storage
-      coef_.resize(nc_);
-      twin_g_.resize(static_cast<std::size_t>(nc_));
       twin_r_.resize(static_cast<std::size_t>(nc_));
+      if (stepped_twin_) {
+        twin_s_.resize(static_cast<std::size_t>(data.batch * c_));
+        twin_q_.resize(static_cast<std::size_t>(data.batch * c_));
+      } else {
+        eig_.emplace(nc_);  // preallocates its (n c) x (n c) storage
+        coef_.resize(nc_);
+        twin_g_.resize(static_cast<std::size_t>(nc_));
+      }
     }
     if (plan_.test) {
       ft_.resize(static_cast<std::size_t>(nt_ * c_));
@@ -300,8 +306,10 @@ class NetworkThread {
       ft0_.resize(static_cast<std::size_t>(nt_ * c_));
       ftl_.resize(static_cast<std::size_t>(nt_ * c_));
       kx_.resize(static_cast<std::size_t>(nt_ * c_ * nc_));
-      twin_h_.resize(static_cast<std::size_t>(nc_));
-      twin_w_.resize(static_cast<std::size_t>(nc_));
+      if (!stepped_twin_) {
+        twin_h_.resize(static_cast<std::size_t>(nc_));
+        twin_w_.resize(static_cast<std::size_t>(nc_));
+      }
     }
     if (piecewise_) {
       z_.resize(static_cast<std::size_t>(n_ * m_));
@@ -377,7 +385,12 @@ class NetworkThread {
       r0t = ConstVec(ft0_.data(), nt_ * c_) - ConstVec(kr_.test_y, nt_ * c_);
       r0t_norm_ = r0t.norm();
     }
-    if (plan_.linearized) linearised_losses(y);
+    if (plan_.linearized) {
+      if (stepped_twin_)
+        start_stepped_twin(y);
+      else
+        linearised_losses(y);
+    }
     if (piecewise_) {
       pre_activation(w);
       for (Index q = 0; q < n_ * m_; ++q) set_mode(q, hs_[q] > 0 ? kOn : kOff);
@@ -398,8 +411,18 @@ class NetworkThread {
 
   /// The minibatch of a descent step (has_minibatch): its inputs and noisy targets become
   /// the data of the next field evaluation. Records always use the whole training set.
+  /// The stepped twin first takes the batch the network has just stepped on, so that both
+  /// have taken the same `step` batches at every record.
   void minibatch(std::int64_t step) {
     if (!sgd_) return;
+    if (stepped_twin_) advance_twin(step);
+    draw_step(step);
+    twin_pending_ = stepped_twin_;
+    view_ = View{xb_.data(), yb_.data(), data_.batch};
+  }
+
+  /// The batch of `step` into idx_, its inputs into xb_ and its noisy targets into yb_.
+  void draw_step(std::int64_t step) {
     const Index b = data_.batch;
     const auto traj = static_cast<std::uint64_t>(first_ + row_);
     draw_batch(seed_, traj, step, n_, b, data_.replace, perm_.data(), idx_.data());
@@ -419,7 +442,6 @@ class NetworkThread {
         if (q + 1 < count) yb_[q + 1] += data_.label_noise * z[1];
       }
     }
-    view_ = View{xb_.data(), yb_.data(), b};
   }
 
   double field(const double* y, double* dy, bool want_dloss, double* dl) {
@@ -466,8 +488,11 @@ class NetworkThread {
     gram_trace(y + wo_);  // M = W^T W into M_
     rec_->write(j, p_.data(), u.squaredNorm(), M_.data(), loss);
     if (plan_.linearized) {
-      twin_at(j);  // f_ still holds r_t = f_t(X) - y
-      if (kr_.lin_gap) {
+      if (stepped_twin_)
+        stepped_twin_records(j);
+      else
+        twin_at(j);
+      if (kr_.lin_gap) {  // f_ still holds r_t = f_t(X) - y
         const double gap = (ConstVec(f_.data(), nc_) - ConstVec(twin_r_.data(), nc_)).norm();
         kr_.lin_gap[at] = r0_norm_ > 0 ? gap / r0_norm_ : kNaN;
       }
@@ -579,8 +604,14 @@ class NetworkThread {
         if (rec) rec[at] = kNaN;
       if (kr_.gram) std::fill(kr_.gram + at * g_ * g_, kr_.gram + (at + 1) * g_ * g_, kNaN);
       // The twin's own records stay: the linearised run depends on the initial state only
-      // (loss_lin is written in start(); its test loss and error are written here).
-      if (plan_.test_lin) twin_at(q);
+      // (loss_lin is written in start(); its test loss and error are written here), and
+      // for SGD on batches that are drawn whether or not the network still steps.
+      if (stepped_twin_) {
+        advance_twin(std::llround(sched_.times[q]));
+        stepped_twin_records(q);
+      } else if (plan_.test_lin) {
+        twin_at(q);
+      }
     }
   }
 
@@ -1171,16 +1202,22 @@ class NetworkThread {
     }
   }
 
-  /// loss_lin at every record time, from the initial state in y: the residual of the
-  /// linearised network (square loss) is V g(Lambda) V^T r0 with g = exp(-lambda t / n)
-  /// (flow) or (1 - lr lambda / n)^t (descent, t = whole steps), exactly.
-  void linearised_losses(const double* y) {
+  /// r_0 = f_0(X) - y into f_ and its norm into r0_norm_ (the twin's start and the scale
+  /// of lin_gap).
+  void initial_residual(const double* y) {
     const View all{data_.x, data_.y, n_};
     if (net_.act == Activation::linear)
       forward_linear(y, all);
     else
       forward(y, all, false);
     r0_norm_ = ConstVec(f_.data(), nc_).norm();
+  }
+
+  /// loss_lin at every record time, from the initial state in y: the residual of the
+  /// linearised network (square loss) is V g(Lambda) V^T r0 with g = exp(-lambda t / n)
+  /// (flow) or (1 - lr lambda / n)^t (descent, t = whole steps), exactly.
+  void linearised_losses(const double* y) {
+    initial_residual(y);
     // Eigen's tridiagonalisation takes one vector from the heap: once per trajectory,
     // outside the time loop.
     eig_->compute(Eigen::Map<const Eigen::MatrixXd>(k0_.data(), nc_, nc_),
@@ -1266,9 +1303,80 @@ class NetworkThread {
     Vec f(ftl_.data(), ntc);
     f = ConstVec(ft0_.data(), ntc);
     f.noalias() -= ConstMat(kx_.data(), ntc, nc_) * w;
+    twin_test_records(at);
+  }
+
+  /// The twin's test loss and error at record slot `at`, from its test outputs in ftl_.
+  void twin_test_records(Index at) {
     if (kr_.test_loss_lin) kr_.test_loss_lin[at] = loss_of(ftl_.data(), kr_.test_y, nt_);
     if (kr_.test_error_lin)
       kr_.test_error_lin[at] = class_error(ftl_.data(), kr_.test_y, nt_, c_);
+  }
+
+  // ---- the stepped twin of minibatch SGD (docs/theory.md §I.3) ----
+  // The eigen solution above is full-batch descent; a lazy SGD run differs from that by its
+  // batch noise alone. So with minibatches the twin takes the network's own batches and
+  // noisy targets, one step at a time: O((n + n_test) c |B| c) per step, with K_0 and the
+  // cross Gram as the only O((n + n_test) c n c) memory.
+
+  /// The stepped twin at step 0: the network's own outputs, on the training set and (in
+  /// ft0_, from start()) on the test set.
+  void start_stepped_twin(const double* y) {
+    initial_residual(y);
+    std::copy(f_.begin(), f_.begin() + nc_, twin_r_.begin());
+    if (plan_.test_lin) std::copy(ft0_.begin(), ft0_.end(), ftl_.begin());
+    twin_steps_ = 0;
+    twin_pending_ = false;
+    twin_ok_ = true;
+  }
+
+  /// Brings the stepped twin to `steps` steps: first the batch drawn last (for step
+  /// twin_steps_, which the network has taken), then batches drawn here (after a failure,
+  /// for the steps the network no longer takes: they depend on the step only).
+  void advance_twin(std::int64_t steps) {
+    while (twin_steps_ < steps) {
+      if (!twin_pending_) draw_step(twin_steps_);
+      twin_step();
+    }
+  }
+
+  /// One step of the linearised network on the batch in idx_ / yb_, in function space:
+  /// f_lin <- f_lin - (lr / |B|) K_0[:, B] (f_lin,B - y~_B), the network's step with its
+  /// Jacobian frozen at t = 0 (mean over the batch, learning rates inside K_0); the test
+  /// outputs move with K_0(X_test, X)[:, B]. A row drawn twice counts twice, as in the
+  /// network's batch. No allocation.
+  void twin_step() {
+    const Index bc = data_.batch * c_;
+    const double rate = -sched_.lr / static_cast<double>(data_.batch);
+    // Entry t = (slot, output a) of the batch is Gram column idx c + a. Every slope is
+    // taken before the update; the label noise is y~ - y.
+    for (Index t = 0; t < bc; ++t) {
+      const Index q = idx_[t / c_] * c_ + t % c_;
+      twin_q_[t] = q;
+      twin_s_[t] = rate * (twin_r_[q] - (yb_[t] - data_.y[q]));
+    }
+    // K_0 is exactly symmetric: its column q is the contiguous row q.
+    Vec r(twin_r_.data(), nc_);
+    for (Index t = 0; t < bc; ++t) r += twin_s_[t] * ConstVec(k0_.data() + twin_q_[t] * nc_, nc_);
+    if (plan_.test_lin) {
+      for (Index i = 0; i < nt_ * c_; ++i) {
+        const double* row = kx_.data() + i * nc_;
+        double acc = 0.0;
+        for (Index t = 0; t < bc; ++t) acc += twin_s_[t] * row[twin_q_[t]];
+        ftl_[i] += acc;
+      }
+    }
+    ++twin_steps_;
+    twin_pending_ = false;
+  }
+
+  /// The stepped twin's records at slot j: loss_lin and its test loss and error (lin_gap
+  /// and test_lin_gap are written beside the network's).
+  void stepped_twin_records(Index j) {
+    const Index at = row_ * T_ + j;
+    const double inv_n = 1.0 / static_cast<double>(n_);
+    if (kr_.loss_lin) kr_.loss_lin[at] = 0.5 * ConstVec(twin_r_.data(), nc_).squaredNorm() * inv_n;
+    twin_test_records(at);
   }
 
   /// The NTK Gram K(x1, x2) of the network (u, w): (n1 c, n2 c); x2 null: K(x1, x1).
@@ -1298,6 +1406,8 @@ class NetworkThread {
   AlignedBuffer u0_, w0_, k0_, kt_;
   AlignedBuffer ft_, fts_, ft0_, ftl_, kx_;            // test outputs, twin's, cross Gram
   AlignedBuffer twin_g_, twin_h_, twin_r_, twin_w_;    // twin coefficients and vectors
+  AlignedBuffer twin_s_;       // stepped twin: -lr/|B| times the batch's slopes (|B| c)
+  std::vector<Index> twin_q_;  // and their Gram columns
   std::vector<std::uint8_t> pattern0_, changed_;
   std::optional<Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>> eig_;
   Eigen::VectorXd coef_;
@@ -1327,6 +1437,11 @@ class NetworkThread {
   // Minibatch descent: the step's batch (inputs, noisy targets, indices) and the
   // permutation the draws shuffle (the identity between steps).
   const bool sgd_;
+  // The twin steps with the network's batches (SGD) instead of the eigen solution; it has
+  // taken twin_steps_ of them, and idx_ / yb_ hold the next one when twin_pending_.
+  const bool stepped_twin_;
+  std::int64_t twin_steps_ = 0;
+  bool twin_pending_ = false;
   const std::uint64_t seed_;
   const Index first_;
   AlignedBuffer xb_, yb_;
@@ -1423,12 +1538,16 @@ double network_workspace_bytes(const Network& net, Index samples, Index n_probe,
   doubles += m * (c + d);         // initial parameters
   doubles += 2.0 * m;             // per-neuron delta_i(0) and delta_i(t)
   if (move) doubles += m * (c + d);  // their copy, the reference of move_u / move_w
+  // SGD's twin steps with the batches: no eigenvectors, only K_0 and the batch's slopes.
+  const bool stepped = linearized && batch > 0;
   if (metrics || linearized) doubles += N * N;
   if (metrics) doubles += N * N;
-  if (linearized) doubles += 2.0 * N * N + 4.0 * N;  // eigenvectors and work
-  if (linearized) doubles += 2.0 * N;                // twin coefficients and residual
+  if (linearized && !stepped) doubles += 2.0 * N * N + 4.0 * N;  // eigenvectors and work
+  if (linearized) doubles += N;                  // twin residual
+  if (linearized) doubles += stepped ? 2.0 * b * c : N;  // slopes and columns, or coefficients
   if (n_test > 0) doubles += 2.0 * Nt;               // test outputs and a loss's scratch
-  if (test_lin) doubles += Nt * N + 2.0 * Nt + 2.0 * N;  // cross Gram, twin's test outputs
+  if (test_lin) doubles += Nt * N + 2.0 * Nt;        // cross Gram, twin's test outputs
+  if (test_lin && !stepped) doubles += 2.0 * N;      // twin coefficients on the test set
   if (batch > 0) doubles += b * (d + c) + 2.0 * b + n;  // the batch, its indices, perm
   double bytes = 8.0 * doubles;
   if (pattern) bytes += n * m + m;

@@ -149,8 +149,10 @@ class Result:
         ``1[w_i . x_j > 0]`` differs from its value at t = 0.
     loss_lin : (trajectories, times) or None
         Loss of the linearised network trained from the same initialisation with the
-        initial training Gram matrix (``Record.linearized``), exact at each record time.
-        It depends on the initial state only, so it stays finite after ``t_fail``.
+        initial training Gram matrix (``Record.linearized``), exact at each record time;
+        with SGD stepped on the run's own batches and noisy targets (docs/theory.md
+        §I.3). It depends on the initial state (and the batches) only, so it stays finite
+        after ``t_fail``.
     lin_gap : (trajectories, times) or None
         ``||f_t(X) - f_lin,t(X)|| / ||f_0(X) - y||`` over the training inputs: the
         network's distance from its linearised twin (``Record.linearized``); its maximum
@@ -171,8 +173,9 @@ class Result:
         ``Record.linearized``): its test outputs are exactly
         ``f_lin,t(x) = f_0(x) - K_0(x, X) V diag((1 - exp(-lam t / n)) / lam) V^T r_0``
         (flow; for descent ``(lr/n) sum_{k<t} (1 - lr lam / n)^k`` in place of the
-        diagonal) with ``K_0 = V diag(lam) V^T`` and ``r_0 = f_0(X) - y``. Like
-        ``loss_lin`` they stay finite after ``t_fail``.
+        diagonal) with ``K_0 = V diag(lam) V^T`` and ``r_0 = f_0(X) - y``; with SGD
+        ``f_lin`` moves by ``-(lr/|B|) K_0(x, X)[:, B] (f_lin,B - y~_B)`` on each step's
+        batch. Like ``loss_lin`` they stay finite after ``t_fail``.
     test_lin_gap : (trajectories, times) or None
         ``lin_gap`` on the test inputs: ``||f_t - f_lin,t|| / ||f_0 - y||``, both norms
         over ``Record.test``.

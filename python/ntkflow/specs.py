@@ -600,8 +600,10 @@ class Record:
     linearized : bool
         Also train the linearised (kernel-regime) network from the same initialisation and
         record its loss, ``loss_lin``: exact, through the eigendecomposition of the
-        initial training Gram matrix (docs/theory.md §0: df/dt = -(1/n) K_0 (f - y)), and its gap
-        to the network, ``lin_gap``; with ``test``, also the twin's ``test_loss_lin``,
+        initial training Gram matrix (docs/theory.md §0: df/dt = -(1/n) K_0 (f - y)); with
+        ``SGD`` stepped on the run's own batches and noisy targets, so that batch noise is
+        not counted as distance from the kernel regime (§I.3). Also its gap to the
+        network, ``lin_gap``; with ``test``, also the twin's ``test_loss_lin``,
         ``test_error_lin`` and ``test_lin_gap``. Needs a ``Dataset``.
     test : Dataset, optional
         A held-out set with the training data's dim, evaluated at every record time; it

@@ -152,9 +152,9 @@ class StudySettings:
     linearized : bool, optional
         Record the linearised twin (default: for networks with an activation on the
         square loss, whose kernel label is then decided by it, docs/theory.md §E.5; the
-        twin is solved for the square loss only). With descent or SGD the twin is
-        full-batch descent at the same lr: for SGD, batch noise counts as distance from
-        it (``delta_lin``).
+        twin is solved for the square loss only). With descent the twin is descent at the
+        same lr; with SGD it is trained on the run's own batches and label noise, so batch
+        noise is not counted as distance from it (``delta_lin``; docs/theory.md §I.3).
     test : Dataset, optional
         A held-out set evaluated along every run (test loss and error, the twin's).
     threads : int, optional

@@ -80,7 +80,9 @@ struct KernelRecords {
                                      ///< 1[w_i . x_j > 0] changed since t = 0
   /// (n, T) loss of the linearised network trained from the same initialisation: the
   /// residual obeys dr/dt = -(1/n) K_0 r (flow) or r <- (I - lr/n K_0) r (descent), solved
-  /// exactly through the eigendecomposition of K_0 at the record times.
+  /// exactly through the eigendecomposition of K_0 at the record times. With minibatches
+  /// the twin takes the network's batches and noisy targets y~ instead, stepped along:
+  /// r <- r - (lr/|B|) K_0[:, B] (r_B - (y~_B - y_B)), O(n c |B| c) per step.
   double* loss_lin = nullptr;
 
   /// A held-out test set, evaluated at the record times; it never affects training.
@@ -98,7 +100,8 @@ struct KernelRecords {
   /// (n, T) the linearised network on the test set: f_lin,t(x) = f_0(x) -
   /// K_0(x, X) V diag(h(lambda, t)) V^T r_0 with K_0 = V diag(lambda) V^T and
   /// h = (1 - exp(-lambda t / n)) / lambda (flow) or (lr / n) sum_{k<t} (1 - lr lambda / n)^k
-  /// (descent); its test loss and error (needs test_x).
+  /// (descent), or stepped with K_0(X_test, X)[:, B] like the training residual
+  /// (minibatches); its test loss and error (needs test_x).
   double* test_loss_lin = nullptr;
   double* test_error_lin = nullptr;
   /// (n, T) twin gaps ||f_t - f_lin,t|| / ||f_0 - y|| over the training inputs and, for
