@@ -31,6 +31,36 @@ def setup(seed: int, width: int, dim: int, n: int = 3):
     return Sigma, b, nf.Params(u0, W0)
 
 
+# Ours at rtol 1e-11 against DOP853 at 1e-13 (at 1e-12 the reference's own error reached
+# 1.3e-10), relative to the weight scale. Measured over 1,200 random draws of the property
+# test's ranges: median 7e-13, 99th percentile 3.3e-12, worst 4.1e-11 (bound 2e-10, 5x).
+# The fixed cases below: 2e-13 to 7.2e-13 (bound 2e-12, about 3x; all five fail at rtol
+# 1e-10).
+TOL_DOP853_RANDOM = 2e-10
+TOL_DOP853_FIXED = 2e-12
+
+
+def check_dopri5_against_dop853(width, dim, kappa, eta_u, eta_w, seed, method, tol,
+                                rtol=1e-11) -> None:
+    Sigma, b, params = setup(seed, width, dim, n=2)
+    kappa = kappa / np.sqrt(width)
+    times = np.array([0.0, 0.1, 0.5, 1.0, 3.0])
+    net = nf.TwoLayer(width=width, kappa=kappa)
+    train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=3.0, rtol=rtol, atol=1e-14)
+    res = nf.simulate(net, nf.Moments(Sigma=Sigma, b=b), train, init=params,
+                      record=nf.Record(times=times, params="all"), method=method)
+    assert np.all(res.status == 0)
+    for k in range(2):
+        u, W = ref.solve_full(params.u0[k], params.W0[k], Sigma, b, kappa, eta_u, eta_w, times,
+                              rtol=1e-13, atol=1e-15)
+        scale = np.max(np.abs(u)) + np.max(np.abs(W))
+        np.testing.assert_allclose(res.u[k], u, rtol=0, atol=tol * scale)
+        np.testing.assert_allclose(res.W[k], W, rtol=0, atol=tol * scale)
+        p = np.einsum("tmd,tm->td", W, u)
+        np.testing.assert_allclose(res.p[k].reshape(len(times), dim), p, rtol=0,
+                                   atol=tol * scale**2)
+
+
 @settings(max_examples=25)
 @given(
     width=st.integers(1, 40),
@@ -42,24 +72,21 @@ def setup(seed: int, width: int, dim: int, n: int = 3):
     method=st.sampled_from(["full", "stagewise"]),
 )
 def test_dopri5_matches_scipy_dop853(width, dim, kappa, eta_u, eta_w, seed, method) -> None:
-    Sigma, b, params = setup(seed, width, dim, n=2)
-    kappa = kappa / np.sqrt(width)
-    times = np.array([0.0, 0.1, 0.5, 1.0, 3.0])
-    net = nf.TwoLayer(width=width, kappa=kappa)
-    train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=3.0, rtol=1e-11, atol=1e-14)
-    res = nf.simulate(net, nf.Moments(Sigma=Sigma, b=b), train, init=params,
-                      record=nf.Record(times=times, params="all"), method=method)
-    assert np.all(res.status == 0)
-    for k in range(2):
-        u, W = ref.solve_full(params.u0[k], params.W0[k], Sigma, b, kappa, eta_u, eta_w, times)
-        # Both sides are tolerance-1e-11 solvers; 1e-8 of the weight scale leaves room for
-        # the accumulation over ~1e3 steps.
-        scale = np.max(np.abs(u)) + np.max(np.abs(W))
-        np.testing.assert_allclose(res.u[k], u, rtol=0, atol=1e-8 * scale)
-        np.testing.assert_allclose(res.W[k], W, rtol=0, atol=1e-8 * scale)
-        p = np.einsum("tmd,tm->td", W, u)
-        np.testing.assert_allclose(res.p[k].reshape(len(times), dim), p, rtol=0,
-                                   atol=1e-8 * scale**2)
+    check_dopri5_against_dop853(width, dim, kappa, eta_u, eta_w, seed, method,
+                                TOL_DOP853_RANDOM)
+
+
+@pytest.mark.parametrize(("width", "dim", "kappa", "eta_u", "eta_w", "seed", "method"), [
+    (1, 1, 1.0, 1.0, 1.0, 0, "full"),
+    (7, 2, 1.5, 0.5, 2.0, 1, "stagewise"),
+    (40, 4, 2.0, 3.0, 0.1, 2, "full"),
+    (16, 3, 0.5, 0.0, 1.0, 3, "stagewise"),
+    (25, 1, 1.2, 2.0, 3.0, 4, "full"),
+])
+def test_dopri5_matches_scipy_dop853_fixed_cases(width, dim, kappa, eta_u, eta_w, seed,
+                                                 method) -> None:
+    check_dopri5_against_dop853(width, dim, kappa, eta_u, eta_w, seed, method,
+                                TOL_DOP853_FIXED)
 
 
 @pytest.mark.parametrize("method", ["full", "stagewise"])
