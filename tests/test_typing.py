@@ -74,8 +74,9 @@ def _stub_params(node: ast.FunctionDef) -> list[tuple[str, bool, bool]]:
     positional = a.posonlyargs + a.args
     defaults = [False] * (len(positional) - len(a.defaults)) + [True] * len(a.defaults)
     out = [(p.arg, d, i < len(a.posonlyargs))
-           for i, (p, d) in enumerate(zip(positional, defaults))]
-    out += [(p.arg, d is not None, False) for p, d in zip(a.kwonlyargs, a.kw_defaults)]
+           for i, (p, d) in enumerate(zip(positional, defaults, strict=True))]
+    out += [(p.arg, d is not None, False)
+            for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)]
     return out
 
 
@@ -123,7 +124,8 @@ def test_core_stub_matches_the_compiled_module(module: object) -> None:
         for node in overloads:
             stub = _stub_params(node)
             assert len(stub) == len(runtime), name
-            for (rname, rdefault), (sname, sdefault, posonly) in zip(runtime, stub):
+            for (rname, rdefault), (sname, sdefault, posonly) in zip(runtime, stub,
+                                                                     strict=True):
                 # pybind11 names unnamed arguments arg0, arg1...: the stub names them and
                 # makes them positional-only (they cannot be passed by keyword)
                 assert sname == rname or (posonly and re.fullmatch(r"arg\d+", rname)), name

@@ -14,21 +14,24 @@ ntkflow compiled core (private: use the ntkflow package)
 # - the enum default <LinearMethod.fused: 0> written as `...`.
 # tests/test_typing.py checks names, parameter names and defaults against the built module.
 from __future__ import annotations
-import numpy
-import numpy.typing
+
 import typing
 from collections.abc import Callable
+
+import numpy
+import numpy.typing
+
 __all__: list[str] = ['Activation', 'InitSpec', 'LinearMethod', 'LinearModel', 'Loss', 'Network', 'Schedule', 'Solver', 'build_compiler', 'build_isa', 'cpu_best_isa', 'eigen_version', 'gram_workspace_bytes', 'initial_params', 'max_threads', 'network_workspace_bytes', 'ntk_gram', 'philox_block', 'piecewise_workspace_bytes', 'sgd_batch', 'simulate_linear', 'simulate_network']
 class Solver:
     """
     Members:
-    
+
       euler
-    
+
       rk4
-    
+
       dopri5
-    
+
       gd
     """
     __members__: typing.ClassVar[dict[str, Solver]]
@@ -73,11 +76,11 @@ class Solver:
 class LinearMethod:
     """
     Members:
-    
+
       fused
-    
+
       stagewise
-    
+
       reduced
     """
     __members__: typing.ClassVar[dict[str, LinearMethod]]
@@ -272,13 +275,13 @@ class Schedule:
 class Activation:
     """
     Members:
-    
+
       linear
-    
+
       relu
-    
+
       tanh
-    
+
       erf
     """
     __members__: typing.ClassVar[dict[str, Activation]]
@@ -323,11 +326,11 @@ class Activation:
 class Loss:
     """
     Members:
-    
+
       square
-    
+
       logistic
-    
+
       softmax
     """
     __members__: typing.ClassVar[dict[str, Loss]]
