@@ -31,6 +31,36 @@ def setup(seed: int, width: int, dim: int, n: int = 3):
     return Sigma, b, nf.Params(u0, W0)
 
 
+# Ours at rtol 1e-11 against DOP853 at 1e-13 (at 1e-12 the reference's own error reached
+# 1.3e-10), relative to the weight scale. Measured over 1,200 random draws of the property
+# test's ranges: median 7e-13, 99th percentile 3.3e-12, worst 4.1e-11 (bound 2e-10, 5x).
+# The fixed cases below: 2e-13 to 7.2e-13 (bound 2e-12, about 3x; all five fail at rtol
+# 1e-10).
+TOL_DOP853_RANDOM = 2e-10
+TOL_DOP853_FIXED = 2e-12
+
+
+def check_dopri5_against_dop853(width, dim, kappa, eta_u, eta_w, seed, method, tol,
+                                rtol=1e-11) -> None:
+    Sigma, b, params = setup(seed, width, dim, n=2)
+    kappa = kappa / np.sqrt(width)
+    times = np.array([0.0, 0.1, 0.5, 1.0, 3.0])
+    net = nf.TwoLayer(width=width, kappa=kappa)
+    train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=3.0, rtol=rtol, atol=1e-14)
+    res = nf.simulate(net, nf.Moments(Sigma=Sigma, b=b), train, init=params,
+                      record=nf.Record(times=times, params="all"), method=method)
+    assert np.all(res.status == 0)
+    for k in range(2):
+        u, W = ref.solve_full(params.u0[k], params.W0[k], Sigma, b, kappa, eta_u, eta_w, times,
+                              rtol=1e-13, atol=1e-15)
+        scale = np.max(np.abs(u)) + np.max(np.abs(W))
+        np.testing.assert_allclose(res.u[k], u, rtol=0, atol=tol * scale)
+        np.testing.assert_allclose(res.W[k], W, rtol=0, atol=tol * scale)
+        p = np.einsum("tmd,tm->td", W, u)
+        np.testing.assert_allclose(res.p[k].reshape(len(times), dim), p, rtol=0,
+                                   atol=tol * scale**2)
+
+
 @settings(max_examples=25)
 @given(
     width=st.integers(1, 40),
@@ -42,24 +72,21 @@ def setup(seed: int, width: int, dim: int, n: int = 3):
     method=st.sampled_from(["full", "stagewise"]),
 )
 def test_dopri5_matches_scipy_dop853(width, dim, kappa, eta_u, eta_w, seed, method) -> None:
-    Sigma, b, params = setup(seed, width, dim, n=2)
-    kappa = kappa / np.sqrt(width)
-    times = np.array([0.0, 0.1, 0.5, 1.0, 3.0])
-    net = nf.TwoLayer(width=width, kappa=kappa)
-    train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=3.0, rtol=1e-11, atol=1e-14)
-    res = nf.simulate(net, nf.Moments(Sigma=Sigma, b=b), train, init=params,
-                      record=nf.Record(times=times, params="all"), method=method)
-    assert np.all(res.status == 0)
-    for k in range(2):
-        u, W = ref.solve_full(params.u0[k], params.W0[k], Sigma, b, kappa, eta_u, eta_w, times)
-        # Both sides are tolerance-1e-11 solvers; 1e-8 of the weight scale leaves room for
-        # the accumulation over ~1e3 steps.
-        scale = np.max(np.abs(u)) + np.max(np.abs(W))
-        np.testing.assert_allclose(res.u[k], u, rtol=0, atol=1e-8 * scale)
-        np.testing.assert_allclose(res.W[k], W, rtol=0, atol=1e-8 * scale)
-        p = np.einsum("tmd,tm->td", W, u)
-        np.testing.assert_allclose(res.p[k].reshape(len(times), dim), p, rtol=0,
-                                   atol=1e-8 * scale**2)
+    check_dopri5_against_dop853(width, dim, kappa, eta_u, eta_w, seed, method,
+                                TOL_DOP853_RANDOM)
+
+
+@pytest.mark.parametrize(("width", "dim", "kappa", "eta_u", "eta_w", "seed", "method"), [
+    (1, 1, 1.0, 1.0, 1.0, 0, "full"),
+    (7, 2, 1.5, 0.5, 2.0, 1, "stagewise"),
+    (40, 4, 2.0, 3.0, 0.1, 2, "full"),
+    (16, 3, 0.5, 0.0, 1.0, 3, "stagewise"),
+    (25, 1, 1.2, 2.0, 3.0, 4, "full"),
+])
+def test_dopri5_matches_scipy_dop853_fixed_cases(width, dim, kappa, eta_u, eta_w, seed,
+                                                 method) -> None:
+    check_dopri5_against_dop853(width, dim, kappa, eta_u, eta_w, seed, method,
+                                TOL_DOP853_FIXED)
 
 
 @pytest.mark.parametrize("method", ["full", "stagewise"])
@@ -139,7 +166,25 @@ def test_full_matches_reduced_for_dim_above_one(width, dim, kappa, eta_u, eta_w,
     net = nf.TwoLayer(width=width, kappa=kappa / np.sqrt(width))
     data = nf.Moments(Sigma=Sigma, b=b, y2=float(b @ np.linalg.solve(Sigma, b)) + 0.3)
     train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=10.0, rtol=1e-12, atol=1e-15)
-    full = nf.simulate(net, data, train, init=params, record=nf.Record(times=41))
+    full = nf.simulate(net, data, train, init=params, record=nf.Record(times=41, params="all"))
+    # The NTK matrix reproduces the flow of the function. On the moments,
+    # df(x)/dt = -(1/n) sum_j K(x, x_j) (f(x_j) - y_j) = x . K g with g = b - kappa Sigma p,
+    # and f(x) = kappa p . x, so K g = kappa dp/dt at every record time. dp/dt comes from
+    # the recorded parameters through the field of tests/reference.py (written from the
+    # loss, not from the NTK): the same state on both sides, so round-off only (seen: 7e-16
+    # of |K| |g|; bound 1e-13). A swapped eta_u, eta_w or a missing kappa^2 is off by
+    # O(1), a K off by 1e-10 relative fails.
+    assert full.ntk.shape == (3, 41, dim, dim)
+    np.testing.assert_allclose(full.ntk, np.swapaxes(full.ntk, -1, -2), atol=1e-12)
+    du, dW = ref.field(full.u, full.W, Sigma, b, net.kappa, eta_u, eta_w)
+    dp = (np.einsum("...md,...m->...d", dW, full.u)
+          + np.einsum("...md,...m->...d", full.W, du))
+    g = b - net.kappa * np.einsum("de,...e->...d", Sigma, np.einsum("...md,...m->...d",
+                                                                  full.W, full.u))
+    Kg = np.einsum("...de,...e->...d", full.ntk, g)
+    size = np.linalg.norm(full.ntk, axis=(-2, -1)) * (np.linalg.norm(g, axis=-1)
+                                                      + 1e-15 * np.linalg.norm(b))
+    assert np.all(np.linalg.norm(Kg - net.kappa * dp, axis=-1) <= 1e-13 * size)
     red = nf.exact.reduced(full, net, data, train)
     coarse = nf.exact.reduced(full, net, data, dataclasses.replace(train, rtol=1e-10))
     # Different systems (m(1+d) vs d(d+1)+1 unknowns), both at rtol 1e-12. Some runs
@@ -153,9 +198,6 @@ def test_full_matches_reduced_for_dim_above_one(width, dim, kappa, eta_u, eta_w,
         scale = np.where(scale > 0, scale, 1.0)
         sens = np.max(np.abs(c - b) / scale, axis=tuple(range(1, b.ndim)), keepdims=True)
         assert np.all(np.abs(a - b) / scale <= 10 * sens + 1e-9), name
-    # The NTK matrix reproduces df/dt = -(1/n) sum K (f - y) on the moments: K g = kappa dp/dt.
-    assert full.ntk.shape == (3, 41, dim, dim)
-    np.testing.assert_allclose(full.ntk, np.swapaxes(full.ntk, -1, -2), atol=1e-12)
 
 
 def test_loss_threshold_time_is_located_inside_the_step() -> None:

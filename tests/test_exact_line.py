@@ -481,9 +481,11 @@ def _full_ode(
 
 
 # DOP853 at rtol 1e-12 (docs/theory.md §A.7: the ODE is the less accurate side, as it
-# forms kappa C - beta* by cancellation); 1e-8 relative to each quantity's scale allows
-# for the global error growth over an escape from a small init.
-TOL_ODE = 1e-8
+# forms kappa C - beta* by cancellation), errors relative to each quantity's scale.
+# Measured over 3,000 random draws of these ranges: median 7.5e-13, 99th percentile
+# 1.1e-11, worst 4.7e-11 (global error growth over an escape from a small init); the
+# bound is 4x the worst.
+TOL_ODE = 2e-10
 
 
 @settings(max_examples=100, deadline=None)

@@ -24,11 +24,20 @@ def horizon(sol, cap: float) -> float:
     return float(min(cap, np.max(t))) if t.size else cap
 
 
+# dopri5 at rtol 1e-11 against the closed form (itself within 1e-12 of 60-digit
+# arithmetic, tests/test_exact_line.py), errors relative to each quantity's scale over the
+# run (below). Measured worst errors: 6.3e-12 over the fixed cases (deterministic: the
+# bound 3e-11 is 5x that; at rtol 1e-10 seven of the eight fail); 1.2e-10 over 1,500
+# random draws of the property test's ranges, median 3.5e-12 (bound 5e-10; at rtol 1e-10
+# hypothesis finds a failing draw). docs/theory.md §F asks for the order of 1e-9.
+TOL_FIXED = 3e-11
+TOL_RANDOM = 5e-10
+
+
 def check_against_exact(net, data, init, trajectories=3, seed=0, eta_u=1.0, eta_w=1.0,
-                        cap=2e3, tol=1e-7, times=60):
-    """dopri5 at rtol 1e-11 vs the closed form at every record time. Errors are relative
-    to each quantity's largest size over the run (ODE results: 1e-9 in
-    docs/theory.md §F; 1e-7 leaves room for the looser rtol and long runs)."""
+                        cap=2e3, tol=TOL_FIXED, times=60, rtol=1e-11):
+    """dopri5 at ``rtol`` vs the closed form at every record time; returns the worst
+    scaled error of each quantity."""
     if isinstance(init, nf.Params):
         params = init
     else:
@@ -37,15 +46,23 @@ def check_against_exact(net, data, init, trajectories=3, seed=0, eta_u=1.0, eta_
         params = draw_initial(init, net.width, 1, trajectories, seed=seed)
     probe = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w)
     t_max = horizon(nf.exact.line(params, net, data, probe), cap)
-    train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=t_max, rtol=1e-11, atol=1e-20)
+    train = nf.GradientFlow(eta_u=eta_u, eta_w=eta_w, t_max=t_max, rtol=rtol, atol=1e-20)
     record = nf.Record(times=times, spacing="log")
     res = nf.simulate(net, data, train, init=params, record=record)
     assert (res.status == 0).all(), res.status
     path = nf.exact.line(res, net, data, train).at(res.times)
+    # The loss L = sigma e^2 / 2 with e = kappa C - beta*: an error dC moves it by
+    # sigma |e| kappa dC, which exceeds tol * max L where the run starts near the target
+    # (seen: 3.3e-10 of max L with C right to 6e-12 of its scale). Its scale is the
+    # larger of max L and sqrt(2 sigma max L) kappa max |C|.
+    lmax = np.max(path.loss, axis=1, keepdims=True)
+    cmax = np.max(np.abs(path.C), axis=1, keepdims=True)
+    scales = {"loss": np.maximum(lmax, np.sqrt(2 * data.sigma * lmax) * net.kappa * cmax)}
     worst = {}
     for sim_name, exact_name in FIELDS:
         worst[sim_name] = ref.assert_close_to_scale(getattr(res, sim_name),
-                                                    getattr(path, exact_name), tol, sim_name)
+                                                    getattr(path, exact_name), tol, sim_name,
+                                                    scale=scales.get(sim_name))
     # Alignment is a cosine in [0, 1]: absolute error.
     worst["alignment"] = float(np.max(np.abs(res.alignment - path.alignment)))
     assert worst["alignment"] <= tol, worst
@@ -69,7 +86,7 @@ def test_dopri5_matches_exact_solution(width, alpha, kappa0, eta_u, eta_w, s_u, 
                                        beta, seed) -> None:
     net = nf.TwoLayer(width=width, kappa=kappa0 * width ** (-alpha))
     check_against_exact(net, nf.LatentLine(beta=beta, sigma=sigma), nf.Gaussian(s_u, s_w),
-                        seed=seed, eta_u=eta_u, eta_w=eta_w)
+                        seed=seed, eta_u=eta_u, eta_w=eta_w, tol=TOL_RANDOM)
 
 
 def orthogonal_init(width: int, seed: int) -> nf.Params:

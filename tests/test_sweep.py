@@ -251,6 +251,56 @@ def test_dask_gives_the_same_bits(client: Any, tmp_path: Path) -> None:
     assert_same(nf.sweep(tasks[:3]), by_address)
 
 
+def records_tasks() -> list[nf.Task]:
+    """compute="records" tasks whose runs record every kind of array: the parameters at
+    every record time and every per-neuron delta (a linear network), and on a dataset
+    the kernel metrics, the Gram matrix, the linearised twin, a labelled test set,
+    biases and relu switching events (flow and descent)."""
+    rng = np.random.default_rng(4)
+    X, Xt = rng.normal(size=(10, 3)), rng.normal(size=(8, 3))
+    data, test = nf.Dataset(X, np.sign(X[:, 0])), nf.Dataset(Xt, np.sign(Xt[:, 0]))
+    rich = nf.Record(times=6, params="all", deltas=True, gram="train", linearized=True,
+                     test=test, ntk="metrics")
+    relu = nf.TwoLayer(width=8, act="relu", kappa=8**-0.5, bias=True)
+    return [
+        nf.Task(**{**_fields(line_tasks(1)[0]), "compute": "records",
+                   "record": nf.Record(times=12, spacing="log", params="all", deltas=True,
+                                       loss_below=1e-6)}),
+        nf.Task(net=relu, data=data, train=nf.GradientFlow(t_max=2.0), trajectories=3,
+                seed=7, record=rich, init=nf.Gaussian(s_b=0.5), compute="records"),
+        nf.Task(net=relu, data=data, train=nf.GradientDescent(lr=0.3, steps=40),
+                trajectories=3, seed=8, record=rich, init=nf.Gaussian(s_b=0.5),
+                compute="records"),
+    ]
+
+
+def test_dask_gives_the_same_full_records(client: Any) -> None:
+    # Not only the summaries: every array of every task's Result, the parameters at every
+    # record time included, is the same bits in-process and on the cluster, and is the
+    # Result simulate() returns for that task.
+    import dataclasses
+
+    tasks = records_tasks()
+    local = nf.sweep(tasks)
+    on_dask = nf.sweep(tasks, client=client)
+    assert_same(local, on_dask)
+    for task, out in zip(tasks, on_dask, strict=True):
+        res = out.result()
+        direct = nf.simulate(task.net, task.data, res.train, init=task.init,
+                             trajectories=task.trajectories, seed=task.seed,
+                             record=task.record, progress=False)
+        arrays = [f.name for f in dataclasses.fields(nf.Result)
+                  if isinstance(getattr(direct, f.name), np.ndarray)]
+        for name in arrays:
+            a, b = getattr(res, name), getattr(direct, name)
+            assert a is not None, name
+            assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), name
+        assert res.path == direct.path
+        assert {"u", "W", "deltas"} <= set(arrays)
+        if task.net.act == "relu":
+            assert {"gram", "ntk_change", "lin_gap", "test_error", "events", "b"} <= set(arrays)
+
+
 def test_dask_survives_a_killed_worker(client: Any, tmp_path: Path) -> None:
     client.wait_for_workers(2)
     tasks = slow_tasks()

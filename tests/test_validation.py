@@ -211,6 +211,42 @@ def test_messages_never_print_a_large_value(make) -> None:
     assert len(got) <= 80, got
 
 
+_X = np.random.default_rng(0).normal(size=(200, 5))
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        # the messages issue #18 quoted, and containers of arrays in general
+        (lambda: nf.simulate(NET, (_X, _X[:, 0]), FLOW), "data"),
+        (lambda: nf.simulate(NET, {"X": _X, "y": _X[:, 0]}, FLOW), "data"),
+        (lambda: nf.simulate(NET, [np.zeros((3,) * 6)] * 9, FLOW), "data"),
+        (lambda: nf.simulate(NET, {"k" * 200: _X, **{str(i): 0 for i in range(9)}}, FLOW),
+         "data"),
+        (lambda: nf.simulate(NET, DATA, FLOW, trajectories=-5), "trajectories"),
+        (lambda: nf.TwoLayer(width=4, kappa=float("inf")), "kappa"),
+        (lambda: nf.set_memory_budget("8X"), "nbytes"),
+    ],
+)
+def test_messages_name_the_parameter_and_stay_short(make, name: str) -> None:
+    # Whatever was passed, the message starts with the parameter's name and quotes the
+    # value in at most 100 characters (before: 3,175 characters for (X, y)).
+    with pytest.raises(ValueError) as info:
+        make()
+    text = str(info.value)
+    assert text.startswith(f"{name} "), text
+    got = text.split("; got ", 1)[1]
+    assert len(got) <= 100 and len(text) <= 200, text
+    assert "0." not in got  # no array entries printed
+
+
+def test_data_given_as_a_dict_of_arrays_is_named_by_shapes() -> None:
+    with pytest.raises(ValueError) as info:
+        nf.simulate(NET, {"X": _X, "y": _X[:, 0]}, FLOW)
+    assert str(info.value).endswith("; got dict of 2 items ('X': array of shape (200, 5), "
+                                    "'y': array of shape (200,))")
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -8,7 +8,12 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # Every level has the API of the baseline module's stub (_core_baseline.pyi); at run
+    # time the names come from the level loaded below, through __getattr__.
+    from ._core_baseline import *  # noqa: F403
 
 _MODULES = {"baseline": "_core_baseline", "x86-64-v3": "_core_v3", "x86-64-v4": "_core_v4"}
 _ORDER = ("baseline", "x86-64-v3", "x86-64-v4")

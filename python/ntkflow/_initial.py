@@ -5,8 +5,6 @@ sweeps and the config runner."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import NDArray
 
@@ -16,7 +14,7 @@ from .specs import Gaussian, Init, Params
 
 
 def init_spec(init: Init, seed: int, first_trajectory: int, outputs: int = 1,
-              bias: bool = False) -> Any:
+              bias: bool = False) -> _core.InitSpec:
     """The core's InitSpec: the Gaussian's scales, or a flag that the parameters are given."""
     spec = _core.InitSpec()
     spec.seed = seed
@@ -45,7 +43,8 @@ def _augmented_w(init: Params, bias: bool) -> NDArray[np.float64]:
 
 
 def core_start(init: Init, seed: int, first_trajectory: int, outputs: int = 1,
-               bias: bool = False) -> tuple[Any, Any, Any]:
+               bias: bool = False) -> tuple[_core.InitSpec, NDArray[np.float64] | None,
+                                            NDArray[np.float64] | None]:
     """The core's init arguments: its InitSpec and the given u0, W0 (or None, None)."""
     spec = init_spec(init, seed, first_trajectory, outputs, bias)
     if isinstance(init, Params):

@@ -345,8 +345,8 @@ def _check_moments_memory(run: _Run, method: str, keep_ntk: bool, neurons: bool)
                   "times")
 
 
-def _integrate_moments(run: _Run, mom: MomentData, method: str, sched: Any,
-                       rec: dict[str, NDArray[Any]]) -> None:
+def _integrate_moments(run: _Run, mom: MomentData, method: str,
+                       sched: _core.Schedule, rec: dict[str, NDArray[Any]]) -> None:
     """The compiled linear driver, filling ``rec`` in place."""
     net, train = run.net, run.train
     model = _core.LinearModel()
@@ -535,7 +535,7 @@ def _result(run: _Run, rec: dict[str, Any], dim: int, ntk_mode: str, *, method: 
     )
 
 
-def _schedule(run: _Run, dim: int, samples: int | None) -> Any:
+def _schedule(run: _Run, dim: int, samples: int | None) -> _core.Schedule:
     """The core's solver, step limit, threads and loss threshold."""
     train, record, width = run.train, run.record, run.net.width
     sched = _core.Schedule()
@@ -756,7 +756,7 @@ def _sgd_batch(train: Training, record: Record, samples: int) -> int:
     return batch
 
 
-def _check_data_memory(run: _Run, plan: _DataPlan, cnet: Any) -> None:
+def _check_data_memory(run: _Run, plan: _DataPlan, cnet: _core.Network) -> None:
     """The dataset path's records and each thread's working state, against the budget;
     the Gram record on its own first, so that the error names it."""
     n, T, record, g = run.n, run.T, run.record, plan.g
@@ -809,8 +809,8 @@ def _data_buffers(run: _Run, plan: _DataPlan) -> dict[str, NDArray[Any]]:
     return rec
 
 
-def _integrate_data(run: _Run, plan: _DataPlan, cnet: Any, sched: Any,
-                    rec: dict[str, NDArray[Any]]) -> None:
+def _integrate_data(run: _Run, plan: _DataPlan, cnet: _core.Network,
+                    sched: _core.Schedule, rec: dict[str, NDArray[Any]]) -> None:
     """The compiled network driver, filling ``rec`` in place."""
     net, train, test = run.net, run.train, plan.test
     with TrajectoryProgress(run.n, run.progress) as hook:
@@ -911,7 +911,7 @@ def sgd_batches(seed: int, trajectory: int, step: int, samples: int, batch_size:
 
 def core_network(width: int, dim: int, act: str, kappa: float, eta_u: float, eta_w: float,
                  outputs: int = 1, loss: str = "square", lambda_u: float = 0.0,
-                 lambda_w: float = 0.0) -> Any:
+                 lambda_w: float = 0.0) -> _core.Network:
     """The core's description of a network, its learning rates and its objective
     (validated values; dim counts a bias column)."""
     cnet = _core.Network()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping, Sized
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ class MemoryBudgetError(ValueError, MemoryError):
 
 # Longest repr of a value quoted in a message; longer ones are cut with "...".
 _MAX_REPR = 80
+# Longest quote of any value, a summary of arrays in a tuple, list or dict included.
+_MAX_SHOWN = 100
 
 
 def require(ok: bool, name: str, rule: str, value: object) -> None:
@@ -27,19 +30,39 @@ def require(ok: bool, name: str, rule: str, value: object) -> None:
 
 def show(value: object) -> str:
     """The value as quoted in a message: arrays (and anything with a ``shape``) by type
-    and shape, tuples and lists holding them item by item, anything else by its repr cut
-    to about 80 characters, so that a message never prints a whole array."""
+    and shape, tuples, lists and dicts holding them item by item, anything else by its
+    repr cut to about 80 characters; never more than 100 characters, so that a message
+    never prints a whole array."""
+    text = _show(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _show(value: object) -> str:
     if isinstance(value, (tuple, list)) and any(_shaped(v) for v in value):
-        items = ", ".join(_shape_of(v) if _shaped(v) else type(v).__name__
-                          for v in value[:4])
-        more = ", ..." if len(value) > 4 else ""
-        n = len(value)
-        return f"{type(value).__name__} of {n} item{'s' * (n != 1)} ({items}{more})"
+        items = ", ".join(_item(v) for v in value[:4])
+        return _container(value, items, len(value) > 4)
+    if isinstance(value, Mapping) and any(_shaped(v) for v in value.values()):
+        pairs = list(value.items())
+        items = ", ".join(f"{_cut(repr(k), 20)}: {_item(v)}" for k, v in pairs[:4])
+        return _container(value, items, len(pairs) > 4)
     if _shaped(value):
         dtype = f" and dtype {value.dtype}" if isinstance(value, np.ndarray) else ""
         return _shape_of(value) + dtype
-    text = repr(value)
-    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
+    return _cut(repr(value), _MAX_REPR)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _item(value: object) -> str:
+    return _shape_of(value) if _shaped(value) else type(value).__name__
+
+
+def _container(value: Sized, items: str, more: bool) -> str:
+    n = len(value)
+    return (f"{type(value).__name__} of {n} item{'s' * (n != 1)} "
+            f"({items}{', ...' if more else ''})")
 
 
 def _shaped(value: object) -> bool:

@@ -244,13 +244,12 @@ def run(path: str | Path, out: str | Path, *, quiet: bool = False,
         raise ConfigError(f"cannot create output folder {out}: {exc.strerror}") from None
     kind = cfg["kind"]
     figures = cfg.get("output", {}).get("figures", True)
+    no_matplotlib = False
     if figures:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("matplotlib is not installed: no figures (pip install 'ntkflow[plot]')",
-                  file=sys.stderr)
-            figures = False
+            no_matplotlib, figures = True, False
     cls = cfg.get("classify", {})
     eps, tau = cls.get("eps", 0.05), cls.get("tau", 0.1)
     t0 = time.perf_counter()
@@ -260,6 +259,10 @@ def run(path: str | Path, out: str | Path, *, quiet: bool = False,
         files = _run_width_study(cfg, out, figures, eps, tau, quiet)
     else:
         files = _run_phase_diagram(cfg, out, figures, eps, tau, quiet)
+    if no_matplotlib:
+        # Said after the run, so that a config refused on its values gets one line only.
+        print("matplotlib is not installed: no figures (pip install 'ntkflow[plot]')",
+              file=sys.stderr)
     if not quiet:
         print(f"{kind} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return files

@@ -449,8 +449,11 @@ def _twin_scores(result: Result) -> dict[str, NDArray[np.float64]]:
     out["delta_lin_T"] = np.asarray(result.lin_gap, dtype=np.float64)[:, -1]
     if getattr(result, "test_lin_gap", None) is not None:
         out["test_delta_lin"] = result.delta_lin(test=True)[:, -1]
-    if getattr(result, "test_loss", None) is not None and result.test_loss_lin is not None:
-        out["test_loss_gap"] = result.test_loss[:, -1] - result.test_loss_lin[:, -1]
+    test_loss = getattr(result, "test_loss", None)
+    test_loss_lin = getattr(result, "test_loss_lin", None)
+    if test_loss is not None and test_loss_lin is not None:
+        out["test_loss_gap"] = (np.asarray(test_loss, dtype=np.float64)[:, -1]
+                                - np.asarray(test_loss_lin, dtype=np.float64)[:, -1])
     return out
 
 

@@ -62,6 +62,13 @@ DASK_MISSING = ("running a sweep on a Dask cluster needs dask.distributed, which
 
 _RECORDS = ("times", "loss", "p", "norm_u2", "norm_w2", "alignment", "ntk",
             "balance_drift", "t_fail", "steps", "rejected", "u", "W")
+# The records a run makes on request (kernel metrics, the twin, a test set, per-neuron
+# conserved quantities, relu events, the bias): compute="records" keeps those it made.
+_OPTIONAL_RECORDS = ("events", "gram", "ntk_change", "kernel_distance", "kta", "move_u",
+                     "move_w", "pattern_change", "loss_lin", "lin_gap", "error",
+                     "test_loss", "test_error", "test_loss_lin", "test_error_lin",
+                     "test_lin_gap", "delta_mean", "delta_std", "delta_drift", "deltas",
+                     "b")
 FINAL_RECORDS: tuple[str, ...] = ("test_loss", "test_error", "error")
 """Records whose final values a simulated task keeps, as ``final_<name>`` (trajectories,),
 when the run recorded them: the held-out loss and error, and the training error."""
@@ -333,10 +340,12 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
             if v is not None:
                 out[f"final_{k}"] = v[:, -1].copy()
         if task.compute == "records":
-            for k in _RECORDS:
+            for k in (*_RECORDS, *_OPTIONAL_RECORDS):
                 v = getattr(res, k)
                 if v is not None:
                     out[f"record_{k}"] = v
+            if res.path is not None:
+                out["record_path"] = np.str_(res.path)
     out["labels"] = np.asarray(c.labels)
     out["ok"] = np.asarray(c.ok)
     out["score_names"] = np.array(list(c.scores), dtype=str)
@@ -398,6 +407,11 @@ class TaskOutput:
         require(self.task.compute == "records", "compute",
                 'must be "records" to rebuild the Result', self.task.compute)
         a: dict[str, Any] = {k: self.arrays.get(f"record_{k}") for k in _RECORDS}
+        # Stores written before these were kept have none of them: None, as not recorded.
+        optional: dict[str, Any] = {k: self.arrays[f"record_{k}"]
+                                    for k in _OPTIONAL_RECORDS
+                                    if f"record_{k}" in self.arrays}
+        path = str(self.arrays["record_path"]) if "record_path" in self.arrays else None
         t = self.task
         train = t.train
         if t.horizon == "auto":
@@ -411,7 +425,7 @@ class TaskOutput:
                              else None),
                       u=a["u"], W=a["W"], net=t.net, data=t.data, train=train, init=t.init,
                       seed=t.seed, first_trajectory=t.first_trajectory, method=t.method,
-                      isa=str(self.arrays["isa"]))
+                      isa=str(self.arrays["isa"]), path=path, **optional)
 
 
 # --------------------------------------------------------------------------- sweep
