@@ -2,8 +2,6 @@
 // OpenMP driver over trajectories.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -16,6 +14,7 @@
 
 #include "integrate.hpp"
 #include "ntkflow/core.hpp"
+#include "threads.hpp"
 
 namespace ntkflow {
 namespace detail {
@@ -227,8 +226,8 @@ class NeuronRecorder {
 /// time loop. The first exception is rethrown after every thread has stopped; Cancelled
 /// from any item stops the others and is rethrown once.
 template <class Worker, class Body, class... Args>
-void parallel_items(Index items, int threads, CancelToken* cancel, const Body& body,
-                    const Args&... args) {
+void parallel_items(Index items, [[maybe_unused]] int threads, CancelToken* cancel,
+                    const Body& body, const Args&... args) {
   std::exception_ptr first_error;
   bool cancelled = false;
   std::atomic<int> finished{0};
@@ -266,8 +265,8 @@ void parallel_items(Index items, int threads, CancelToken* cancel, const Body& b
     // The starting thread keeps listening for Ctrl-C while the last items finish on other
     // threads (it would otherwise sit in the barrier, deaf, for a whole run).
     finished.fetch_add(1);
-    if (cancel && omp_get_thread_num() == 0) {
-      const int team = omp_get_num_threads();
+    if (cancel && thread_num() == 0) {
+      const int team = num_threads();
       while (finished.load() < team) {
         cancel_requested(cancel);
         std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -279,7 +278,7 @@ void parallel_items(Index items, int threads, CancelToken* cancel, const Body& b
 }
 
 inline int team_size(const Schedule& sched) {
-  return sched.threads > 0 ? sched.threads : omp_get_max_threads();
+  return team_threads(sched.threads);
 }
 
 /// Per-thread buffers of run_ensemble: one set reused by all of a thread's trajectories, so

@@ -153,6 +153,8 @@ std::string build_isa();
 std::string build_compiler();
 std::string eigen_version();
 int max_threads();
+/// Whether the core was compiled with OpenMP (false: a serial build, one thread always).
+bool openmp();
 /// Highest instruction-set level this CPU runs: "x86-64-v4", "x86-64-v3" or "baseline".
 std::string cpu_best_isa();
 
