@@ -217,7 +217,7 @@ class NeuronRecorder {
   std::vector<double> delta0_, delta_;
 };
 
-[[gnu::noinline]] void draw_initial(const InitSpec& init, Index width, Index dim, Index k,
+NTKFLOW_NOINLINE void draw_initial(const InitSpec& init, Index width, Index dim, Index k,
                                     double* u, double* w);
 
 /// Runs body(worker, item) for every item in [0, items) on OpenMP threads, adding to
@@ -229,7 +229,7 @@ template <class Worker, class Body, class... Args>
 void parallel_items(Index items, [[maybe_unused]] int threads, CancelToken* cancel,
                     const Body& body, const Args&... args) {
   std::exception_ptr first_error;
-  bool cancelled = false;
+  std::atomic<bool> cancelled{false};  // not `omp atomic write`: MSVC has OpenMP 2.0 only
   std::atomic<int> finished{0};
 #pragma omp parallel num_threads(threads)
   {
@@ -255,8 +255,7 @@ void parallel_items(Index items, [[maybe_unused]] int threads, CancelToken* canc
           finished_here = body(*worker, k);
         if (cancel) cancel->done.fetch_add(finished_here, std::memory_order_relaxed);
       } catch (const Cancelled&) {
-#pragma omp atomic write
-        cancelled = true;
+        cancelled.store(true);
       } catch (...) {
 #pragma omp critical(ntkflow_error)
         if (!first_error) first_error = std::current_exception();

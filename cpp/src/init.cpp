@@ -19,7 +19,7 @@ namespace detail {
 /// Never inlined: with link-time optimisation GCC inlined it into the SIMD-lane driver of
 /// linear.cpp, whose code may contract a * b + c into an FMA, and the x86-64-v4 build then
 /// drew correlated inits one ulp away from initial_params.
-[[gnu::noinline]] void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w) {
+NTKFLOW_NOINLINE void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w) {
   const Index m = width, d = dim, c = init.outputs;
   if (init.given) {
     std::copy(init.u0 + k * m * c, init.u0 + (k + 1) * m * c, u);

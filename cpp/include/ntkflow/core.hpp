@@ -12,6 +12,13 @@
 #include <stdexcept>
 #include <string>
 
+// A function the optimiser must not inline into its callers (see draw_initial).
+#if defined(_MSC_VER) && !defined(__clang__)
+#define NTKFLOW_NOINLINE __declspec(noinline)
+#else
+#define NTKFLOW_NOINLINE [[gnu::noinline]]
+#endif
+
 namespace ntkflow {
 
 using Index = std::int64_t;
