@@ -21,6 +21,7 @@ PYBIND11_MODULE(NTKFLOW_MODULE_NAME, m) {
   m.def("build_compiler", &ntkflow::build_compiler);
   m.def("eigen_version", &ntkflow::eigen_version);
   m.def("max_threads", &ntkflow::max_threads);
+  m.def("openmp", &ntkflow::openmp);
   m.def("cpu_best_isa", &ntkflow::cpu_best_isa);
   // Exposed so tests can check the generator against the Random123 known-answer vectors.
   m.def("philox_block", [](std::uint64_t seed, std::uint64_t stream, std::uint64_t block) {

@@ -2,8 +2,6 @@
 // OpenMP driver over trajectories.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -16,6 +14,7 @@
 
 #include "integrate.hpp"
 #include "ntkflow/core.hpp"
+#include "threads.hpp"
 
 namespace ntkflow {
 namespace detail {
@@ -218,7 +217,7 @@ class NeuronRecorder {
   std::vector<double> delta0_, delta_;
 };
 
-[[gnu::noinline]] void draw_initial(const InitSpec& init, Index width, Index dim, Index k,
+NTKFLOW_NOINLINE void draw_initial(const InitSpec& init, Index width, Index dim, Index k,
                                     double* u, double* w);
 
 /// Runs body(worker, item) for every item in [0, items) on OpenMP threads, adding to
@@ -227,10 +226,10 @@ class NeuronRecorder {
 /// time loop. The first exception is rethrown after every thread has stopped; Cancelled
 /// from any item stops the others and is rethrown once.
 template <class Worker, class Body, class... Args>
-void parallel_items(Index items, int threads, CancelToken* cancel, const Body& body,
-                    const Args&... args) {
+void parallel_items(Index items, [[maybe_unused]] int threads, CancelToken* cancel,
+                    const Body& body, const Args&... args) {
   std::exception_ptr first_error;
-  bool cancelled = false;
+  std::atomic<bool> cancelled{false};  // not `omp atomic write`: MSVC has OpenMP 2.0 only
   std::atomic<int> finished{0};
 #pragma omp parallel num_threads(threads)
   {
@@ -256,8 +255,7 @@ void parallel_items(Index items, int threads, CancelToken* cancel, const Body& b
           finished_here = body(*worker, k);
         if (cancel) cancel->done.fetch_add(finished_here, std::memory_order_relaxed);
       } catch (const Cancelled&) {
-#pragma omp atomic write
-        cancelled = true;
+        cancelled.store(true);
       } catch (...) {
 #pragma omp critical(ntkflow_error)
         if (!first_error) first_error = std::current_exception();
@@ -266,8 +264,8 @@ void parallel_items(Index items, int threads, CancelToken* cancel, const Body& b
     // The starting thread keeps listening for Ctrl-C while the last items finish on other
     // threads (it would otherwise sit in the barrier, deaf, for a whole run).
     finished.fetch_add(1);
-    if (cancel && omp_get_thread_num() == 0) {
-      const int team = omp_get_num_threads();
+    if (cancel && thread_num() == 0) {
+      const int team = num_threads();
       while (finished.load() < team) {
         cancel_requested(cancel);
         std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -279,7 +277,7 @@ void parallel_items(Index items, int threads, CancelToken* cancel, const Body& b
 }
 
 inline int team_size(const Schedule& sched) {
-  return sched.threads > 0 ? sched.threads : omp_get_max_threads();
+  return team_threads(sched.threads);
 }
 
 /// Per-thread buffers of run_ensemble: one set reused by all of a thread's trajectories, so

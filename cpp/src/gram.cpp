@@ -1,9 +1,8 @@
 // NTK Gram matrices: block kernels (see gram.hpp) and the batched, OpenMP-parallel ntk_gram.
 #include "gram.hpp"
 
-#include <omp.h>
-
 #include "integrate.hpp"  // cancel_requested
+#include "threads.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -407,7 +406,7 @@ void ntk_gram_outputs(const Network& net, const double* u, const double* w, Inde
                       int threads, CancelToken* cancel) {
   const Index m = net.width, d = net.dim, c = net.outputs;
   const Index rows = n1 * c, cols = (x2 ? n2 : n1) * c;
-  const int nt = std::max(1, threads > 0 ? threads : omp_get_max_threads());
+  [[maybe_unused]] const int nt = std::max(1, team_threads(threads));  // unused when serial
   std::exception_ptr error;
 #pragma omp parallel num_threads(nt)
   {
@@ -444,7 +443,7 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
   }
   const Index cols = sym ? n1 : n2;
   const Index feat = gram_feature_size(net, n1) + (sym ? 0 : gram_feature_size(net, n2));
-  const int nt = std::max(1, threads > 0 ? threads : omp_get_max_threads());
+  const int nt = std::max(1, team_threads(threads));
   std::exception_ptr error;
   if (batch >= nt || nt == 1) {
     // Whole matrices per thread: no synchronisation at all.
@@ -489,7 +488,7 @@ void ntk_gram(const Network& net, const double* u, const double* w, Index batch,
 }
 
 double gram_workspace_bytes(const Network& net, Index batch, Index n1, Index n2, int threads) {
-  const int nt = std::max(1, threads > 0 ? threads : omp_get_max_threads());
+  const int nt = std::max(1, detail::team_threads(threads));
   if (net.outputs > 1)
     return nt * detail::OutputGramScratch::bytes(net, n1, n2 > 0 ? n2 : n1);
   const double feat = static_cast<double>(detail::gram_feature_size(net, n1) +

@@ -1,13 +1,12 @@
 // Initial parameters. Compiled with -ffp-contract=off so that every instruction-set build
 // of the core draws the same bits for the same (seed, trajectory).
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "ntkflow/core.hpp"
 #include "ntkflow/philox.hpp"
+#include "threads.hpp"
 
 namespace ntkflow {
 namespace detail {
@@ -20,7 +19,7 @@ namespace detail {
 /// Never inlined: with link-time optimisation GCC inlined it into the SIMD-lane driver of
 /// linear.cpp, whose code may contract a * b + c into an FMA, and the x86-64-v4 build then
 /// drew correlated inits one ulp away from initial_params.
-[[gnu::noinline]] void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w) {
+NTKFLOW_NOINLINE void draw_initial(const InitSpec& init, Index width, Index dim, Index k, double* u, double* w) {
   const Index m = width, d = dim, c = init.outputs;
   if (init.given) {
     std::copy(init.u0 + k * m * c, init.u0 + (k + 1) * m * c, u);
@@ -69,7 +68,7 @@ namespace detail {
 
 void initial_params(const InitSpec& init, Index width, Index dim, Index trajectories, double* u,
                     double* w, int threads) {
-  const int nt = threads > 0 ? threads : omp_get_max_threads();
+  [[maybe_unused]] const int nt = detail::team_threads(threads);  // unused when serial
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (Index k = 0; k < trajectories; ++k)
     detail::draw_initial(init, width, dim, k, u + k * width * init.outputs, w + k * width * dim);
@@ -99,7 +98,9 @@ std::string eigen_version() {
          std::to_string(EIGEN_MINOR_VERSION);
 }
 
-int max_threads() { return omp_get_max_threads(); }
+int max_threads() { return detail::default_threads(); }
+
+bool openmp() { return detail::kOpenMP; }
 
 }  // namespace ntkflow
 

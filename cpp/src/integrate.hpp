@@ -15,8 +15,6 @@
 // workspace_size(n) doubles, so one buffer per thread serves every trajectory.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -25,6 +23,7 @@
 #include <type_traits>
 
 #include "ntkflow/core.hpp"
+#include "threads.hpp"
 
 namespace ntkflow::detail {
 
@@ -131,7 +130,7 @@ struct is_fused<S, std::void_t<decltype(S::kFused)>> : std::bool_constant<S::kFu
 inline bool cancel_requested(CancelToken* cancel) {
   if (cancel == nullptr) return false;
   if (cancel->stop.load(std::memory_order_relaxed)) return true;
-  if (cancel->poll && omp_get_thread_num() == 0) {
+  if (cancel->poll && thread_num() == 0) {
     const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
                                  std::chrono::steady_clock::now().time_since_epoch())
                                  .count();

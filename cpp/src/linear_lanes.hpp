@@ -37,9 +37,51 @@ inline bool lanes_apply(const LinearModel& md, const Schedule& s) {
   return md.dim == 1 && s.solver != Solver::dopri5 && md.width <= kLanesMaxWidth;
 }
 
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(NTKFLOW_PORTABLE_LANES)
 /// kLanes doubles operated on element by element (GCC/Clang vector extension): one AVX-512
 /// register, two AVX2 or four SSE2 ones, and held in registers, not memory, across loops.
 typedef double LaneVec __attribute__((vector_size(kLanes * sizeof(double))));
+#else
+/// The same element-by-element arithmetic for compilers without GCC's vector extension
+/// (MSVC), left to the auto-vectoriser: lane l of a result is the scalar operation on
+/// lane l, so the bits are those of the vector type (NTKFLOW_PORTABLE_LANES forces this
+/// version on GCC or Clang to check that).
+struct LaneVec {
+  double v[kLanes];  // LaneVec{} is all zeros
+  double& operator[](int l) { return v[l]; }
+  double operator[](int l) const { return v[l]; }
+};
+#define NTKFLOW_LANE_OP(op)                                                           \
+  inline LaneVec operator op(const LaneVec& a, const LaneVec& b) {                    \
+    LaneVec r;                                                                        \
+    for (int l = 0; l < kLanes; ++l) r.v[l] = a.v[l] op b.v[l];                       \
+    return r;                                                                         \
+  }                                                                                   \
+  inline LaneVec operator op(double a, const LaneVec& b) {                            \
+    LaneVec r;                                                                        \
+    for (int l = 0; l < kLanes; ++l) r.v[l] = a op b.v[l];                            \
+    return r;                                                                         \
+  }                                                                                   \
+  inline LaneVec operator op(const LaneVec& a, double b) {                            \
+    LaneVec r;                                                                        \
+    for (int l = 0; l < kLanes; ++l) r.v[l] = a.v[l] op b;                            \
+    return r;                                                                         \
+  }                                                                                   \
+  inline LaneVec& operator op##=(LaneVec& a, const LaneVec& b) {                      \
+    for (int l = 0; l < kLanes; ++l) a.v[l] = a.v[l] op b.v[l];                       \
+    return a;                                                                         \
+  }
+NTKFLOW_LANE_OP(+)
+NTKFLOW_LANE_OP(-)
+NTKFLOW_LANE_OP(*)
+NTKFLOW_LANE_OP(/)
+#undef NTKFLOW_LANE_OP
+inline LaneVec operator-(const LaneVec& a) {
+  LaneVec r;
+  for (int l = 0; l < kLanes; ++l) r.v[l] = -a.v[l];
+  return r;
+}
+#endif
 
 inline LaneVec splat(double x) { return LaneVec{} + x; }
 

@@ -7,6 +7,7 @@ solutions, and follow the neural tangent kernel. See ``simulate`` to start.
 from __future__ import annotations
 
 from . import exact, mechanisms
+from ._core import SerialBuildWarning
 from ._gram import ntk_gram
 from ._memory import memory_budget, set_memory_budget
 from ._simulate import initial_params, sgd_batches, simulate
@@ -35,7 +36,12 @@ from .sweeps import Sweep, Task, TaskOutput, sweep
 
 
 def build_info() -> dict[str, object]:
-    """How the compiled core was built and which instruction-set level is in use."""
+    """How the compiled core was built and which instruction-set level is in use.
+
+    ``openmp`` is False for a core built without OpenMP (no OpenMP in the compiler, or
+    ``NTKFLOW_OPENMP=OFF``): every call then runs on one thread, with the same bits, and
+    ``max_threads`` is 1; asking for ``threads`` > 1 warns once (``SerialBuildWarning``).
+    """
     from . import _core
 
     return {
@@ -44,6 +50,7 @@ def build_info() -> dict[str, object]:
         "cpu_best_isa": _core.cpu_best_isa(),
         "compiler": _core.build_compiler(),
         "eigen": _core.eigen_version(),
+        "openmp": _core.openmp(),  # False: a serial build, one thread per call
         "max_threads": _core.max_threads(),
     }
 
@@ -66,6 +73,7 @@ __all__ = [
     "Result",
     "SGD",
     "Store",
+    "SerialBuildWarning",
     "Sweep",
     "Task",
     "TaskOutput",

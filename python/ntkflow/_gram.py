@@ -80,7 +80,7 @@ def ntk_gram(
     kappa = real(kappa, "kappa", low=0.0, low_open=True)
     eta_u = real(eta_u, "eta_u", low=0.0)
     eta_w = real(eta_w, "eta_w", low=0.0)
-    n_threads = 0 if threads is None else integer(threads, "threads", minimum=1)
+    n_threads = 0 if threads is None else _core.team(integer(threads, "threads", minimum=1))
     require(np.ndim(u) >= 1, "u", "must have shape (..., width[, outputs])", u)
     require(np.ndim(W) >= 2, "W", "must have shape (..., width, dim)", W)
     # No copies of the parameters (batches of wide networks are large): the core only

@@ -287,7 +287,7 @@ def _validated_run(net: TwoLayer, data: Data, train: Training, init: Init, recor
     seed = integer(seed, "seed", minimum=0)
     require(seed < 2**64, "seed", "must be < 2**64", seed)
     first_trajectory = integer(first_trajectory, "first_trajectory", minimum=0)
-    n_threads = 0 if threads is None else integer(threads, "threads", minimum=1)
+    n_threads = 0 if threads is None else _core.team(integer(threads, "threads", minimum=1))
     n = _count(init, trajectories, net, int(data.dim), int(getattr(data, "outputs", 1)),
                first_trajectory)
     times = record.resolve_times(train)

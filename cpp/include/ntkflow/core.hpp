@@ -12,6 +12,13 @@
 #include <stdexcept>
 #include <string>
 
+// A function the optimiser must not inline into its callers (see draw_initial).
+#if defined(_MSC_VER) && !defined(__clang__)
+#define NTKFLOW_NOINLINE __declspec(noinline)
+#else
+#define NTKFLOW_NOINLINE [[gnu::noinline]]
+#endif
+
 namespace ntkflow {
 
 using Index = std::int64_t;
@@ -153,6 +160,8 @@ std::string build_isa();
 std::string build_compiler();
 std::string eigen_version();
 int max_threads();
+/// Whether the core was compiled with OpenMP (false: a serial build, one thread always).
+bool openmp();
 /// Highest instruction-set level this CPU runs: "x86-64-v4", "x86-64-v3" or "baseline".
 std::string cpu_best_isa();
 
