@@ -330,8 +330,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048, 4096])
     ap.add_argument("--families", nargs="+", default=None,
+                    choices=[f.name for f in FAMILIES], metavar="FAMILY",
                     help=f"a subset of {[f.name for f in FAMILIES]}")
-    ap.add_argument("--acts", nargs="+", default=["relu", "tanh"])
+    ap.add_argument("--acts", nargs="+", default=["relu", "tanh"],
+                    choices=["relu", "tanh", "erf"])
     ap.add_argument("--trajectories", type=int, default=8)
     ap.add_argument("--k1-trajectories", type=int, default=16,
                     help="trajectories of K1's linear and tanh runs")
