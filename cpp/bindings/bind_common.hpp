@@ -76,6 +76,7 @@ inline Records common_records(const py::dict& records, Index n, Index T, Index m
   out.rejected = out_buffer<std::int64_t>(records, "rejected", {n});
   out.events = out_buffer<std::int64_t>(records, "events", {n});
   out.t_hit = out_buffer<double>(records, "t_hit", {n});
+  out.t_stiff = out_buffer<double>(records, "t_stiff", {n});
   return out;
 }
 

@@ -51,7 +51,9 @@ void bind_linear(py::module_& m) {
       .value("euler", Solver::euler)
       .value("rk4", Solver::rk4)
       .value("dopri5", Solver::dopri5)
-      .value("gd", Solver::gd);
+      .value("gd", Solver::gd)
+      .value("rodas4", Solver::rodas4)
+      .value("automatic", Solver::automatic);
 
   py::enum_<LinearMethod>(m, "LinearMethod", py::module_local())
       .value("fused", LinearMethod::fused)

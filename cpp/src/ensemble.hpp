@@ -149,6 +149,8 @@ class NeuronRecorder {
         delta0_(on_ ? static_cast<std::size_t>(width) : 0),
         delta_(on_ ? static_cast<std::size_t>(width) : 0) {}
 
+  bool on() const { return on_; }
+
   /// delta_i(0), from the initial state (the first record may come after t = 0).
   template <class Neuron>
   void reference(const Neuron& neuron) {

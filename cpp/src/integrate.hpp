@@ -281,11 +281,34 @@ Outcome integrate_fixed(System& sys, double* y, const Schedule& s, double* ws,
   return o;
 }
 
+/// Stiffness test of a dopri5 run: a step held near the stability boundary (h rho > 2.5,
+/// the boundary on the negative real axis being ~3.3) for 15 accepted steps in a row
+/// means stability, not accuracy, sets the step; the run then continues with Rodas4.
+struct StiffSwitch {
+  int flagged = 0;
+  bool fired = false;
+  double t = 0.0, h = 0.0;
+  Index j = 0;
+  double* y = nullptr;  ///< the state at t
+  bool check(double h_step, double rho) {
+    flagged = h_step * rho > 2.5 ? flagged + 1 : 0;
+    return flagged >= 15;
+  }
+};
+
+/// Systems that estimate the largest decay rate of their flow at the last accepted state
+/// (double stiff_rate(const double* y)) can hand a stiff run over (StiffSwitch).
+template <class S, class = void>
+struct has_stiff_rate : std::false_type {};
+template <class S>
+struct has_stiff_rate<S, std::void_t<decltype(std::declval<S&>().stiff_rate(
+                             std::declval<const double*>()))>> : std::true_type {};
+
 /// Dormand-Prince 5(4) with FSAL, per-trajectory error control (RMS norm of
 /// err_i / (atol + rtol max(|y_i|, |y_new_i|))) and steps shortened to land on record times.
 template <class System>
 Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
-                         CancelToken* cancel, bool params_all) {
+                         CancelToken* cancel, bool params_all, StiffSwitch* sw = nullptr) {
   // Butcher tableau (Hairer, Norsett & Wanner, Solving ODEs I, Table 5.2).
   constexpr double a21 = 1.0 / 5, a31 = 3.0 / 40, a32 = 9.0 / 40, a41 = 44.0 / 45,
                    a42 = -56.0 / 15, a43 = 32.0 / 9, a51 = 19372.0 / 6561,
@@ -424,6 +447,17 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
       h = landing && !switched ? std::max(h_next, h) : h_next;
       last_rejected = false;
       if ((o.steps & 63) == 0 && cancel_requested(cancel)) throw Cancelled();
+      if constexpr (has_stiff_rate<System>::value) {
+        // Steps cut short to land on a record time say nothing about stability.
+        if (sw != nullptr && !landing && sw->check(hs, sys.stiff_rate(y))) {
+          sw->fired = true;
+          sw->t = t;
+          sw->j = j;
+          sw->h = h;
+          sw->y = y;
+          return o;
+        }
+      }
     } else {
       ++o.rejected;
       const double fac = std::isfinite(err) ? std::max(0.2, 0.9 * std::pow(err, -0.2)) : 0.1;
@@ -447,6 +481,8 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
 template <class System>
 Outcome integrate(System& sys, double* y, const Schedule& s, double* ws, CancelToken* cancel,
                   bool params_all) {
+  if (s.solver == Solver::rodas4 || s.solver == Solver::automatic)
+    throw std::invalid_argument("rodas4 and automatic solver choice: linear networks only");
   if (s.solver == Solver::dopri5) return integrate_dopri5(sys, y, s, ws, cancel, params_all);
   return integrate_fixed(sys, y, s, ws, cancel, params_all);
 }

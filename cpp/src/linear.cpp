@@ -10,6 +10,8 @@
 #include "linear_decay.hpp"
 #include "linear_fused.hpp"
 #include "linear_lanes.hpp"
+#include "linear_stiff.hpp"
+#include "rosenbrock.hpp"
 #include "ntkflow/core.hpp"
 
 namespace ntkflow {
@@ -165,6 +167,7 @@ class LinearReduced {
   void record(const double* y, Index j) {
     rec_.write(j, y, y[d_ + d_ * d_], y + d_, rec_.loss(y, r_, sr_));
   }
+  double stiff_rate(const double* y) { return rate_(md_, y[d_ + d_ * d_], ConstMat(y + d_, d_, d_)); }
   void record_params(const double*, Index) {}
   void fail_from(Index j) { rec_.fail_from(j); }
 
@@ -186,6 +189,7 @@ class LinearReduced {
   Index d_;
   double *r_, *sr_, *g_, *mg_;
   bool decay_;
+  StiffRate rate_{d_};
 };
 
 /// Per-thread scratch of the linear systems, for run_ensemble.
@@ -211,6 +215,87 @@ class LinearThread {
   NeuronRecorder neurons_;
 };
 
+/// Per-thread buffers of the rodas4 and automatic runs, sized once.
+struct StiffWorker {
+  StiffWorker(const LinearModel& md, const Records& out, Index T, Index c, bool propagate)
+      : params(static_cast<std::size_t>(md.width * (c + md.dim))),
+        handover(static_cast<std::size_t>(std::max(LinearFull::state_size(md),
+                                                   LinearReduced::state_size(md)))),
+        scratch(static_cast<std::size_t>(std::max(LinearFull::scratch_size(md),
+                                                  LinearReduced::scratch_size(md)))),
+        neurons(out, md.width, T, md.eta_u, md.eta_w),
+        state(handover.size()),
+        stiff_state(static_cast<std::size_t>(LinearStiff::state_size(md, propagate))),
+        work(static_cast<std::size_t>(workspace_size(
+            std::max<Index>(static_cast<Index>(handover.size()),
+                            static_cast<Index>(stiff_state.size()))))) {}
+  std::vector<double> params, handover, scratch;
+  NeuronRecorder neurons;
+  std::vector<double> state, stiff_state, work;
+};
+
+/// solver rodas4: Rodas4 from t = 0. automatic: dopri5 on the system of `method` until
+/// its steps are held by stability (StiffSwitch), then Rodas4 from the state reached; the
+/// parameters there become Theta_0 of the propagator (method "full"). Every trajectory
+/// decides for itself, so its bits depend on nothing else.
+void run_stiff(const LinearModel& md, const InitSpec& init, const Schedule& sched,
+               LinearMethod method, Index trajectories, const Records& out,
+               CancelToken* cancel) {
+  const Index m = md.width, d = md.dim, c = init.outputs, T = sched.n_times;
+  const bool propagate = method != LinearMethod::reduced;
+  auto body = [&](StiffWorker& w, Index k) {
+    double* u0 = w.params.data();
+    double* w0 = u0 + m * c;
+    draw_initial(init, m, d, k, u0, w0);
+    LinearStiff stiff(md, out, k, T, &w.neurons, propagate);
+    double* ys = w.stiff_state.data();
+    Outcome o;
+    double t_stiff = kNaN;
+    if (sched.solver == Solver::rodas4) {
+      stiff.load(u0, w0, u0, w0, ys);
+      o = integrate_rodas4(stiff, ys, sched, w.work.data(), cancel, out.params_all);
+      t_stiff = 0.0;
+    } else {
+      auto explicit_first = [&](auto& sys) {
+        sys.load(u0, w0, w.state.data());
+        StiffSwitch sw;
+        o = integrate_dopri5(sys, w.state.data(), sched, w.work.data(), cancel,
+                             out.params_all, &sw);
+        if (!sw.fired) return;
+        // sw.y may live in the workspace Rodas4 is about to use.
+        std::copy(sw.y, sw.y + sys.size(), w.handover.data());
+        if (propagate) {
+          stiff.load(u0, w0, w.handover.data(), w.handover.data() + m, ys);
+        } else {
+          stiff.load(u0, w0, u0, w0, ys);
+          std::copy(w.handover.begin(), w.handover.begin() + sys.size(), ys);
+        }
+        t_stiff = sw.t;
+        o = integrate_rodas4(stiff, ys, sched, w.work.data(), cancel, out.params_all,
+                             Resume{sw.t, sw.j, sw.h}, o);
+      };
+      double* scratch = w.scratch.data();
+      if (method == LinearMethod::reduced) {
+        LinearReduced sys(md, out, k, T, scratch, &w.neurons);
+        explicit_first(sys);
+      } else if (method == LinearMethod::stagewise) {
+        LinearFull sys(md, out, k, T, scratch, &w.neurons);  // the textbook form: no switch
+        explicit_first(sys);
+      } else if (d == 1) {
+        LinearFused<2> sys(md, out, k, T, scratch, &w.neurons);
+        explicit_first(sys);
+      } else {
+        LinearFused<Eigen::Dynamic> sys(md, out, k, T, scratch, &w.neurons);
+        explicit_first(sys);
+      }
+    }
+    write_outcome(out, k, o);
+    if (out.t_stiff) out.t_stiff[k] = t_stiff;
+  };
+  parallel_items<StiffWorker>(trajectories, team_size(sched), cancel, body, md, out, T, c,
+                              propagate);
+}
+
 }  // namespace detail
 
 void simulate_linear(const LinearModel& model, const InitSpec& init, const Schedule& sched,
@@ -225,6 +310,16 @@ void simulate_linear(const LinearModel& model, const InitSpec& init, const Sched
     run_ensemble<Thread>(model.width, model.dim, init, sched, trajectories, out, cancel, model,
                          out, sched.n_times);
   };
+  if (sched.solver == Solver::rodas4 || sched.solver == Solver::automatic) {
+    if (method == LinearMethod::stagewise && sched.solver == Solver::rodas4)
+      throw std::invalid_argument("rodas4 integrates the full or the reduced state, not stagewise");
+    if (method == LinearMethod::reduced &&
+        (out.u || out.w || out.delta_mean || out.delta_std || out.delta_drift || out.deltas))
+      throw std::invalid_argument(
+          "the reduced system records no parameters (nor the per-neuron delta_i)");
+    run_stiff(model, init, sched, method, trajectories, out, cancel);
+    return;
+  }
   switch (method) {
     case LinearMethod::fused:
       if (lanes_apply(model, sched))

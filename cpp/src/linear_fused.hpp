@@ -22,6 +22,7 @@
 #include "integrate.hpp"
 #include "ensemble.hpp"
 #include "linear_decay.hpp"
+#include "linear_stiff.hpp"
 #include "ntkflow/core.hpp"
 
 namespace ntkflow::detail {
@@ -106,6 +107,10 @@ class LinearFused {
     return err;
   }
   void commit() { gram_ = gram_next_; }
+  /// For the stiffness test: the rate at the last committed state, from its Gram.
+  double stiff_rate(const double*) {
+    return rate_(md_, gram_(0, 0), gram_.template block<D, D>(1, 1, d_, d_));
+  }
 
   void record(const double* y, Index j) {
     p_ = gram_.template block<D, 1>(1, 0, d_, 1);
@@ -302,6 +307,7 @@ class LinearFused {
   DVec p_, r_, sr_, g_, mg_;
   Eigen::VectorXd row_buf_;
   DMat M_;
+  StiffRate rate_{d_};
 };
 
 }  // namespace ntkflow::detail

@@ -33,12 +33,18 @@ class Solver:
       dopri5
 
       gd
+
+      rodas4
+
+      automatic
     """
     __members__: typing.ClassVar[dict[str, Solver]]
+    automatic: typing.ClassVar[Solver]
     dopri5: typing.ClassVar[Solver]
     euler: typing.ClassVar[Solver]
     gd: typing.ClassVar[Solver]
     rk4: typing.ClassVar[Solver]
+    rodas4: typing.ClassVar[Solver]
     @typing.overload
     def __eq__(self, other: Solver) -> bool:
         ...

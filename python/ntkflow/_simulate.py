@@ -14,6 +14,7 @@ from ._progress import TrajectoryProgress
 from ._validate import integer, require
 from .result import Result
 from .specs import (
+    ADAPTIVE,
     AUTO_METRICS_ROWS,
     DATA_RULE,
     SGD,
@@ -30,7 +31,8 @@ from .specs import (
     TwoLayer,
 )
 
-_SOLVERS = {"euler": "euler", "rk4": "rk4", "dopri5": "dopri5"}
+_SOLVERS = {"euler": "euler", "rk4": "rk4", "dopri5": "dopri5", "rodas4": "rodas4",
+            "auto": "automatic"}
 Method = Literal["full", "stagewise", "reduced"]
 _METHODS = {"full": "fused", "stagewise": "stagewise", "reduced": "reduced"}
 Path = Literal["auto", "moments", "data"]
@@ -221,7 +223,10 @@ def simulate(
     chosen = _choose_path(net, data, train, record, method, path)
     run = _validated_run(net, data, train, init, record, trajectories, seed,
                          first_trajectory, threads, progress)
-    if chosen == "data" or (isinstance(data, Dataset) and (net.bias or data.outputs > 1)):
+    linear_core = chosen == "moments" and not (
+        isinstance(data, Dataset) and (net.bias or data.outputs > 1))
+    _check_stiff_solver(train, linear_core, method)
+    if not linear_core:
         assert isinstance(data, Dataset)
         if chosen == "moments":
             require(method == "full", "method",
@@ -229,6 +234,18 @@ def simulate(
                     'linear.cpp); use method="full"', method)
         return _simulate_data(run, moments=chosen == "moments")
     return _simulate_moments(run, method)
+
+
+def _check_stiff_solver(train: Training, linear_core: bool, method: str) -> None:
+    """rodas4 exists for the linear core only (one output, no bias, on moments)."""
+    if not (isinstance(train, GradientFlow) and train.solver == "rodas4"):
+        return
+    require(linear_core, "solver",
+            '"rodas4" integrates linear networks with one output and no bias on their '
+            'moments; use "dopri5" (or "auto") here', train.solver)
+    require(method != "stagewise", "method",
+            '"stagewise" is the textbook explicit form; rodas4 takes "full" or "reduced"',
+            method)
 
 
 @dataclass(frozen=True)
@@ -291,7 +308,7 @@ def _validated_run(net: TwoLayer, data: Data, train: Training, init: Init, recor
     n = _count(init, trajectories, net, int(data.dim), int(getattr(data, "outputs", 1)),
                first_trajectory)
     times = record.resolve_times(train)
-    if isinstance(train, GradientFlow) and train.solver != "dopri5":
+    if isinstance(train, GradientFlow) and train.solver not in ADAPTIVE:
         _check_fixed_steps(train, times)
     return _Run(net, data, train, init, record, n, seed, first_trajectory, n_threads, times,
                 progress)
@@ -308,6 +325,8 @@ def _simulate_moments(run: _Run, method: str) -> Result:
     mom = run.data.moments()
     sched = _schedule(run, dim, None)
     rec = _record_buffers(run, dim, keep_ntk, neurons)
+    if isinstance(run.train, GradientFlow) and run.train.solver in ("auto", "rodas4"):
+        rec["t_stiff"] = np.full(run.n, np.nan)
     _integrate_moments(run, mom, method, sched, rec)
     if keep_ntk and isinstance(run.data, Dataset):
         rec.update(_moment_kernel_metrics(rec["ntk"], run.data.X, run.data.y))
@@ -382,7 +401,7 @@ def step_limit(train: GradientFlow, width: int, dim: int, samples: int | None) -
     parameter-sample operations per trajectory (a few seconds of one core), in [1e5, 1e7]."""
     if train.max_steps is not None:
         return train.max_steps
-    if train.solver != "dopri5":
+    if train.solver not in ADAPTIVE:
         return FIXED_STEP_LIMIT
     work = width * (1 + dim) * (samples if samples is not None else dim)
     return int(min(1e7, max(1e5, 3e9 / work)))
@@ -474,7 +493,7 @@ def _record_buffers(run: _Run, dim: int, keep_ntk: bool, neurons: bool = True,
 
 
 # Records a Result takes from the core's buffers as they are (None when not recorded).
-_AS_RECORDED = ("t_hit", "delta_mean", "delta_std", "delta_drift", "deltas", "gram",
+_AS_RECORDED = ("t_hit", "t_stiff", "delta_mean", "delta_std", "delta_drift", "deltas", "gram",
                 "ntk_change", "kernel_distance", "kta", "move_u", "move_w", "pattern_change",
                 "loss_lin", "lin_gap", "error", "test_loss", "test_error", "test_loss_lin",
                 "test_error_lin", "test_lin_gap")
@@ -541,7 +560,10 @@ def _schedule(run: _Run, dim: int, samples: int | None) -> _core.Schedule:
     sched = _core.Schedule()
     sched.threads = run.threads
     if isinstance(train, GradientFlow):
-        sched.solver = getattr(_core.Solver, _SOLVERS[train.solver])
+        solver = train.solver
+        if solver == "auto" and samples is not None:
+            solver = "dopri5"  # the data path has no stiff solver yet: auto is dopri5 there
+        sched.solver = getattr(_core.Solver, _SOLVERS[solver])
         sched.dt = train.dt
         sched.rtol = train.rtol
         sched.atol = train.atol
@@ -778,7 +800,7 @@ def _check_data_memory(run: _Run, plan: _DataPlan, cnet: _core.Network) -> None:
         cnet, plan.samples, g // plan.c if plan.probe is not None else 0,
         record.gram is not None, plan.metrics, record.linearized, relu, True,
         0 if test is None else test.samples, plan.batch))  # move_u / move_w always recorded
-    if relu and isinstance(run.train, GradientFlow) and run.train.solver == "dopri5":
+    if relu and isinstance(run.train, GradientFlow) and run.train.solver in ("auto", "dopri5"):
         workspace += float(_core.piecewise_workspace_bytes(cnet, plan.samples))
     _check_memory(run, per_time, plan.c + plan.D, workspace,
                   f"simulating {n} trajectories of width {run.net.width} on {plan.samples} "

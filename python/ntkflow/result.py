@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import xarray
 
 # Arrays every Result has that describe the run rather than record it.
-_RUN_FIELDS = frozenset({"times", "status", "t_fail", "steps", "rejected", "events"})
+_RUN_FIELDS = frozenset({"times", "status", "t_fail", "steps", "rejected", "events",
+                         "t_stiff"})
 
 STATUS_NAMES: tuple[str, ...] = ("ok", "diverged", "step_limit", "stalled")
 """Meaning of the codes in ``Result.status``."""
@@ -37,6 +38,7 @@ _DIMS: dict[str, tuple[str, ...]] = {
     "rejected": ("trajectories",),
     "events": ("trajectories",),
     "t_hit": ("trajectories",),
+    "t_stiff": ("trajectories",),
     "ntk_change": ("trajectories", "times"),
     "kernel_distance": ("trajectories", "times"),
     "kta": ("trajectories", "times"),
@@ -128,6 +130,10 @@ class Result:
         where a pre-activation ``w_i . x_j`` crossed 0 (docs/theory.md §H); 0 otherwise.
     t_hit : (trajectories,) or None
         First time the loss reached ``Record.loss_below`` (NaN if never).
+    t_stiff : (trajectories,) or None
+        Linear networks (the moments path): the time from which rodas4 integrated the run,
+        0 with ``solver="rodas4"``, the hand-over time with ``solver="auto"`` (dopri5's
+        steps were held by stability there), NaN where it never did. None on other paths.
     u, W, b : arrays or None
         Parameters kept on request: ``u`` (trajectories[, times], width[, outputs]),
         ``W`` (trajectories[, times], width, dim) and, for a network with a bias, ``b``
@@ -207,6 +213,7 @@ class Result:
     method: str
     isa: str
     events: NDArray[np.int64] | None = None
+    t_stiff: NDArray[np.float64] | None = None
     gram: NDArray[np.float64] | None = None
     ntk_change: NDArray[np.float64] | None = None
     kernel_distance: NDArray[np.float64] | None = None

@@ -269,8 +269,9 @@ class Dataset:
 
 Data = LatentLine | Moments | Dataset
 
-Solver = Literal["euler", "rk4", "dopri5"]
-SOLVERS: tuple[str, ...] = ("euler", "rk4", "dopri5")
+Solver = Literal["auto", "dopri5", "rodas4", "rk4", "euler"]
+SOLVERS: tuple[str, ...] = ("auto", "dopri5", "rodas4", "rk4", "euler")
+ADAPTIVE: tuple[str, ...] = ("auto", "dopri5", "rodas4")
 Loss = Literal["square", "logistic", "softmax"]
 LOSSES: tuple[str, ...] = ("square", "logistic", "softmax")
 
@@ -329,17 +330,25 @@ class GradientFlow(Objective):
         The objective and the layer-wise rates: see ``Objective``.
     t_max : float
         Horizon, > 0.
-    solver : {"dopri5", "rk4", "euler"}
+    solver : {"auto", "dopri5", "rodas4", "rk4", "euler"}
+        auto (default): dopri5, and for a linear network (the moments path) each trajectory
+        moves on to rodas4 once dopri5's steps are held by stability rather than accuracy
+        (the stiff, lazy regime: a large NTK); ``Result.t_stiff`` says when. On other
+        networks auto is dopri5.
         dopri5: adaptive Dormand-Prince 5(4), error control per trajectory with rtol/atol.
+        rodas4: the linearly implicit Rosenbrock method Rodas4 (order 4, L-stable), error
+        control per trajectory; linear networks only. It integrates the width-independent
+        state of docs/theory.md §B.6, so a step costs O(dim^3) whatever the width.
         rk4, euler: fixed steps no longer than dt, shortened to land on every record time.
     dt : float
         Largest step of the fixed-step solvers, > 0.
     rtol, atol : float
-        dopri5 tolerances, > 0.
+        Tolerances of the adaptive solvers (auto, dopri5, rodas4), > 0.
     max_steps : int, optional
-        Step limit per trajectory. dopri5 counts attempted steps and marks a trajectory
-        reaching it ``step_limit``; for rk4 and euler the count is known in advance and a
-        run needing more is refused before it starts. Default (None): for dopri5, as many
+        Step limit per trajectory. The adaptive solvers count attempted steps (auto: of
+        both methods) and mark a trajectory reaching it ``step_limit``; for rk4 and euler
+        the count is known in advance and a run needing more is refused before it starts.
+        Default (None): for the adaptive solvers, as many
         steps as cost about 3e9 parameter-sample operations (``3e9 / (width (1 + dim)
         samples)``, samples = dim on moments) clamped to [1e5, 1e7], i.e. a few seconds
         of one core per trajectory at most; for rk4 and euler 1e7.
@@ -358,7 +367,7 @@ class GradientFlow(Objective):
     """
 
     t_max: float = 10.0
-    solver: Solver = "dopri5"
+    solver: Solver = "auto"
     dt: float = 0.01
     rtol: float = 1e-9
     atol: float = 1e-12

@@ -68,7 +68,7 @@ _OPTIONAL_RECORDS = ("events", "gram", "ntk_change", "kernel_distance", "kta", "
                      "move_w", "pattern_change", "loss_lin", "lin_gap", "error",
                      "test_loss", "test_error", "test_loss_lin", "test_error_lin",
                      "test_lin_gap", "delta_mean", "delta_std", "delta_drift", "deltas",
-                     "b")
+                     "b", "t_stiff")
 FINAL_RECORDS: tuple[str, ...] = ("test_loss", "test_error", "error")
 """Records whose final values a simulated task keeps, as ``final_<name>`` (trajectories,),
 when the run recorded them: the held-out loss and error, and the training error."""

@@ -30,7 +30,12 @@ using Vector = Eigen::VectorXd;
 enum class Status : std::int8_t { ok = 0, diverged = 1, step_limit = 2, stalled = 3 };
 
 /// Time steppers. `gd` is gradient descent: explicit Euler whose clock counts steps.
-enum class Solver : std::int32_t { euler = 0, rk4 = 1, dopri5 = 2, gd = 3 };
+/// rodas4: the linearly implicit Rodas4 for stiff flows (linear networks). automatic:
+/// dopri5 until its steps are held by stability, then Rodas4 (linear networks; see
+/// Records::t_stiff).
+enum class Solver : std::int32_t {
+  euler = 0, rk4 = 1, dopri5 = 2, gd = 3, rodas4 = 4, automatic = 5
+};
 
 /// Raised (and turned into KeyboardInterrupt by the bindings) when the cancel hook fires.
 struct Cancelled : std::runtime_error {
@@ -132,6 +137,8 @@ struct Records {
   std::int64_t* rejected = nullptr; ///< (n,) rejected dopri5 steps
   std::int64_t* events = nullptr;   ///< (n,) switching events located (relu with dopri5)
   double* t_hit = nullptr;          ///< (n,) first time loss <= threshold, NaN if never
+  double* t_stiff = nullptr;        ///< (n,) time from which Rodas4 integrated the run (0:
+                                    ///< from the start), NaN if it never did
 };
 
 /// How a linear network is integrated.
