@@ -74,7 +74,7 @@ class LinearStiff {
               NeuronRecorder* neurons, bool propagate)
       : md_(md), out_(out), rec_(md, out, row, n_times), neurons_(neurons), row_(row),
         T_(n_times), m_(md.width), d_(md.dim), q_(1 + md.dim), propagate_(propagate),
-        decay_(has_decay(md)), r_(d_), sr_(d_), g_(d_), mg_(d_), L_(d_, d_), lu_(d_),
+        decay_(has_decay(md)), r_(d_), sr_(d_), g_(d_), mg_(d_), gj_(d_), spj_(d_), L_(d_, d_), lu_(d_),
         theta_(propagate ? m_ * q_ : 0) {}
 
   Index size() const { return state_size(md_, propagate_); }
@@ -137,22 +137,22 @@ class LinearStiff {
     const double k2 = md_.kappa * md_.kappa, eu = md_.eta_u, ew = md_.eta_w;
     const ConstMat sigma(md_.sigma, d_, d_);
     rec_.loss(y, r_.data(), sr_.data());
-    g_ = -md_.kappa * sr_;
+    gj_ = -md_.kappa * sr_;
     cM_ = c + 2.0 * ew * md_.lambda_w;
     ca_ = c + 2.0 * eu * md_.lambda_u;
     cu_ = c + eu * md_.lambda_u;  // Phi rows: c - A(0, 0) and c - A(k, k)
     cw_ = c + ew * md_.lambda_w;
-    mg_.noalias() = sigma * p;  // Sigma p (Sigma symmetric), reused below
-    const Eigen::VectorXd sg = sigma * g_;
-    const double pg = p.dot(g_), gg = g_.squaredNorm();
+    spj_.noalias() = sigma * p;  // Sigma p (Sigma symmetric), reused below
+    const Eigen::VectorXd sg = sigma * gj_;
+    const double pg = p.dot(gj_), gg = gj_.squaredNorm();
     // L xp = (c + decay) xp - ew a dg - eu M dg - (2 eu ew / ca) g (g.xp + p.dg)
     //        - (eu ew / cM) [dg (p.g) + g (g.xp) + xp (g.g) + p (g.dg)],  dg = -k2 Sigma xp
     L_.noalias() = (k2 * eu) * (M * sigma);
     L_ += (k2 * ew * a) * sigma;
     L_.diagonal().array() += c + decay_rate(md_) - eu * ew * gg / cM_;
-    L_.noalias() -= (2.0 * eu * ew / ca_) * g_ * (g_ - k2 * mg_).transpose();
+    L_.noalias() -= (2.0 * eu * ew / ca_) * gj_ * (gj_ - k2 * spj_).transpose();
     L_ += (eu * ew * k2 * pg / cM_) * sigma;
-    L_.noalias() -= (eu * ew / cM_) * (g_ * g_.transpose() - k2 * p * sg.transpose());
+    L_.noalias() -= (eu * ew / cM_) * (gj_ * gj_.transpose() - k2 * p * sg.transpose());
     if (!L_.allFinite()) return false;
     lu_.compute(L_);
     return std::isfinite(lu_.rcond()) && lu_.rcond() > 1e-14;
@@ -165,43 +165,46 @@ class LinearStiff {
     Vec xp(r, d_);
     Mat xM(r + d_, d_, d_);
     double& xa = r[d_ + d_ * d_];
-    Eigen::VectorXd rhs = xp + (ew * xa / ca_) * g_ + (eu / cM_) * (xM * g_);
+    Eigen::VectorXd rhs = xp + (ew * xa / ca_) * gj_ + (eu / cM_) * (xM * gj_);
     xp = lu_.solve(rhs);
     const Eigen::VectorXd dg = -k2 * (sigma * xp);
-    xM += ew * (dg * p.transpose() + g_ * xp.transpose() + xp * g_.transpose() +
+    xM += ew * (dg * p.transpose() + gj_ * xp.transpose() + xp * gj_.transpose() +
                 p * dg.transpose());
     xM /= cM_;
-    xa = (xa + 2.0 * eu * (g_.dot(xp) + p.dot(dg))) / ca_;
+    xa = (xa + 2.0 * eu * (gj_.dot(xp) + p.dot(dg))) / ca_;
     if (!propagate_) return;
     // xPhi (c I - A) = rPhi + Phi A'(dg): row by row, x0 from column 0, then x1.
     const ConstMat Phi(y_ + phi_at(), q_, q_);
     Mat X(r + phi_at(), q_, q_);
     X.col(0).noalias() += eu * (Phi.rightCols(d_) * dg);
     X.rightCols(d_).noalias() += (ew * Phi.col(0)) * dg.transpose();
-    const double den = cu_ - eu * ew * g_.squaredNorm() / cw_;
+    const double den = cu_ - eu * ew * gj_.squaredNorm() / cw_;
     for (Index i = 0; i < q_; ++i) {
-      const double x0 = (X(i, 0) + eu * X.row(i).tail(d_).dot(g_) / cw_) / den;
+      const double x0 = (X(i, 0) + eu * X.row(i).tail(d_).dot(gj_) / cw_) / den;
       X(i, 0) = x0;
-      X.row(i).tail(d_) = (X.row(i).tail(d_) + ew * x0 * g_.transpose()) / cw_;
+      X.row(i).tail(d_) = (X.row(i).tail(d_) + ew * x0 * gj_.transpose()) / cw_;
     }
   }
 
-  /// Error scales as the parameters see them, not entry by entry: p_k = W_k . u against
-  /// sqrt(a M_kk) (its Cauchy-Schwarz bound), M_kl against sqrt(M_kk M_ll), and Phi_ij
-  /// against the largest entry of column j (Theta_0 Phi_j is parameter column j). An
-  /// entry that happens to be near 0 (p before the escape, Phi's off-diagonal right after
-  /// a hand-over) would otherwise be held to rtol of itself, which no step can meet.
+  /// Error scales of the components that can pass near 0 while the parameters do not:
+  /// p_k = W_k . u against at least sqrt(a M_kk / m), M_kl against sqrt(M_kk M_ll / m)
+  /// (the sizes a sum of m random products has), and Phi_ij against the largest entry of
+  /// column j (Theta_0 Phi_j is parameter column j). Held to rtol of themselves, p before
+  /// the escape or Phi's off-diagonal right after a hand-over would demand steps no
+  /// method can take.
   void magnitudes(const double* y, const double* yn, double* mag) const {
+    const double inv_m = 1.0 / static_cast<double>(m_);
     for (const double* z : {y, yn}) {
       const bool first = z == y;
       const double a = std::abs(z[d_ + d_ * d_]);
       auto keep = [&](Index q, double v) { mag[q] = first ? v : std::max(mag[q], v); };
       for (Index k = 0; k < d_; ++k) {
         const double mkk = std::abs(z[d_ + k * d_ + k]);
-        keep(k, std::max(std::abs(z[k]), std::sqrt(a * mkk)));
+        keep(k, std::max(std::abs(z[k]), std::sqrt(a * mkk * inv_m)));
         for (Index l = 0; l < d_; ++l) {
           const double mll = std::abs(z[d_ + l * d_ + l]);
-          keep(d_ + k * d_ + l, std::max(std::abs(z[d_ + k * d_ + l]), std::sqrt(mkk * mll)));
+          keep(d_ + k * d_ + l,
+               std::max(std::abs(z[d_ + k * d_ + l]), std::sqrt(mkk * mll * inv_m)));
         }
       }
       keep(d_ + d_ * d_, a);
@@ -256,6 +259,7 @@ class LinearStiff {
   Index row_, T_, m_, d_, q_;
   bool propagate_, decay_;
   Eigen::VectorXd r_, sr_, g_, mg_;
+  Eigen::VectorXd gj_, spj_;  // g and Sigma p at the Jacobian's point (field() moves g_)
   RowMatrix L_;
   Eigen::PartialPivLU<Eigen::MatrixXd> lu_;
   std::vector<double> theta_;
