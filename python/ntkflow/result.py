@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._initial import draw_initial
-from .specs import Data, Init, Params, Training, TwoLayer
+from .specs import SGD, Data, GradientFlow, Init, Params, Training, TwoLayer
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray
@@ -358,6 +358,23 @@ class Result:
         out: NDArray[np.float64] = self.net.kappa * np.einsum("ksm,kmc->ksc", H, u)
         return out
 
+    @property
+    def solver(self) -> str:
+        """Which method integrated the run, in words: for ``solver="auto"``, how many
+        trajectories moved on to rodas4 and from when (``t_stiff`` has each one's time)."""
+        train = self.train
+        if not isinstance(train, GradientFlow):
+            return "descent" if not isinstance(train, SGD) else "sgd"
+        if train.solver != "auto":
+            return train.solver
+        if self.t_stiff is None:
+            return "auto: dopri5 (no stiff solver on this path)"
+        stiff = self.t_stiff[np.isfinite(self.t_stiff)]
+        if stiff.size == 0:
+            return "auto: dopri5 (no trajectory was stiff)"
+        return (f"auto: dopri5, then rodas4 in {stiff.size}/{self.trajectories} trajectories "
+                f"(from t = {np.min(stiff):.3g} to {np.max(stiff):.3g})")
+
     def summary(self) -> str:
         """A few lines for a terminal."""
         counts = ", ".join(f"{k} {v}" for k, v in self.status_counts().items() if v)
@@ -368,7 +385,7 @@ class Result:
             f"{self.path or 'moments'} path, {self.method}, "
             f"{self.isa}); status: {counts}; final loss median "
             f"{np.nanmedian(final) if np.any(np.isfinite(final)) else float('nan'):.4g}; "
-            f"steps median {int(np.median(self.steps))}"
+            f"steps median {int(np.median(self.steps))}; solver {self.solver}"
         )
 
     def __repr__(self) -> str:

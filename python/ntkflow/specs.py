@@ -339,6 +339,7 @@ class GradientFlow(Objective):
         rodas4: the linearly implicit Rosenbrock method Rodas4 (order 4, L-stable), error
         control per trajectory; linear networks only. It integrates the width-independent
         state of docs/theory.md §B.6, so a step costs O(dim^3) whatever the width.
+        Prefer auto: in an escape from a small initialisation dopri5 is more accurate.
         rk4, euler: fixed steps no longer than dt, shortened to land on every record time.
     dt : float
         Largest step of the fixed-step solvers, > 0.
