@@ -1,4 +1,5 @@
-// Model A (d = 1) with fixed steps, several trajectories side by side (private header).
+// Model A (d = 1), several trajectories side by side (private header): fixed steps (euler,
+// rk4, gd) and dopri5 with a step size, accept/reject decision and record landing per lane.
 //
 // At small widths the fused step of one trajectory (linear_fused.hpp) is dominated by its
 // fixed costs: a chain of dependent scalar operations through the Runge-Kutta stages and
@@ -12,11 +13,22 @@
 // which trajectories share its group nor on how many do, so the grouping can follow the
 // thread count freely. They differ in rounding from LinearFused<2> (the sums run in another
 // order), which is why the choice between the two depends on the width alone.
+//
+// dopri5 keeps every lane on its own clock: each lane has its own step size, lands on its own
+// record times and accepts or rejects its own attempts, exactly as integrate_dopri5 does for
+// one trajectory (same step-size rule, landing rule, step limit, stall/divergence tests and
+// loss-threshold interpolation). All lanes attempt a step together; the attempt is written
+// into a second buffer, and a lane that rejects it gets its old state copied back, so a
+// lane's bits never depend on what its neighbours accepted. A lane that has finished or
+// failed is zeroed and carried along with a zero step until the whole group is done. Step
+// counts can differ from LinearFused<2>'s in rare cases where the error norm, rounded
+// differently, falls on the other side of 1.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "ensemble.hpp"
@@ -33,14 +45,32 @@ constexpr int kLanes = 8;
 /// LinearFused<2> keeps one trajectory in cache at a time and its fixed costs are negligible.
 constexpr Index kLanesMaxWidth = (512 * 1024) / (2 * kLanes * 8);
 
-inline bool lanes_apply(const LinearModel& md, const Schedule& s) {
-  return md.dim == 1 && s.solver != Solver::dopri5 && md.width <= kLanesMaxWidth;
+/// NTKFLOW_PRIVATE_NO_LANES=1 in the environment sends model A to LinearFused<2> whatever
+/// the width: a private switch for tests and benchmarks that compare the two paths (step
+/// counts, statuses, speed). It is read at every call and is not part of the API.
+inline bool lanes_disabled() {
+  const char* v = std::getenv("NTKFLOW_PRIVATE_NO_LANES");
+  return v != nullptr && v[0] != '\0' && v[0] != '0';
+}
+
+/// dopri5 holds two copies of the group (the state and the attempt), 1 MiB at the widest:
+/// still within a core's L2 on current x86 (1-2 MiB), so the same width limit serves both.
+inline bool lanes_apply(const LinearModel& md, const Schedule&) {
+  return md.dim == 1 && md.width <= kLanesMaxWidth && !lanes_disabled();
 }
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(NTKFLOW_PORTABLE_LANES)
 /// kLanes doubles operated on element by element (GCC/Clang vector extension): one AVX-512
 /// register, two AVX2 or four SSE2 ones, and held in registers, not memory, across loops.
 typedef double LaneVec __attribute__((vector_size(kLanes * sizeof(double))));
+typedef std::int64_t LaneBits __attribute__((vector_size(kLanes * sizeof(double))));
+/// max(|a|, |b|) per lane, as std::max(std::abs(a), std::abs(b)) for finite values: the
+/// sign bit cleared, then the larger of the two.
+inline LaneVec abs_max(LaneVec a, LaneVec b) {
+  const LaneBits mask = LaneBits{} + INT64_MAX;
+  const LaneVec x = (LaneVec)((LaneBits)a & mask), y = (LaneVec)((LaneBits)b & mask);
+  return x < y ? y : x;
+}
 #else
 /// The same element-by-element arithmetic for compilers without GCC's vector extension
 /// (MSVC), left to the auto-vectoriser: lane l of a result is the scalar operation on
@@ -81,6 +111,14 @@ inline LaneVec operator-(const LaneVec& a) {
   for (int l = 0; l < kLanes; ++l) r.v[l] = -a.v[l];
   return r;
 }
+inline LaneVec abs_max(const LaneVec& a, const LaneVec& b) {
+  LaneVec r;
+  for (int l = 0; l < kLanes; ++l) {
+    const double x = std::abs(a.v[l]), y = std::abs(b.v[l]);
+    r.v[l] = x < y ? y : x;
+  }
+  return r;
+}
 #endif
 
 inline LaneVec splat(double x) { return LaneVec{} + x; }
@@ -97,13 +135,19 @@ struct LaneNeurons {
   }
 };
 
-/// One thread's buffers: the group state and the initial parameters of one trajectory.
+/// One thread's buffers: the group state (and for dopri5 the attempted one) and the initial
+/// parameters of one trajectory.
 class LanesWorker {
  public:
-  LanesWorker(const LinearModel& md, const Records& out, Index n_times)
+  LanesWorker(const LinearModel& md, const Records& out, Index n_times, const Schedule& s)
       : md_(md), out_(out), T_(n_times), m_(md.width),
         u_(static_cast<std::size_t>(m_)), w_(static_cast<std::size_t>(m_)),
         draw_(static_cast<std::size_t>(2 * m_)) {
+    if (s.solver == Solver::dopri5) {
+      un_.resize(static_cast<std::size_t>(m_));
+      wn_.resize(static_cast<std::size_t>(m_));
+    }
+    rec_.reserve(kLanes);
     neurons_.reserve(kLanes);
     for (int l = 0; l < kLanes; ++l) neurons_.emplace_back(out, m_, n_times, md.eta_u, md.eta_w);
   }
@@ -120,11 +164,19 @@ class LanesWorker {
         w_[i][l] = draw_[m_ + i];
       }
     }
-    std::vector<Recorder> rec;
-    rec.reserve(kLanes);
-    for (int l = 0; l < count; ++l) rec.emplace_back(md_, out_, k0 + l, T_);
+    rec_.clear();
+    for (int l = 0; l < count; ++l) rec_.emplace_back(md_, out_, k0 + l, T_);
     for (int l = 0; l < count; ++l) neurons_[l].reference(LaneNeurons{u_.data(), w_.data(), l});
+    if (s.solver == Solver::dopri5)
+      run_dopri5(s, k0, count, cancel);
+    else
+      run_fixed(s, k0, count, cancel);
+    return count;
+  }
 
+ private:
+  void run_fixed(const Schedule& s, Index k0, int count, CancelToken* cancel) {
+    std::vector<Recorder>& rec = rec_;
     const bool gd = s.solver == Solver::gd;
     const Tableau& tab = s.solver == Solver::rk4 ? kRk4 : kEuler;
     const double scale = gd ? s.lr : 1.0;
@@ -138,10 +190,10 @@ class LanesWorker {
 
     gram();
     for (int l = 0; l < count; ++l) rec[l].set_reference(a_[l], b_[l]);
-    loss(l0, want_dloss, d0);
+    loss(a_, b_, c_, l0, want_dloss, d0);
     for (int l = 0; l < count; ++l) {
       if (!std::isfinite(l0[l])) {
-        fail(rec[l], o[l], k0 + l, l, 0.0, 0);
+        fail(rec[l], o[l], Status::diverged, k0 + l, l, 0.0, 0);
         live[l] = false;
         --n_live;
       } else if (s.loss_threshold >= 0 && l0[l] <= s.loss_threshold) {
@@ -160,7 +212,7 @@ class LanesWorker {
         const double t_start = t;
         for (std::int64_t i = 0; i < nsteps && n_live > 0; ++i) {
           step(tab, hp);
-          loss(l1, want_dloss, d1);
+          loss(a_, b_, c_, l1, want_dloss, d1);
           const double t_new =
               (i + 1 == nsteps) ? tj : t_start + static_cast<double>(i + 1) * h;
           ++steps;
@@ -168,7 +220,7 @@ class LanesWorker {
             if (!live[l]) continue;
             o[l].steps = steps;
             if (!std::isfinite(l1[l])) {
-              fail(rec[l], o[l], k0 + l, l, t_new, j);
+              fail(rec[l], o[l], Status::diverged, k0 + l, l, t_new, j);
               live[l] = false;
               --n_live;
               continue;
@@ -181,37 +233,252 @@ class LanesWorker {
           if ((steps & 63) == 0 && cancel_requested(cancel)) throw Cancelled();
         }
       }
-      for (int l = 0; l < count; ++l) {
-        if (!live[l]) continue;
-        const double p = c_[l], a = a_[l], b = b_[l];
-        rec[l].write(j, &p, a, &b, l0[l]);
-        neurons_[l].write(k0 + l, j, LaneNeurons{u_.data(), w_.data(), l});
-        if (out_.params_all) record_params(k0 + l, l, j);
-      }
+      for (int l = 0; l < count; ++l)
+        if (live[l]) record_lane(k0 + l, l, j, l0[l]);
     }
     for (int l = 0; l < count; ++l) {
       if (live[l] && !out_.params_all) record_params(k0 + l, l, 0);
       write_outcome(out_, k0 + l, o[l]);
     }
-    return count;
   }
 
- private:
+  /// integrate_dopri5 (integrate.hpp) lane by lane: the same decisions in the same order for
+  /// every lane, on the lane's own clock t[l], step h[l] and next record slot j[l].
+  void run_dopri5(const Schedule& s, Index k0, int count, CancelToken* cancel) {
+    std::vector<Recorder>& rec = rec_;
+    const StepWatch watch{s.loss_threshold, false};
+    const bool want_dloss = watch.want_dloss();
+    Outcome o[kLanes];
+    bool live[kLanes], landing[kLanes], last_rejected[kLanes];
+    double t[kLanes], h[kLanes];
+    Index j[kLanes];
+    for (int l = 0; l < kLanes; ++l) {
+      live[l] = l < count;
+      landing[l] = last_rejected[l] = false;
+      t[l] = 0.0;
+      h[l] = s.h0;
+      j[l] = 0;
+    }
+    LaneVec l0{}, d0{}, l1{}, d1{}, an{}, bn{}, cn{};
+
+    gram();
+    for (int l = 0; l < count; ++l) rec[l].set_reference(a_[l], b_[l]);
+    loss(a_, b_, c_, l0, want_dloss, d0);
+    for (int l = 0; l < count; ++l) {
+      if (!std::isfinite(l0[l])) {
+        fail(rec[l], o[l], Status::diverged, k0 + l, l, 0.0, 0);
+        retire(l, live);
+      } else if (s.loss_threshold >= 0 && l0[l] <= s.loss_threshold) {
+        o[l].t_hit = 0.0;
+      }
+    }
+    if (!(s.h0 > 0)) starting_steps(s, h);
+
+    std::int64_t attempts = 0;
+    for (;;) {
+      LaneVec hs{};  // 0 in lanes that no longer integrate: their (zero) state stays put
+      bool tried[kLanes] = {};
+      bool any = false;
+      for (int l = 0; l < count; ++l) {
+        if (!live[l]) continue;
+        while (j[l] < s.n_times && s.times[j[l]] <= t[l]) {
+          record_lane(k0 + l, l, j[l], l0[l]);
+          ++j[l];
+        }
+        if (j[l] == s.n_times) {
+          if (!out_.params_all) record_params(k0 + l, l, 0);
+          retire(l, live);
+          continue;
+        }
+        if (s.max_steps > 0 && o[l].steps + o[l].rejected >= s.max_steps) {
+          fail(rec[l], o[l], Status::step_limit, k0 + l, l, t[l], j[l]);
+          retire(l, live);
+          continue;
+        }
+        // Land exactly on the record time; a step within 1% of it is stretched, not split.
+        const double tj = s.times[j[l]];
+        landing[l] = t[l] + 1.01 * h[l] >= tj;
+        hs[l] = landing[l] ? tj - t[l] : h[l];
+        tried[l] = any = true;
+      }
+      if (!any) break;
+
+      LaneVec t00, t01, t10, t11, e00{}, e01{}, e10{}, e11{};
+      stages(kDopri5, hs, t00, t01, t10, t11);  // stage 7 sits at the 5th-order solution
+      for (int q = 0; q < 7; ++q) {
+        if (kDopri5.e[q] == 0.0) continue;
+        const LaneVec c = hs * kDopri5.e[q];
+        e00 += c * k00_[q];
+        e01 += c * k01_[q];
+        e10 += c * k10_[q];
+        e11 += c * k11_[q];
+      }
+      const LaneVec acc = attempt(t00, t01, t10, t11, e00, e01, e10, e11, s.rtol, s.atol,
+                                  an, bn, cn);
+      loss(an, bn, cn, l1, want_dloss, d1);
+
+      bool keep[kLanes] = {}, died[kLanes] = {};
+      for (int l = 0; l < count; ++l) {
+        if (!tried[l]) continue;
+        const double err = std::sqrt(acc[l] * inv_size());
+        const double hl = hs[l];
+        if (err <= 1.0 && std::isfinite(l1[l])) {
+          const double t_new = landing[l] ? s.times[j[l]] : t[l] + hl;
+          ++o[l].steps;
+          watch.after_step(o[l], t[l], t_new, l0[l], l1[l], d0[l], d1[l]);
+          t[l] = t_new;
+          l0[l] = l1[l];
+          d0[l] = d1[l];
+          // Step-size proposal, safety 0.9, growth capped at 10 (at 1 right after a
+          // rejection); a step cut short to land on a record time says nothing against
+          // the longer one.
+          double fac =
+              err == 0.0 ? 10.0 : std::min(10.0, std::max(0.2, 0.9 * std::pow(err, -0.2)));
+          if (last_rejected[l]) fac = std::min(fac, 1.0);
+          const double h_next = hl * fac;
+          h[l] = landing[l] ? std::max(h_next, h[l]) : h_next;
+          last_rejected[l] = false;
+        } else {
+          ++o[l].rejected;
+          keep[l] = true;
+          const double fac = std::isfinite(err) ? std::max(0.2, 0.9 * std::pow(err, -0.2)) : 0.1;
+          h[l] = hl * fac;
+          last_rejected[l] = true;
+          // As integrate_dopri5: a step this small no longer resolves anything; overflow
+          // means divergence, finite errors above tolerance an unreachable tolerance.
+          if (!(h[l] > 1e-14 * std::max(1.0, std::abs(t[l])))) {
+            fail(rec[l], o[l],
+                 std::isfinite(err) && std::isfinite(l1[l]) ? Status::stalled
+                                                            : Status::diverged,
+                 k0 + l, l, t[l], j[l]);
+            died[l] = true;
+          }
+        }
+      }
+      // Rejecting lanes keep their state: copied into the attempt's buffer, which becomes
+      // the state. Rejections are rare, so this costs less than blending every pass.
+      for (int l = 0; l < count; ++l) {
+        if (!keep[l] || died[l]) continue;
+        for (Index i = 0; i < m_; ++i) {
+          un_[i][l] = u_[i][l];
+          wn_[i][l] = w_[i][l];
+        }
+        an[l] = a_[l];
+        bn[l] = b_[l];
+        cn[l] = c_[l];
+      }
+      u_.swap(un_);
+      w_.swap(wn_);
+      a_ = an;
+      b_ = bn;
+      c_ = cn;
+      for (int l = 0; l < count; ++l)
+        if (died[l]) retire(l, live);
+      if ((++attempts & 63) == 0 && cancel_requested(cancel)) throw Cancelled();
+    }
+    for (int l = 0; l < count; ++l) write_outcome(out_, k0 + l, o[l]);
+  }
+
+  double inv_size() const { return 1.0 / static_cast<double>(2 * m_); }
+
+  /// Lane l stops integrating: its state becomes zeros, which a zero step leaves in place
+  /// (no overflow or NaN is carried through the remaining passes of the group).
+  void retire(int l, bool* live) {
+    live[l] = false;
+    for (Index i = 0; i < m_; ++i) u_[i][l] = w_[i][l] = 0.0;
+    a_[l] = b_[l] = c_[l] = 0.0;
+  }
+
+  void record_lane(Index k, int l, Index j, double loss_value) {
+    const double p = c_[l], a = a_[l], b = b_[l];
+    rec_[l].write(j, &p, a, &b, loss_value);
+    neurons_[l].write(k, j, LaneNeurons{u_.data(), w_.data(), l});
+    if (out_.params_all) record_params(k, l, j);
+  }
+
+  /// Hairer's starting step (Solving ODEs I, II.4) per lane, as integrate_dopri5 takes it:
+  /// the RMS norms of y, f(y) and of the difference quotient of f along an Euler step.
+  /// The field of the linear flow is (u, w) J(g), so three passes suffice: the two norms,
+  /// the Gram entry of the Euler point, and the difference quotient.
+  void starting_steps(const Schedule& s, double* h) {
+    const double kappa = md_.kappa, sigma = md_.sigma[0], beta = md_.beta[0];
+    const double eu = md_.eta_u, ew = md_.eta_w;
+    const double du = md_.eta_u * md_.lambda_u, dw = md_.eta_w * md_.lambda_w;
+    const double rtol = s.rtol, atol = s.atol;
+    const LaneVec g = -kappa * (sigma * (kappa * c_ - beta));
+    const LaneVec gu = eu * g, gw = ew * g;
+    auto field = [&](const LaneVec& gu_, const LaneVec& gw_, const LaneVec& u,
+                     const LaneVec& w, LaneVec& ku, LaneVec& kw) {
+      ku = gu_ * w - du * u;
+      kw = gw_ * u - dw * w;
+    };
+    LaneVec sy{}, sf{};
+    for (Index i = 0; i < m_; ++i) {
+      const LaneVec u = u_[i], w = w_[i];
+      LaneVec ku, kw;
+      field(gu, gw, u, w, ku, kw);
+      const LaneVec scu = atol + rtol * abs_max(u, u), scw = atol + rtol * abs_max(w, w);
+      const LaneVec yu = u / scu, yw = w / scw, fu = ku / scu, fw = kw / scw;
+      sy += yu * yu + yw * yw;
+      sf += fu * fu + fw * fw;
+    }
+    LaneVec h0{};
+    double df0[kLanes];
+    for (int l = 0; l < kLanes; ++l) {
+      const double dy0 = std::sqrt(sy[l] * inv_size());
+      df0[l] = std::sqrt(sf[l] * inv_size());
+      h0[l] = (dy0 < 1e-5 || df0[l] < 1e-5) ? 1e-6 : 0.01 * dy0 / df0[l];
+    }
+    LaneVec ct{};
+    for (Index i = 0; i < m_; ++i) {
+      LaneVec ku, kw;
+      field(gu, gw, u_[i], w_[i], ku, kw);
+      ct += (u_[i] + h0 * ku) * (w_[i] + h0 * kw);
+    }
+    const LaneVec g2 = -kappa * (sigma * (kappa * ct - beta));
+    const LaneVec gu2 = eu * g2, gw2 = ew * g2;
+    LaneVec sd{};
+    for (Index i = 0; i < m_; ++i) {
+      const LaneVec u = u_[i], w = w_[i];
+      LaneVec ku, kw, ku2, kw2;
+      field(gu, gw, u, w, ku, kw);
+      field(gu2, gw2, u + h0 * ku, w + h0 * kw, ku2, kw2);
+      const LaneVec scu = atol + rtol * abs_max(u, u), scw = atol + rtol * abs_max(w, w);
+      const LaneVec qu = (ku2 - ku) / h0 / scu, qw = (kw2 - kw) / h0 / scw;
+      sd += qu * qu + qw * qw;
+    }
+    const double t_last = s.n_times > 0 ? s.times[s.n_times - 1] : 0.0;
+    for (int l = 0; l < kLanes; ++l) {
+      const double ddf = std::sqrt(sd[l] * inv_size());
+      const double big = std::max(df0[l], ddf);
+      const double h1 =
+          big <= 1e-15 ? std::max(1e-6, h0[l] * 1e-3) : std::pow(0.01 / big, 0.2);
+      h[l] = std::min(100 * h0[l], h1);
+      // As integrate_dopri5: no first step near the subnormal range.
+      if (s.n_times > 0) h[l] = std::max(h[l], 1e-12 * std::max(1.0, t_last));
+    }
+  }
 
   /// Stage algebra of linear_fused.hpp with d = 1, per lane: S_s = I + h sum_j a_sj K_j,
   /// p_s = S_s[:,1]^T Gram S_s[:,0], g_s = -kappa sigma (kappa p_s - beta),
-  /// K_s = S_s J(g_s); the step matrix is I + h sum_s b_s K_s. Decay puts -eta_u lambda_u
-  /// and -eta_w lambda_w on the diagonal of J.
-  void step(const Tableau& tab, double h) {
+  /// K_s = S_s J(g_s). Decay puts -eta_u lambda_u and -eta_w lambda_w on the diagonal of J.
+  /// h is one step for all lanes (double) or one per lane (LaneVec); the last stage matrix
+  /// is returned (dopri5's 5th-order step matrix).
+  template <class H>
+  void stages(const Tableau& tab, const H& h, LaneVec& s00, LaneVec& s01, LaneVec& s10,
+              LaneVec& s11) {
     const double kappa = md_.kappa, sigma = md_.sigma[0], beta = md_.beta[0];
     const double eu = md_.eta_u, ew = md_.eta_w;
     const double du = md_.eta_u * md_.lambda_u, dw = md_.eta_w * md_.lambda_w;
     const bool decay = has_decay(md_);
     for (int s = 0; s < tab.stages; ++s) {
-      LaneVec s00 = splat(1.0), s01{}, s10{}, s11 = splat(1.0);
+      s00 = splat(1.0);
+      s01 = LaneVec{};
+      s10 = LaneVec{};
+      s11 = splat(1.0);
       for (int j = 0; j < s; ++j) {
-        const double c = h * tab.a[s][j];
-        if (c == 0.0) continue;
+        if (tab.a[s][j] == 0.0) continue;
+        const auto c = h * tab.a[s][j];
         s00 += c * k00_[j];
         s01 += c * k01_[j];
         s10 += c * k10_[j];
@@ -232,6 +499,12 @@ class LanesWorker {
         k11_[s] -= dw * s11;
       }
     }
+  }
+
+  /// One fixed step; the step matrix is I + h sum_s b_s K_s.
+  void step(const Tableau& tab, double h) {
+    LaneVec s00, s01, s10, s11;
+    stages(tab, h, s00, s01, s10, s11);
     LaneVec t00 = splat(1.0), t01{}, t10{}, t11 = splat(1.0);
     for (int s = 0; s < tab.stages; ++s) {
       const double c = h * tab.b[s];
@@ -242,6 +515,43 @@ class LanesWorker {
       t11 += c * k11_[s];
     }
     apply(t00, t01, t10, t11);
+  }
+
+  /// The dopri5 attempt in one pass over the group: (un, wn) = (t00 u + t10 w,
+  /// t01 u + t11 w) into the second buffer, the Gram entries of the attempt into (an, bn,
+  /// cn), and per lane the sum of squared scaled errors, (e00 u + e10 w) / (atol + rtol
+  /// max(|u|, |un|)) and its w counterpart, whose mean is integrate_dopri5's err^2.
+  LaneVec attempt(LaneVec t00, LaneVec t01, LaneVec t10, LaneVec t11, LaneVec e00,
+                  LaneVec e01, LaneVec e10, LaneVec e11, double rtol, double atol,
+                  LaneVec& an, LaneVec& bn, LaneVec& cn) {
+    LaneVec a0{}, b0{}, c0{}, q0{}, a1{}, b1{}, c1{}, q1{};
+    const LaneVec* u = u_.data();
+    const LaneVec* w = w_.data();
+    LaneVec* uo = un_.data();
+    LaneVec* wo = wn_.data();
+    auto one = [&](Index i, LaneVec& a, LaneVec& b, LaneVec& c, LaneVec& q) {
+      const LaneVec ui = u[i], wi = w[i];
+      const LaneVec un = t00 * ui + t10 * wi;
+      const LaneVec wn = t01 * ui + t11 * wi;
+      const LaneVec ru = (e00 * ui + e10 * wi) / (atol + rtol * abs_max(ui, un));
+      const LaneVec rw = (e01 * ui + e11 * wi) / (atol + rtol * abs_max(wi, wn));
+      uo[i] = un;
+      wo[i] = wn;
+      a += un * un;
+      b += wn * wn;
+      c += un * wn;
+      q += ru * ru + rw * rw;
+    };
+    Index i = 0;
+    for (; i + 1 < m_; i += 2) {
+      one(i, a0, b0, c0, q0);
+      one(i + 1, a1, b1, c1, q1);
+    }
+    if (i < m_) one(i, a0, b0, c0, q0);
+    an = a0 + a1;
+    bn = b0 + b1;
+    cn = c0 + c1;
+    return q0 + q1;
   }
 
   /// (u, w) <- (t00 u + t10 w, t01 u + t11 w) per lane, and the Gram entries of the
@@ -307,14 +617,15 @@ class LanesWorker {
   }
 
   /// Loss L* + r sigma r / 2 with r = kappa p - beta, and dL/dt along the flow.
-  void loss(LaneVec& out, bool want_dloss, LaneVec& dl) const {
+  void loss(const LaneVec& a, const LaneVec& b, const LaneVec& c, LaneVec& out,
+            bool want_dloss, LaneVec& dl) const {
     const double kappa = md_.kappa, sigma = md_.sigma[0], beta = md_.beta[0];
-    const LaneVec r = kappa * c_ - beta;
+    const LaneVec r = kappa * c - beta;
     out = md_.loss_min + 0.5 * (r * (sigma * r));
     if (!want_dloss) return;
     const LaneVec g = -kappa * (sigma * r);
-    dl = -(md_.eta_w * a_ * (g * g) + md_.eta_u * (g * (b_ * g)));
-    if (has_decay(md_)) dl += decay_rate(md_) * (g * c_);
+    dl = -(md_.eta_w * a * (g * g) + md_.eta_u * (g * (b * g)));
+    if (has_decay(md_)) dl += decay_rate(md_) * (g * c);
   }
 
   void record_params(Index k, int l, Index slot) {
@@ -327,8 +638,8 @@ class LanesWorker {
   }
 
   /// As integrate.hpp's fail(): records from slot j on become NaN, the state is kept.
-  void fail(Recorder& rec, Outcome& o, Index k, int l, double t, Index j) {
-    o.status = Status::diverged;
+  void fail(Recorder& rec, Outcome& o, Status status, Index k, int l, double t, Index j) {
+    o.status = status;
     o.t_fail = t;
     rec.fail_from(j);
     if (!out_.params_all) record_params(k, l, 0);
@@ -338,13 +649,15 @@ class LanesWorker {
   const Records& out_;
   Index T_, m_;
   std::vector<LaneVec> u_, w_;
+  std::vector<LaneVec> un_, wn_;  // dopri5: the attempted step
   std::vector<double> draw_;
+  std::vector<Recorder> rec_;     // one per lane of the current group
   std::vector<NeuronRecorder> neurons_;  // one per lane
   LaneVec a_{}, b_{}, c_{};
   LaneVec k00_[7]{}, k01_[7]{}, k10_[7]{}, k11_[7]{};
 };
 
-/// Model A with euler, rk4 or gd: trajectories in groups of up to kLanes. Groups are
+/// Model A with euler, rk4, gd or dopri5: trajectories in groups of up to kLanes. Groups are
 /// shrunk when there are few trajectories so that every thread gets work; that changes
 /// no bits (see the top of this file).
 inline void run_lanes(const LinearModel& md, const InitSpec& init, const Schedule& s,
@@ -358,7 +671,7 @@ inline void run_lanes(const LinearModel& md, const InitSpec& init, const Schedul
     const int count = static_cast<int>(std::min<Index>(group, trajectories - k0));
     return static_cast<Index>(w.run_group(init, s, k0, count, cancel));
   };
-  parallel_items<LanesWorker>(groups, threads, cancel, body, md, out, s.n_times);
+  parallel_items<LanesWorker>(groups, threads, cancel, body, md, out, s.n_times, s);
 }
 
 }  // namespace ntkflow::detail
