@@ -71,6 +71,9 @@ inline LaneVec abs_max(LaneVec a, LaneVec b) {
   const LaneVec x = (LaneVec)((LaneBits)a & mask), y = (LaneVec)((LaneBits)b & mask);
   return x < y ? y : x;
 }
+inline LaneVec lane_abs(LaneVec a) { return (LaneVec)((LaneBits)a & (LaneBits{} + INT64_MAX)); }
+/// Per lane `if (!(x <= acc)) acc = x`: NeuronRecorder's running maximum, NaN included.
+inline LaneVec keep_max(LaneVec acc, LaneVec x) { return x <= acc ? acc : x; }
 #else
 /// The same element-by-element arithmetic for compilers without GCC's vector extension
 /// (MSVC), left to the auto-vectoriser: lane l of a result is the scalar operation on
@@ -119,20 +122,99 @@ inline LaneVec abs_max(const LaneVec& a, const LaneVec& b) {
   }
   return r;
 }
+inline LaneVec lane_abs(const LaneVec& a) {
+  LaneVec r;
+  for (int l = 0; l < kLanes; ++l) r.v[l] = std::abs(a.v[l]);
+  return r;
+}
+inline LaneVec keep_max(const LaneVec& acc, const LaneVec& x) {
+  LaneVec r;
+  for (int l = 0; l < kLanes; ++l) r.v[l] = x.v[l] <= acc.v[l] ? acc.v[l] : x.v[l];
+  return r;
+}
 #endif
 
 inline LaneVec splat(double x) { return LaneVec{} + x; }
 
-/// Lane l's neurons for NeuronRecorder, one scalar at a time: the same arithmetic in every
-/// lane, so a trajectory's delta records do not depend on its group.
-struct LaneNeurons {
-  const LaneVec* u;
-  const LaneVec* w;
-  int l;
-  NeuronParams operator()(Index i) const {
-    const double wi = w[i][l];
-    return NeuronParams{u[i][l] * u[i][l], wi * wi};
+/// NeuronRecorder (ensemble.hpp) for all lanes of a group in one pass: the same arithmetic
+/// in the same order in every lane (each lane's sums still run over i = 0, 1, ... one
+/// after the other), so a trajectory's records are those of NeuronRecorder on its own
+/// parameters, whatever its group. One pass serves every lane that records at this point;
+/// lane by lane, the strided scalar reads and the dependent sums made these records cost
+/// more than the dopri5 steps between 101 record times.
+class LaneNeuronRecorder {
+ public:
+  LaneNeuronRecorder(const Records& out, Index width, Index n_times, double eta_u, double eta_w)
+      : out_(&out), m_(width), T_(n_times), eta_u_(eta_u), eta_w_(eta_w),
+        on_(out.delta_mean || out.delta_std || out.delta_drift || out.deltas),
+        delta0_(on_ ? static_cast<std::size_t>(width) : 0),
+        delta_(on_ ? static_cast<std::size_t>(width) : 0) {}
+
+  bool on() const { return on_; }
+
+  /// delta_i(0) of every lane, from the initial state.
+  void reference(const LaneVec* u, const LaneVec* w) {
+    if (!on_) return;
+    for (Index i = 0; i < m_; ++i) delta0_[i] = eta_w_ * (u[i] * u[i]) - eta_u_ * (w[i] * w[i]);
   }
+
+  /// The summaries of every lane at the current state (kept until the next call).
+  void compute(const LaneVec* u, const LaneVec* w) {
+    if (!on_) return;
+    LaneVec sum{}, dev{}, scale{};
+    for (Index i = 0; i < m_; ++i) {
+      const LaneVec a = eta_w_ * (u[i] * u[i]), b = eta_u_ * (w[i] * w[i]);
+      const LaneVec delta = a - b;
+      delta_[i] = delta;
+      sum += delta;
+      dev = keep_max(dev, lane_abs(delta - delta0_[i]));
+      scale = keep_max(scale, a + b);
+    }
+    const double inv_m = 1.0 / static_cast<double>(m_);
+    LaneVec mean = sum * inv_m;
+    for (int l = 0; l < kLanes; ++l) {
+      if (!std::isinf(mean[l])) continue;  // the sum overflowed: average scaled terms
+      double acc = 0.0;
+      for (Index i = 0; i < m_; ++i) acc += delta_[i][l] * inv_m;
+      mean[l] = acc;
+    }
+    LaneVec big{};
+    for (Index i = 0; i < m_; ++i) big = keep_max(big, lane_abs(delta_[i] - mean));
+    bool scaled = false;
+    for (int l = 0; l < kLanes; ++l) scaled = scaled || (big[l] > 0 && std::isfinite(big[l]));
+    LaneVec var{};
+    if (scaled) {
+      for (Index i = 0; i < m_; ++i) {
+        const LaneVec z = (delta_[i] - mean) / big;  // lanes with big 0 or inf: unused
+        var += z * z;
+      }
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      mean_[l] = mean[l];
+      spread_[l] = (big[l] > 0 && std::isfinite(big[l])) ? big[l] * std::sqrt(var[l] * inv_m)
+                                                         : big[l];
+      drift_[l] = scale[l] > 0 ? dev[l] / scale[l] : (dev[l] > 0 ? kInf : dev[l]);
+    }
+  }
+
+  /// Lane l's records from the last compute() into trajectory `row`, slot j.
+  void write(int l, Index row, Index j) const {
+    if (!on_) return;
+    const Index at = row * T_ + j;
+    if (out_->delta_mean) out_->delta_mean[at] = mean_[l];
+    if (out_->delta_std) out_->delta_std[at] = spread_[l];
+    if (out_->delta_drift) out_->delta_drift[at] = drift_[l];
+    if (out_->deltas)
+      for (Index i = 0; i < m_; ++i) out_->deltas[at * m_ + i] = delta_[i][l];
+  }
+
+ private:
+  const Records* out_;
+  Index m_, T_;
+  double eta_u_, eta_w_;
+  bool on_;
+  std::vector<LaneVec> delta0_, delta_;
+  double mean_[kLanes]{}, spread_[kLanes]{}, drift_[kLanes]{};
 };
 
 /// One thread's buffers: the group state (and for dopri5 the attempted one) and the initial
@@ -142,14 +224,13 @@ class LanesWorker {
   LanesWorker(const LinearModel& md, const Records& out, Index n_times, const Schedule& s)
       : md_(md), out_(out), T_(n_times), m_(md.width),
         u_(static_cast<std::size_t>(m_)), w_(static_cast<std::size_t>(m_)),
-        draw_(static_cast<std::size_t>(2 * m_)) {
+        draw_(static_cast<std::size_t>(2 * m_)),
+        neurons_(out, m_, n_times, md.eta_u, md.eta_w) {
     if (s.solver == Solver::dopri5) {
       un_.resize(static_cast<std::size_t>(m_));
       wn_.resize(static_cast<std::size_t>(m_));
     }
     rec_.reserve(kLanes);
-    neurons_.reserve(kLanes);
-    for (int l = 0; l < kLanes; ++l) neurons_.emplace_back(out, m_, n_times, md.eta_u, md.eta_w);
   }
 
   /// Integrates trajectories [k0, k0 + count), count <= kLanes; returns count.
@@ -166,7 +247,7 @@ class LanesWorker {
     }
     rec_.clear();
     for (int l = 0; l < count; ++l) rec_.emplace_back(md_, out_, k0 + l, T_);
-    for (int l = 0; l < count; ++l) neurons_[l].reference(LaneNeurons{u_.data(), w_.data(), l});
+    neurons_.reference(u_.data(), w_.data());
     if (s.solver == Solver::dopri5)
       run_dopri5(s, k0, count, cancel);
     else
@@ -233,8 +314,12 @@ class LanesWorker {
           if ((steps & 63) == 0 && cancel_requested(cancel)) throw Cancelled();
         }
       }
-      for (int l = 0; l < count; ++l)
-        if (live[l]) record_lane(k0 + l, l, j, l0[l]);
+      Index from[kLanes], to[kLanes];
+      for (int l = 0; l < count; ++l) {
+        from[l] = j;
+        to[l] = live[l] ? j + 1 : j;
+      }
+      record_lanes(k0, count, from, to, l0);
     }
     for (int l = 0; l < count; ++l) {
       if (live[l] && !out_.params_all) record_params(k0 + l, l, 0);
@@ -279,12 +364,15 @@ class LanesWorker {
       LaneVec hs{};  // 0 in lanes that no longer integrate: their (zero) state stays put
       bool tried[kLanes] = {};
       bool any = false;
+      Index from[kLanes];
+      for (int l = 0; l < count; ++l) {
+        from[l] = j[l];
+        if (live[l])
+          while (j[l] < s.n_times && s.times[j[l]] <= t[l]) ++j[l];
+      }
+      record_lanes(k0, count, from, j, l0);
       for (int l = 0; l < count; ++l) {
         if (!live[l]) continue;
-        while (j[l] < s.n_times && s.times[j[l]] <= t[l]) {
-          record_lane(k0 + l, l, j[l], l0[l]);
-          ++j[l];
-        }
         if (j[l] == s.n_times) {
           if (!out_.params_all) record_params(k0 + l, l, 0);
           retire(l, live);
@@ -389,11 +477,22 @@ class LanesWorker {
     a_[l] = b_[l] = c_[l] = 0.0;
   }
 
-  void record_lane(Index k, int l, Index j, double loss_value) {
-    const double p = c_[l], a = a_[l], b = b_[l];
-    rec_[l].write(j, &p, a, &b, loss_value);
-    neurons_[l].write(k, j, LaneNeurons{u_.data(), w_.data(), l});
-    if (out_.params_all) record_params(k, l, j);
+  /// Records slots [from[l], to[l]) of every lane l from the current state; the per-neuron
+  /// summaries are computed once for all lanes that record.
+  void record_lanes(Index k0, int count, const Index* from, const Index* to,
+                    const LaneVec& loss_value) {
+    bool any = false;
+    for (int l = 0; l < count; ++l) any = any || from[l] < to[l];
+    if (!any) return;
+    neurons_.compute(u_.data(), w_.data());
+    for (int l = 0; l < count; ++l) {
+      const double p = c_[l], a = a_[l], b = b_[l];
+      for (Index j = from[l]; j < to[l]; ++j) {
+        rec_[l].write(j, &p, a, &b, loss_value[l]);
+        neurons_.write(l, k0 + l, j);
+        if (out_.params_all) record_params(k0 + l, l, j);
+      }
+    }
   }
 
   /// Hairer's starting step (Solving ODEs I, II.4) per lane, as integrate_dopri5 takes it:
@@ -521,9 +620,26 @@ class LanesWorker {
   /// t01 u + t11 w) into the second buffer, the Gram entries of the attempt into (an, bn,
   /// cn), and per lane the sum of squared scaled errors, (e00 u + e10 w) / (atol + rtol
   /// max(|u|, |un|)) and its w counterpart, whose mean is integrate_dopri5's err^2.
+  ///
+  /// Division is the bottleneck of this pass (a 512-bit vdivpd issues every 16 cycles on
+  /// Intel cores, against ~20 other vector operations per neuron), so both scaled errors
+  /// share one: e_u / s_u = e_u s_w / (s_u s_w). That rounds differently from two
+  /// divisions (a few ulp of err, which only steers step sizes) and needs s_u s_w to stay
+  /// normal, hence only for atol in [1e-140, 1e140], where s >= atol keeps the product
+  /// >= 1e-280 (and an overflowing product means parameters near 1e150, whose loss has
+  /// already overflowed and rejects the step anyway). The choice depends on atol alone.
   LaneVec attempt(LaneVec t00, LaneVec t01, LaneVec t10, LaneVec t11, LaneVec e00,
                   LaneVec e01, LaneVec e10, LaneVec e11, double rtol, double atol,
                   LaneVec& an, LaneVec& bn, LaneVec& cn) {
+    if (atol >= 1e-140 && atol <= 1e140)
+      return attempt_pass<true>(t00, t01, t10, t11, e00, e01, e10, e11, rtol, atol, an, bn, cn);
+    return attempt_pass<false>(t00, t01, t10, t11, e00, e01, e10, e11, rtol, atol, an, bn, cn);
+  }
+
+  template <bool kShared>
+  LaneVec attempt_pass(LaneVec t00, LaneVec t01, LaneVec t10, LaneVec t11, LaneVec e00,
+                       LaneVec e01, LaneVec e10, LaneVec e11, double rtol, double atol,
+                       LaneVec& an, LaneVec& bn, LaneVec& cn) {
     LaneVec a0{}, b0{}, c0{}, q0{}, a1{}, b1{}, c1{}, q1{};
     const LaneVec* u = u_.data();
     const LaneVec* w = w_.data();
@@ -533,8 +649,17 @@ class LanesWorker {
       const LaneVec ui = u[i], wi = w[i];
       const LaneVec un = t00 * ui + t10 * wi;
       const LaneVec wn = t01 * ui + t11 * wi;
-      const LaneVec ru = (e00 * ui + e10 * wi) / (atol + rtol * abs_max(ui, un));
-      const LaneVec rw = (e01 * ui + e11 * wi) / (atol + rtol * abs_max(wi, wn));
+      const LaneVec su = atol + rtol * abs_max(ui, un);
+      const LaneVec sw = atol + rtol * abs_max(wi, wn);
+      LaneVec ru, rw;
+      if constexpr (kShared) {
+        const LaneVec inv = 1.0 / (su * sw);
+        ru = ((e00 * ui + e10 * wi) * sw) * inv;
+        rw = ((e01 * ui + e11 * wi) * su) * inv;
+      } else {
+        ru = (e00 * ui + e10 * wi) / su;
+        rw = (e01 * ui + e11 * wi) / sw;
+      }
       uo[i] = un;
       wo[i] = wn;
       a += un * un;
@@ -652,7 +777,7 @@ class LanesWorker {
   std::vector<LaneVec> un_, wn_;  // dopri5: the attempted step
   std::vector<double> draw_;
   std::vector<Recorder> rec_;     // one per lane of the current group
-  std::vector<NeuronRecorder> neurons_;  // one per lane
+  LaneNeuronRecorder neurons_;
   LaneVec a_{}, b_{}, c_{};
   LaneVec k00_[7]{}, k01_[7]{}, k10_[7]{}, k11_[7]{};
 };
