@@ -179,8 +179,9 @@ def simulate(
     method : {"full", "stagewise", "reduced"}
         "full" integrates all width * (1 + dim) parameters. For a linear network every
         Runge-Kutta stage state is the parameter matrix times a small (1+dim)^2 matrix, so
-        a whole step is one pass over the parameters (for dim = 1, fixed steps and width
-        <= 4096, eight trajectories at once in SIMD lanes). "stagewise" integrates the same
+        a whole step is one pass over the parameters (for dim = 1 and width <= 4096,
+        eight trajectories at once in SIMD lanes, with fixed steps or with dopri5's step
+        sizes per trajectory). "stagewise" integrates the same
         parameters with the same method the textbook way (one field evaluation per stage,
         several passes per step): slower, kept as a cross-check and a benchmark reference.
         "reduced" integrates the width-independent closed system of docs/theory.md §B.1
@@ -356,9 +357,11 @@ def _check_moments_memory(run: _Run, method: str, keep_ntk: bool, neurons: bool)
     dim, width = int(run.data.dim), run.net.width
     per_time = 5 + dim + (dim * dim if keep_ntk else 0) + (3 if neurons else 0)
     state = width * (1 + dim) if method != "reduced" else dim * (dim + 1) + 1
-    # + delta_i(0) and delta_i(t) per neuron, for each of the 8 SIMD lanes when dim = 1
+    # + delta_i(0) and delta_i(t) per neuron, for each of the 8 SIMD lanes when dim = 1,
+    # + for dim = 1 the second (u, w) copy of an 8-lane group that dopri5's attempts go to
     workspace = 8.0 * (11 * state + width * (1 + dim) + 4 * dim + dim * dim + width
-                       + (2 * width * (8 if dim == 1 else 1) if neurons else 0))
+                       + (2 * width * (8 if dim == 1 else 1) if neurons else 0)
+                       + (16 * width if dim == 1 and method != "reduced" else 0))
     _check_memory(run, per_time, 1 + dim, workspace,
                   f"simulating {run.n} trajectories of width {width}, recorded at {run.T} "
                   "times")
