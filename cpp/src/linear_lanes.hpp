@@ -49,6 +49,9 @@ constexpr Index kLanesMaxWidth = (512 * 1024) / (2 * kLanes * 8);
 /// the width: a private switch for tests and benchmarks that compare the two paths (step
 /// counts, statuses, speed). It is read at every call and is not part of the API.
 inline bool lanes_disabled() {
+#ifdef _MSC_VER
+#pragma warning(suppress : 4996)  // getenv is "unsafe" to MSVC only for its returned pointer
+#endif
   const char* v = std::getenv("NTKFLOW_PRIVATE_NO_LANES");
   return v != nullptr && v[0] != '\0' && v[0] != '0';
 }
