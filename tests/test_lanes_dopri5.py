@@ -36,7 +36,7 @@ def test_lanes_dopri5_matches_the_closed_form() -> None:
     # which the bounds below reject.
     net = nf.TwoLayer(width=200, kappa=1 / np.sqrt(200))
     data = nf.LatentLine(beta=1.0)
-    train = nf.GradientFlow(t_max=20.0, rtol=1e-9, atol=1e-12)
+    train = nf.GradientFlow(t_max=20.0, solver="dopri5", rtol=1e-9, atol=1e-12)
     res = nf.simulate(net, data, train, trajectories=16, seed=2, init=nf.Gaussian(0.5, 0.5),
                       record=nf.Record(times=41))
     path = nf.exact.line(res, net, data, train).at(res.times)
@@ -48,7 +48,7 @@ def test_lanes_dopri5_matches_the_closed_form() -> None:
 
 def _line_run(n, first=0, threads=None, init=None, train=None, record=None):
     net = nf.TwoLayer(width=37, kappa=0.2)
-    train = train or nf.GradientFlow(t_max=4.0, rtol=1e-9, atol=1e-12)
+    train = train or nf.GradientFlow(t_max=4.0, solver="dopri5", rtol=1e-9, atol=1e-12)
     record = record or nf.Record(times=9, params="all", loss_below=1e-3)
     return nf.simulate(net, nf.LatentLine(beta=0.9), train, trajectories=n, seed=5,
                        first_trajectory=first, threads=threads, record=record,
@@ -78,7 +78,8 @@ def test_failing_lanes_leave_their_neighbours_alone(monkeypatch) -> None:
     # started 4x larger, which needs 135 attempts and so runs into max_steps = 120 (the
     # others need at most 100). The healthy lanes' bits must be those of a run without
     # them, and the failing lanes get the single-trajectory path's statuses and times.
-    train = nf.GradientFlow(t_max=4.0, rtol=1e-9, atol=1e-12, max_steps=120)
+    train = nf.GradientFlow(t_max=4.0, solver="dopri5", rtol=1e-9, atol=1e-12,
+                            max_steps=120)
     big = _line_run(8, train=train)
     p = big.initial_params()
     u0, W0 = p.u0.copy(), p.W0.copy()
@@ -106,7 +107,7 @@ def test_step_counts_and_statuses_match_the_single_trajectory_path(monkeypatch, 
     # Same method, same decisions: accepted and rejected steps, statuses, failure times,
     # threshold times. Only rounding differs (sums over the width in another order), so the
     # records agree to round-off and, on these well-conditioned runs, the counts exactly.
-    flow = dict(t_max=4.0, rtol=1e-9, atol=1e-12)
+    flow = dict(t_max=4.0, solver="dopri5", rtol=1e-9, atol=1e-12)
     record = nf.Record(times=9, params="final")
     if case == "step_limit":
         flow["max_steps"] = 12
@@ -150,7 +151,7 @@ def test_lanes_take_dopri5_above_and_below_the_width_limit(monkeypatch) -> None:
     # Width 4096 runs in lanes, 4097 one trajectory at a time: the same method either side.
     for width in (4096, 4097):
         net = nf.TwoLayer(width=width, kappa=1 / np.sqrt(width))
-        train = nf.GradientFlow(t_max=3.0, rtol=1e-9, atol=1e-12)
+        train = nf.GradientFlow(t_max=3.0, solver="dopri5", rtol=1e-9, atol=1e-12)
 
         def run():
             return nf.simulate(net, nf.LatentLine(), train, trajectories=3, seed=1,

@@ -58,8 +58,12 @@ inline bool lanes_disabled() {
 
 /// dopri5 holds two copies of the group (the state and the attempt), 1 MiB at the widest:
 /// still within a core's L2 on current x86 (1-2 MiB), so the same width limit serves both.
-inline bool lanes_apply(const LinearModel& md, const Schedule&) {
-  return md.dim == 1 && md.width <= kLanesMaxWidth && !lanes_disabled();
+/// The solvers are listed, not excluded: a solver added elsewhere must not fall into the
+/// fixed-step lanes by default.
+inline bool lanes_apply(const LinearModel& md, const Schedule& s) {
+  const bool lane_solver = s.solver == Solver::euler || s.solver == Solver::rk4 ||
+                           s.solver == Solver::gd || s.solver == Solver::dopri5;
+  return lane_solver && md.dim == 1 && md.width <= kLanesMaxWidth && !lanes_disabled();
 }
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(NTKFLOW_PORTABLE_LANES)
