@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ._harness import Config, Impl, run_impls, skipped
-from .peers import load
+from .peers import Compiled, load
 from .w3_teacher_student import LR, N_SAMPLES, make_data, sizes
 
 BATCH = 32
@@ -128,7 +128,7 @@ def jax_sgd(jax: Any, u0: np.ndarray, W0: np.ndarray, X: np.ndarray, y: np.ndarr
     f = jax.jit(jax.vmap(one))
     keys = jax.random.split(jax.random.PRNGKey(1), u0.shape[0])
     args = (jnp.asarray(u0), jnp.asarray(W0), keys)
-    return lambda: np.asarray(f(*args).block_until_ready())
+    return Compiled(jax, f, args)
 
 
 def torch_sgd(torch: Any, u0: np.ndarray, W0: np.ndarray, X: np.ndarray, y: np.ndarray,

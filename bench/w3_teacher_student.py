@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._harness import Config, Impl, run_impls, skipped
-from .peers import load
+from .peers import Compiled, load
 
 D, N_SAMPLES, TEACHER_UNITS, LR = 32, 256, 3, 0.05
 # (students, width, steps, record every) per mode
@@ -95,7 +95,7 @@ def jax_gd(jax: Any, u0: np.ndarray, W0: np.ndarray, X: np.ndarray, y: np.ndarra
 
     f = jax.jit(jax.vmap(one))
     args = (jnp.asarray(u0), jnp.asarray(W0))
-    return lambda: np.asarray(f(*args).block_until_ready())
+    return Compiled(jax, f, args)
 
 
 def torch_gd(torch: Any, u0: np.ndarray, W0: np.ndarray, X: np.ndarray, y: np.ndarray,
