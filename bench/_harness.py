@@ -262,3 +262,16 @@ def like_for_like(rows: list[Row], textbook: str, best: str, algorithm: str,
         say(summary, f"best method: {best} is {alg:.3g}x faster than {textbook}: an "
             f"algorithmic speed-up ({algorithm}), on top of the like-for-like ratios")
     return out
+
+
+def compare_line(rows: list[Row], fast: str, slow: str, summary: list[str],
+                 target: str = "") -> float:
+    """Say how many times ``fast``'s median is faster than ``slow``'s (rows by name, both
+    checked ok); NaN when either did not run."""
+    by = {r.name: r for r in rows if r.status == "ok"}
+    if fast not in by or slow not in by:
+        return math.nan
+    ratio = by[slow].median / by[fast].median
+    say(summary, f"{fast}: {ratio:.3g}x faster than {slow}" + (f" ({target})" if target
+                                                               else ""))
+    return ratio

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ._harness import Config, Impl, run_impls, skipped
+from ._harness import Config, Impl, compare_line, run_impls, skipped
 from .peers import Compiled, load
 from .w3_teacher_student import LR, N_SAMPLES, make_data, sizes
 
@@ -270,13 +270,14 @@ def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
     peers_ok = [r for r in rows if r.status == "ok" and not r.reference and
                 r.name.startswith(("jax", "torch"))]
     ref = next((r for r in rows if r.reference), None)
+    out["summary"] = summary = []
     if ref is not None and ratio_to == "ntkflow" and peers_ok:
         fastest = min(peers_ok, key=lambda r: r.median)
-        speedup = fastest.median / ref.median
+        speedup = compare_line(rows, ref.name, fastest.name, summary,
+                               f"the fastest peer; {1e6 * ref.median / (S * steps):.3g} against "
+                               f"{1e6 * fastest.median / (S * steps):.3g} us per student-step; "
+                               f"target >= 2x")
         out.update(us_per_student_step=1e6 * ref.median / (S * steps), fastest_peer=fastest.name,
                    fastest_peer_us_per_student_step=1e6 * fastest.median / (S * steps),
                    speedup_vs_fastest=speedup)
-        print(f"  ntkflow {1e6 * ref.median / (S * steps):.3g} us per student-step; fastest "
-              f"peer {fastest.name} {1e6 * fastest.median / (S * steps):.3g} us: ntkflow "
-              f"{speedup:.2f}x faster (target >= 2x)")
     return out
