@@ -6,7 +6,8 @@ implementation ntkflow's thread count n, and ``observe_threads`` checks it by lo
 
 - n below the usable cores: the process is pinned to n of them (``sched_setaffinity``).
   XLA's CPU client has no working thread-count flag (``--xla_cpu_multi_thread_eigen=false
-  intra_op_parallelism_threads=1`` left 3 threads busy in a jax 0.10.2 matmul on 2 cores),
+  intra_op_parallelism_threads=1`` left 3 threads accumulating CPU time in a jax 0.10.2
+  matmul on 2 cores, against 1 when pinned),
   but it sizes its pools from the affinity mask, and no library can run on cores it is not
   allowed; the counts below then keep them from oversubscribing the n cores.
 - BLAS and OpenMP libraries already loaded (NumPy's OpenBLAS, ntkflow's libgomp):
