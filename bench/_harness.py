@@ -266,12 +266,12 @@ def like_for_like(rows: list[Row], textbook: str, best: str, algorithm: str,
 
 def compare_line(rows: list[Row], fast: str, slow: str, summary: list[str],
                  target: str = "") -> float:
-    """Say how many times ``fast``'s median is faster than ``slow``'s (rows by name, both
-    checked ok); NaN when either did not run."""
+    """Say ``fast``'s speed-up over ``slow`` (median over median, rows by name, both
+    checked ok; below 1 it is slower, and the line says so); NaN when either did not run."""
     by = {r.name: r for r in rows if r.status == "ok"}
     if fast not in by or slow not in by:
         return math.nan
     ratio = by[slow].median / by[fast].median
-    say(summary, f"{fast}: {ratio:.3g}x faster than {slow}" + (f" ({target})" if target
-                                                               else ""))
+    say(summary, f"{fast}: speed-up {ratio:.3g}x over {slow}"
+        + (" (slower)" if ratio < 1 else "") + (f" ({target})" if target else ""))
     return ratio
