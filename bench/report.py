@@ -106,8 +106,9 @@ def table(report: dict[str, Any], source: str) -> str:
                f"{k} {v}" for k, v in single["machine"]["peer_threads"]
                .get("observed", {}).items()) if single else "") + ".",
            "",
-           "`time / ref` is the median over the workload's reference line (its first, "
-           "ntkflow's where it runs); above 1 ntkflow is faster. JAX compile time is "
+           "`time / ref` is the median over the median of the ntkflow line the workload "
+           "compares with (its first line; in W4 ntkflow default, the first below the "
+           "accuracy reference); above 1 ntkflow is faster. JAX compile time is "
            "outside every median. Definitions of every workload and column: "
            "[bench/README.md](bench/README.md)."]
     singles = {w["workload"]: w for w in (single or {}).get("workloads", [])}
