@@ -1,17 +1,27 @@
 """python -m bench [scaling] [--quick | --tiny]
-[--only W1|W1-fixed|W1-adaptive|W2|W3|W3-SGD|W4]
+[--only W1|W1-fixed|W1-adaptive|W2|W3|W3-SGD|W4|...]
 [--repeats N] [--peers all|none|jax,torch,...] [--threads N] [--json PATH]
+[--save auto|yes|no] [--single-thread auto|yes|no]
+python -m bench report [--check] [JSON]
 
 Runs the workloads of bench/README.md: ntkflow beside every reference that is installed,
 each checked against ntkflow (or the NumPy reference) before its time is reported.
+A full run (no --quick/--tiny) also runs every workload again at one thread (a child
+process: thread counts are fixed before the peers are imported) and saves everything to
+bench/results/run-<date>-<git hash>.json; `report` writes README.md's performance table
+from the newest saved run (bench/report.py).
 Exit status 0 when every check agreed, 1 when one did not, 2 on bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +29,19 @@ from typing import Any
 from . import gemm, machine, peers
 from ._harness import Config
 
-WORKLOADS = ("W1-fixed", "W1-adaptive", "W2", "W3", "W3-SGD", "W4")
+# The workloads, in running order: name -> "module:function" in bench/, each function
+# (cfg: Config, gemm_gflops: float) -> {"workload": name, "rows": [...], ...}. Adding a
+# workload is one entry here; bench/report.py tabulates whatever a run's JSON holds.
+REGISTRY = {
+    "W1-fixed": "w1_ensemble:run_fixed",
+    "W1-adaptive": "w1_ensemble:run_adaptive",
+    "W2": "w2_gram:run",
+    "W3": "w3_teacher_student:run",
+    "W3-SGD": "w3_sgd:run",
+    "W4": "w4_teacher_student_flow:run",
+}
+WORKLOADS = tuple(REGISTRY)
+RESULTS = Path(__file__).resolve().parent / "results"
 ALL_PEERS = frozenset({"jax", "torch", "diffrax", "scipy"})
 
 
@@ -34,9 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--tiny", action="store_true",
                       help="tiny sizes, 1 repeat: a smoke test of the harness itself")
     p.add_argument("--only", action="append", metavar="W",
-                   help="run only this workload: W1 (both), W1-fixed, W1-adaptive, W2, W3, "
-                        "W3-SGD, W4; "
-                        "may be repeated")
+                   help="run only this workload (or family: W1 is both W1 lines): "
+                        f"{', '.join(WORKLOADS)}; may be repeated")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs after the warm-up (default 5; quick 3; tiny 1)")
     p.add_argument("--peers", default="all",
@@ -53,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
                         "per-run cap of the accuracy ladders is scaled by the same factor)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="also write every number, the machine and the git hash as JSON")
+    p.add_argument("--save", choices=("auto", "yes", "no"), default="auto",
+                   help="also save the JSON as bench/results/run-<date>-<git hash>[-mode].json "
+                        "(auto: a full run of every workload)")
+    p.add_argument("--single-thread", choices=("auto", "yes", "no"), default="auto",
+                   help="also run the workloads at one thread for every implementation, in "
+                        "a child process (auto: in a full run)")
     return p
 
 
@@ -99,15 +126,65 @@ def _selected(only: list[str] | None) -> list[str]:
     return out
 
 
+def _single_thread_argv(args: argparse.Namespace, json_path: Path) -> list[str]:
+    """The same run at one thread, for a child process (see _run_single_thread)."""
+    out = {"full": [], "quick": ["--quick"], "tiny": ["--tiny"]}[
+        "tiny" if args.tiny else "quick" if args.quick else "full"]
+    for item in args.only or []:
+        out += ["--only", item]
+    for flag, val in (("--repeats", args.repeats), ("--w3-steps", args.w3_steps),
+                      ("--w4-students", args.w4_students)):
+        if val is not None:
+            out += [flag, str(val)]
+    return out + ["--peers", args.peers, "--threads", "1", "--single-thread", "no",
+                  "--save", "no", "--json", str(json_path)]
+
+
+def _run_single_thread(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Every workload again with every implementation at one thread. A child process,
+    because the process must be pinned and the libraries' counts set before they load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "single.json"
+        cmd = [sys.executable, "-m", "bench", *_single_thread_argv(args, path)]
+        print(f"\n==== single-thread table: {' '.join(cmd[1:])}", flush=True)
+        proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, check=False)
+        if not path.exists():
+            print(f"single-thread run failed (exit status {proc.returncode}): no JSON")
+            return None
+        child: dict[str, Any] = json.loads(path.read_text())
+        child["returncode"] = proc.returncode
+        return child
+
+
+def _save_path(report: dict[str, Any]) -> Path:
+    """bench/results/run-<UTC date and time>-<git hash>[-<mode>].json: sorting the names
+    sorts the runs by time."""
+    stamp = report["date"].replace(":", "").replace("-", "")[:13]  # 20261201T0830
+    git = str(report["git"])
+    short = git[:10] + ("-dirty" if git.endswith("-dirty") else "")
+    mode = "" if report["mode"] == "full" else f"-{report['mode']}"
+    return RESULTS / f"run-{stamp}-{short}{mode}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:1] == ["report"]:
+        from . import report as report_mod
+
+        return report_mod.main(raw[1:])
     args = _parser().parse_args(argv)
     cfg = _config(args)
     start = time.perf_counter()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info = machine.info()
     print(machine.describe(info))
-    # Before any peer is imported: XLA reads XLA_FLAGS when its CPU client starts.
-    info["peer_threads"] = peers.match_threads(cfg.threads)
-    print(f"threads: {info['peer_threads']['summary']}")
+    # Before any peer is imported: XLA sizes its thread pools when its CPU client starts.
+    info["peer_threads"] = threads = peers.match_threads(cfg.threads)
+    print(f"threads: {threads['summary']}")
+    threads["observed"] = peers.observe_threads(cfg.peers, threads["ntkflow"])
+    print("threads observed (threads busy >= 1/4 of the wall time during a float64 matrix "
+          "product; ntkflow: nf.ntk_gram): "
+          + ", ".join(f"{k} {v}" for k, v in threads["observed"].items()))
     label = {"full": "full sizes", "quick": "QUICK: scaled-down sizes",
              "tiny": "TINY: smoke-test sizes"}[cfg.mode]
     print(f"mode: {label}; timings: median of {cfg.repeats} after 1 warm-up run "
@@ -115,27 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     g = gemm.measure(gemm.sizes(cfg.mode), repeats=5)
     print(f"float64 GEMM (NumPy BLAS, {g['n']}x{g['n']}): median {g['gflops_median']:.1f} "
           f"GFLOP/s (min {g['gflops_min']:.1f}, max {g['gflops_max']:.1f})")
-    report: dict[str, Any] = {"argv": sys.argv[1:] if argv is None else argv,
-                              "mode": cfg.mode, "repeats": cfg.repeats, "machine": info,
-                              "git": info["git"], "gemm": g}
+    report: dict[str, Any] = {"argv": raw, "date": date, "mode": cfg.mode,
+                              "repeats": cfg.repeats, "threads": threads["ntkflow"],
+                              "machine": info, "git": info["git"], "gemm": g}
     if args.study == "scaling":
         from . import scaling
 
         report["scaling"] = scaling.run(cfg)
         ok = True
     else:
-        from . import (
-            w1_ensemble,
-            w2_gram,
-            w3_sgd,
-            w3_teacher_student,
-            w4_teacher_student_flow,
-        )
-
-        runners = {"W1-fixed": w1_ensemble.run_fixed, "W1-adaptive": w1_ensemble.run_adaptive,
-                   "W2": w2_gram.run, "W3": w3_teacher_student.run, "W3-SGD": w3_sgd.run,
-                   "W4": w4_teacher_student_flow.run}
-        results = [runners[w](cfg, g["gflops_median"]) for w in _selected(args.only)]
+        results = []
+        for w in _selected(args.only):
+            module, func = REGISTRY[w].split(":")
+            run = getattr(importlib.import_module(f".{module}", __package__), func)
+            results.append(run(cfg, g["gflops_median"]))
         report["workloads"] = results
         rows = [r for res in results for r in res["rows"]]
         checked = [r for r in rows if r["status"] in ("ok", "MISMATCH") and not r["reference"]]
@@ -144,13 +214,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nagreement: {len(checked) - sum(r['status'] == 'MISMATCH' for r in checked)}"
               f" of {len(checked)} checked implementations agree with their reference"
               + (f"; FAILED: {', '.join(bad)}" if bad else ""))
+        single = args.single_thread == "yes" or (args.single_thread == "auto" and
+                                                 cfg.mode == "full")
+        if single and threads["ntkflow"] > 1:
+            report["single_thread"] = child = _run_single_thread(args)
+            ok = ok and child is not None and child["returncode"] == 0
     elapsed = time.perf_counter() - start
     report["elapsed_s"] = elapsed
     print(f"total wall time {elapsed:.1f} s")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1, default=str))
-        print(f"wrote {args.json}")
+    text = json.dumps(report, indent=1, default=str)
+    targets = [args.json] if args.json is not None else []
+    if args.study == "workloads" and (args.save == "yes" or (
+            args.save == "auto" and cfg.mode == "full" and not args.only)):
+        targets.append(_save_path(report))
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        print(f"wrote {path}")
     return 0 if ok else 1
 
 

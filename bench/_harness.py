@@ -74,6 +74,8 @@ class Row:
     note: str = ""
     reference: bool = False
     vs_exact: float = math.nan
+    compile_s: float = math.nan  # JAX: tracing + XLA compilation, outside every timing
+    kind: str = "peer"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -129,7 +131,8 @@ class Table:
         self.ratio_to = ratio_to
         self.rows: list[Row] = []
         head = (f"  {'implementation':<36}{'median s':>10}{'min s':>9}{'max s':>9}"
-                f"  {unit:>16}  {'t/t(' + ratio_to + ')':>15}  {'max rel diff':>12}  check")
+                f"{'compile s':>10}  {unit:>16}  {'t/t(' + ratio_to + ')':>15}  "
+                f"{'max rel diff':>12}  check")
         print(head)
         print("  " + "-" * (len(head) - 2))
         sys.stdout.flush()
@@ -140,7 +143,8 @@ class Table:
             diff = "(reference)" if row.reference else f"{row.max_rel_diff:.2e}"
             check = "ref" if row.reference else row.status
             print(f"  {row.name:<36}{fmt_s(row.median):>10}{fmt_s(row.min):>9}"
-                  f"{fmt_s(row.max):>9}  {fmt_g(row.throughput):>16}  "
+                  f"{fmt_s(row.max):>9}{fmt_s(row.compile_s):>10}  "
+                  f"{fmt_g(row.throughput):>16}  "
                   f"{fmt_g(row.ratio):>15}  {diff:>12}  {check}"
                   + (f"  [{row.note}]" if row.note else ""))
         else:
@@ -211,7 +215,8 @@ def run_impls(
         row = Row(impl.name, status, times=times, median=med, min=min(times),
                   max=max(times), throughput=work / med, ratio=med / ref_time,
                   max_rel_diff=diff, tol=tol, note=impl.note, reference=is_ref,
-                  vs_exact=vs_exact)
+                  vs_exact=vs_exact, compile_s=getattr(impl.run, "compile_s", math.nan),
+                  kind=impl.kind)
         if math.isfinite(vs_exact):
             row.note = f"vs closed form {vs_exact:.1e}" + (f"; {row.note}" if row.note else "")
         if status == "MISMATCH":
@@ -224,3 +229,49 @@ def run_impls(
 def skipped(name: str, why: str) -> Impl:
     """A line for an implementation that cannot run here (printed, never a failure)."""
     return Impl(name, skip=why)
+
+
+def say(summary: list[str], text: str) -> None:
+    """Print a closing line of a workload and keep it for the JSON (and README's table)."""
+    print(f"  {text}")
+    sys.stdout.flush()
+    summary.append(text)
+
+
+def like_for_like(rows: list[Row], textbook: str, best: str, algorithm: str,
+                  summary: list[str]) -> dict[str, Any]:
+    """The two readings of a table with ntkflow's textbook line (``textbook``: the method
+    as written, stage by stage, what the peers run) and its best line (``best``): every
+    peer against the textbook line (implementation speed alone), and the best line over
+    the textbook line (``algorithm`` names what it changes: an algorithmic speed-up, not
+    implementation speed). Returns the ratios, also printed and kept in ``summary``."""
+    by = {r.name: r for r in rows if r.status == "ok"}
+    out: dict[str, Any] = {"textbook": textbook, "best": best}
+    if textbook not in by:
+        return out
+    t_text = by[textbook].median
+    peers = [r for r in rows if r.status == "ok" and r.kind != "ntkflow"]
+    out["peers_over_textbook"] = {r.name: r.median / t_text for r in peers}
+    if peers:
+        say(summary, "like for like (textbook method against textbook method): "
+            + "; ".join(f"{r.name} {r.median / t_text:.3g}x the time of {textbook}"
+                        for r in peers))
+    if best in by:
+        alg = t_text / by[best].median
+        out["algorithmic_speedup"] = alg
+        say(summary, f"best method: {best} is {alg:.3g}x faster than {textbook}: an "
+            f"algorithmic speed-up ({algorithm}), on top of the like-for-like ratios")
+    return out
+
+
+def compare_line(rows: list[Row], fast: str, slow: str, summary: list[str],
+                 target: str = "") -> float:
+    """Say ``fast``'s speed-up over ``slow`` (median over median, rows by name, both
+    checked ok; below 1 it is slower, and the line says so); NaN when either did not run."""
+    by = {r.name: r for r in rows if r.status == "ok"}
+    if fast not in by or slow not in by:
+        return math.nan
+    ratio = by[slow].median / by[fast].median
+    say(summary, f"{fast}: speed-up {ratio:.3g}x over {slow}"
+        + (" (slower)" if ratio < 1 else "") + (f" ({target})" if target else ""))
+    return ratio

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from ._harness import Config, Impl, run_impls, skipped
-from .peers import load
+from ._harness import Config, Impl, compare_line, run_impls, skipped
+from .peers import Compiled, load
 from .w3_teacher_student import LR, N_SAMPLES, make_data, sizes
 
 BATCH = 32
@@ -128,7 +128,7 @@ def jax_sgd(jax: Any, u0: np.ndarray, W0: np.ndarray, X: np.ndarray, y: np.ndarr
     f = jax.jit(jax.vmap(one))
     keys = jax.random.split(jax.random.PRNGKey(1), u0.shape[0])
     args = (jnp.asarray(u0), jnp.asarray(W0), keys)
-    return lambda: np.asarray(f(*args).block_until_ready())
+    return Compiled(jax, f, args)
 
 
 def torch_sgd(torch: Any, u0: np.ndarray, W0: np.ndarray, X: np.ndarray, y: np.ndarray,
@@ -270,13 +270,14 @@ def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
     peers_ok = [r for r in rows if r.status == "ok" and not r.reference and
                 r.name.startswith(("jax", "torch"))]
     ref = next((r for r in rows if r.reference), None)
+    out["summary"] = summary = []
     if ref is not None and ratio_to == "ntkflow" and peers_ok:
         fastest = min(peers_ok, key=lambda r: r.median)
-        speedup = fastest.median / ref.median
+        speedup = compare_line(rows, ref.name, fastest.name, summary,
+                               f"the fastest peer; {1e6 * ref.median / (S * steps):.3g} against "
+                               f"{1e6 * fastest.median / (S * steps):.3g} us per student-step; "
+                               f"target >= 2x")
         out.update(us_per_student_step=1e6 * ref.median / (S * steps), fastest_peer=fastest.name,
                    fastest_peer_us_per_student_step=1e6 * fastest.median / (S * steps),
                    speedup_vs_fastest=speedup)
-        print(f"  ntkflow {1e6 * ref.median / (S * steps):.3g} us per student-step; fastest "
-              f"peer {fastest.name} {1e6 * fastest.median / (S * steps):.3g} us: ntkflow "
-              f"{speedup:.2f}x faster (target >= 2x)")
     return out

@@ -5,6 +5,11 @@ y = sum_k a_k relu(v_k . x). d = 32, n = 256 inputs on the unit sphere. 64 relu 
 width 256, kappa = 1/sqrt(width), u ~ N(0, 1), W ~ N(0, 1/d); learning rate 0.05, 5000
 full-batch steps of L = 1/(2n) sum_j (f(x_j) - y_j)^2, loss recorded every 50 steps
 (before the update of that step: at step numbers 0, 50, ..., 5000).
+
+ntkflow records what the peers record: ``Record(ntk="none")``. Its default on a Dataset
+("auto") adds the training Gram matrix's kernel metrics at every record time, O(n^2 m)
+each, which no peer computes; the norms and alignment it still keeps cost O(md) per
+record, nothing beside 50 steps of O(nmd).
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ._harness import Config, Impl, run_impls, skipped
-from .peers import load
+from ._harness import Config, Impl, compare_line, run_impls, say, skipped
+from .peers import Compiled, load
 
 D, N_SAMPLES, TEACHER_UNITS, LR = 32, 256, 3, 0.05
 # (students, width, steps, record every) per mode
@@ -95,7 +100,7 @@ def jax_gd(jax: Any, u0: np.ndarray, W0: np.ndarray, X: np.ndarray, y: np.ndarra
 
     f = jax.jit(jax.vmap(one))
     args = (jnp.asarray(u0), jnp.asarray(W0))
-    return lambda: np.asarray(f(*args).block_until_ready())
+    return Compiled(jax, f, args)
 
 
 def torch_gd(torch: Any, u0: np.ndarray, W0: np.ndarray, X: np.ndarray, y: np.ndarray,
@@ -167,7 +172,7 @@ def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
         net = nf.TwoLayer(width=m, act="relu", kappa=kappa)
         return nf.simulate(net, nf.Dataset(X=X, y=y), nf.GradientDescent(lr=LR, steps=steps),
                            init=nf.Gaussian(1.0, 1.0), trajectories=S, seed=0,
-                           record=nf.Record(times=record), threads=cfg.threads)
+                           record=nf.Record(times=record, ntk="none"), threads=cfg.threads)
 
     impls: list[Impl] = []
     try:
@@ -209,6 +214,14 @@ def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
             r.note = (r.note + "; " if r.note else "") + \
                 f"{S * steps / r.median:.3g} student-steps/s, " \
                 f"{100 * r.throughput / gemm_gflops:.0f}% of GEMM"
+    summary: list[str] = []
+    jax_name = "jax jit+vmap+grad+lax.scan"
+    speedup = compare_line(rows, "ntkflow simulate (relu, GD)", jax_name, summary,
+                           "issue #17's target: >= 3x")
+    ntk = next((r for r in rows if r.reference and r.status == "ok"), None)
+    if ntk is not None and ratio_to == "ntkflow":
+        say(summary, f"ntkflow at {100 * ntk.throughput / gemm_gflops:.0f}% of the GEMM rate "
+            f"on W3's products (nominal 4nmd + 8nm flops per student-step; target about 80%)")
     return {"workload": "W3", "students": S, "width": m, "steps": steps,
-            "unit": "GFLOP/s", "flops": flops, "ratio_to": ratio_to,
-            "rows": [r.to_json() for r in rows]}
+            "unit": "GFLOP/s", "flops": flops, "ratio_to": ratio_to, "summary": summary,
+            "speedup_vs_jax": speedup, "rows": [r.to_json() for r in rows]}

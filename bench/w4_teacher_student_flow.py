@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ._harness import Config, fmt_g, fmt_s, max_rel_diff, timed
-from .peers import load
+from ._harness import Config, fmt_g, fmt_s, max_rel_diff, say, timed
+from .ladder import Line, dev_rows, tune
+from .peers import Compiled, load
 
 D, TEACHER_UNITS = 32, 3
 ETA_U = ETA_W = 1.0
@@ -185,92 +185,10 @@ def diffrax_solve(jax: Any, diffrax: Any, field: Any, losses: Any, times: np.nda
 # --------------------------------------------------------------------------- the runner
 
 
-class _Compiled:
-    """A jitted function on fixed arguments, compiled (ahead of time, timed on its own:
-    ``compile_s``, tracing + XLA compilation) by its first call."""
-
-    def __init__(self, jax: Any, f: Any, args: tuple[Any, ...]) -> None:
-        self.jax, self.f, self.args = jax, f, args
-        self.exe: Any = None
-        self.compile_s = math.nan
-
-    def __call__(self) -> np.ndarray:
-        if self.exe is None:
-            t0 = time.perf_counter()
-            self.exe = self.f.lower(*self.args).compile()
-            self.compile_s = time.perf_counter() - t0
-        return _stack(self.jax.block_until_ready(self.exe(*self.args)))
-
-
-class Line:
-    """One implementation at one setting (a ladder of settings for the tuned ones)."""
-
-    def __init__(self, name: str, make: Callable[[Any, np.ndarray], Callable[[], np.ndarray]],
-                 settings: list[Any], label: Callable[[Any], str], *, jit: bool,
-                 kind: str = "peer", growth: float | None = None) -> None:
-        self.name, self.make, self.settings, self.label = name, make, settings, label
-        # Cost factor from one setting to the next: known for a dt ladder (halving dt
-        # doubles the steps), measured from the last two runs for an rtol ladder.
-        self.jit, self.kind, self.growth = jit, kind, growth
-
-
 def _dev(ans: np.ndarray, ref: np.ndarray) -> tuple[float, ...]:
     """Largest relative deviation, per recorded loss (train, [test])."""
     return tuple(max_rel_diff(ans[:, k], ref[:, k], per_row=True)
                  for k in range(ref.shape[1]))
-
-
-def _dev_rows(ans: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Per student: the larger of its train and test deviations."""
-    scale = np.max(np.abs(ref), axis=2, keepdims=True)
-    scale = np.where(scale > 0, scale, 1.0)
-    return np.max(np.abs(ans - ref) / scale, axis=(1, 2))
-
-
-def _calibrate(line: Line, sub: np.ndarray, S: int, ref: np.ndarray, target: np.ndarray,
-               cap: float, cfg_mode: str) -> tuple[Any, bool, list[dict[str, Any]], Any]:
-    """Walk the ladder on the students ``sub``. Returns the chosen setting, whether it met
-    the target on them, the ladder's log, and (when sub is everything) the chosen run's
-    (callable, first-call time, answer) for reuse: it is then the warm-up."""
-    log: list[dict[str, Any]] = []
-    chosen, met, reuse = None, False, None
-    stop = f"within the ladder's {LADDER_MAX[cfg_mode]} settings"
-    prev_proj = math.nan
-    growth = line.growth if line.growth is not None else math.nan
-    for s in line.settings[:LADDER_MAX[cfg_mode]]:
-        if math.isfinite(prev_proj) and math.isfinite(growth) and prev_proj * growth > cap:
-            log.append({"setting": line.label(s), "skipped": f"projected "
-                        f"{prev_proj * growth:.0f} s > cap {cap:.0f} s"})
-            stop = "within the cap"
-            print(f"    {line.label(s)}: not run (projected {prev_proj * growth:.0f} s on "
-                  f"{S} students > cap {cap:.0f} s)")
-            break
-        fn = line.make(s, sub)
-        t_first, ans = timed(fn)
-        t_run = timed(fn)[0] if line.jit else t_first
-        dev_rows = _dev_rows(ans, ref[sub])
-        proj = t_run * S / sub.size
-        ok = bool(dev_rows.max() <= target[sub].max())
-        log.append({"setting": line.label(s), "max_dev": float(dev_rows.max()),
-                    "target": float(target[sub].max()), "run_s": t_run,
-                    "projected_s": proj, "first_call_s": t_first, "met": ok})
-        print(f"    {line.label(s)}: max dev {dev_rows.max():.2e} (target "
-              f"{target[sub].max():.2e}) in {t_run:.3g} s on {sub.size} students, projected "
-              f"{proj:.3g} s on {S}" + ("  <- matched" if ok else ""))
-        sys.stdout.flush()
-        if proj > cap:
-            stop = "within the cap"
-        if proj > cap and chosen is not None:
-            log[-1]["over_cap"] = True
-            break
-        if line.growth is None and math.isfinite(prev_proj) and prev_proj > 0:
-            growth = max(proj / prev_proj, 1.0)
-        prev_proj = proj
-        chosen, met = s, ok
-        reuse = (fn, t_first, ans) if sub.size == S else None
-        if ok or proj > cap:
-            break
-    return chosen, met, log, reuse, stop
 
 
 def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
@@ -336,7 +254,7 @@ def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
     # ntkflow default: the target every other line is tuned to.
     t_first, dres = timed(lambda: ntk(default))
     dans = answer(dres)
-    target = _dev_rows(dans, ref)
+    target = dev_rows(dans, ref)
     times_d = [timed(lambda: ntk(default))[0] for _ in range(_repeats(cfg, t_first))]
     t_ntk = float(np.median(times_d))
     rows.append(_row("ntkflow default (dopri5, located switches)",
@@ -369,7 +287,7 @@ def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
 
         def jax_call(f: Any, idx: np.ndarray) -> Callable[[], np.ndarray]:
             args = (jax.numpy.asarray(u0[idx]), jax.numpy.asarray(W0[idx]))
-            return _Compiled(jax, f, args)
+            return Compiled(jax, f, args, post=_stack)
 
         lines.append(Line("jax rk4 (lax.scan, jit+vmap)",
                           lambda dt, idx: jax_call(jax_rk4(jax, field, losses, times, dt),
@@ -403,33 +321,29 @@ def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
             continue
         print(f"  {line.name}:")
         try:
-            chosen, met, log, reuse, stop = _calibrate(line, sub, S, ref, target, cap, cfg.mode)
-            if reuse is not None:
-                fn, t_first, ans = reuse
-            else:
-                fn = line.make(chosen, np.arange(S))
-                t_first, ans = timed(fn)
-            full_met = bool(_dev_rows(ans, ref).max() <= target.max())
-            times_l = [timed(fn)[0] for _ in range(_repeats(cfg, t_first))]
+            tuned = tune(line, sub, S, ref, target, cap, LADDER_MAX[cfg.mode],
+                         lambda first: _repeats(cfg, first))
         except Exception as exc:  # noqa: BLE001 - a peer failing must not stop the harness
             print(f"    error: {type(exc).__name__}: {exc}")
             rows.append({"name": line.name, "status": "error", "reference": False,
                          "detail": f"{type(exc).__name__}: {exc}"})
             continue
-        row = _row(line.name, line.label(chosen), ans, ref, times_l, t_first, t_ntk,
-                   jit=line.jit, matched=met and full_met, kind=line.kind,
-                   extra={"ladder": log, "matched_on_calibration": met,
-                          "compile_s": getattr(fn, "compile_s", None)})
-        if not met:
-            row["note"] = (f"did not reach matched accuracy {stop}; "
+        row = _row(line.name, line.label(tuned.setting), tuned.answer, ref, tuned.times,
+                   tuned.first_s, t_ntk, jit=line.jit, matched=tuned.met and tuned.full_met,
+                   kind=line.kind, extra={"ladder": tuned.log,
+                                          "matched_on_calibration": tuned.met,
+                                          "compile_s": getattr(tuned.fn, "compile_s", None)})
+        if not tuned.met:
+            row["note"] = (f"did not reach matched accuracy {tuned.stop}; "
                            f"reached {row['max_rel_diff']:.1e}")
-        elif not full_met:
+        elif not tuned.full_met:
             row["note"] = (f"matched on {sub.size} calibration students, not on all {S} "
                            f"(x{row['max_rel_diff'] / target.max():.2g} of the target)")
         rows.append(row)
 
-    _print_table(rows, t_ntk, target.max(), with_test)
-    return {"workload": "W4", "students": S, "width": m, "samples": n, "test_samples":
+    summary: list[str] = []
+    _print_table(rows, t_ntk, target.max(), with_test, summary)
+    return {"workload": "W4", "summary": summary, "students": S, "width": m, "samples": n, "test_samples":
             n_test if with_test else None, "t_max": t_max, "with_test": with_test,
             "target": float(target.max()), "cap_s": cap, "calibration_students": sub.size,
             "unit": "s", "ratio_to": "ntkflow", "rows": rows}
@@ -462,7 +376,7 @@ def _row(name: str, setting: str, ans: np.ndarray, ref: np.ndarray, times_l: lis
 
 
 def _print_table(rows: list[dict[str, Any]], t_ntk: float, target: float,
-                 with_test: bool) -> None:
+                 with_test: bool, summary: list[str]) -> None:
     print(f"\n  W4 at matched accuracy (target: ntkflow default's distance to the reference, "
           f"{target:.2e})")
     head = (f"  {'implementation':<44}{'setting':>24}{'median s':>10}{'min s':>9}"
@@ -491,13 +405,12 @@ def _print_table(rows: list[dict[str, Any]], t_ntk: float, target: float,
     matched = [r for r in peers if r["matched"]]
     if matched:
         best = min(matched, key=lambda r: r["median"])
-        print(f"  fastest peer at matched accuracy: {best['name']} ({best['setting']}), "
-              f"{best['median'] / t_ntk:.3g}x ntkflow default's time (issue #14's target: "
-              f">= 5)")
+        say(summary, f"fastest peer at matched accuracy: {best['name']} ({best['setting']}), "
+            f"{best['median'] / t_ntk:.3g}x ntkflow default's time (issue #14's target: >= 5)")
     elif peers:
         best = min(peers, key=lambda r: r["max_rel_diff"])
-        print(f"  no peer reached the matched accuracy within the cap; the most accurate, "
-              f"{best['name']} ({best['setting']}), reached {best['max_rel_diff']:.1e} "
-              f"(target {target:.1e}) at {best['median'] / t_ntk:.3g}x ntkflow default's time "
-              f"(at matched accuracy the ratio can only be larger)")
+        say(summary, f"no peer reached the matched accuracy within the cap; the most accurate, "
+            f"{best['name']} ({best['setting']}), reached {best['max_rel_diff']:.1e} "
+            f"(target {target:.1e}) at {best['median'] / t_ntk:.3g}x ntkflow default's time "
+            f"(at matched accuracy the ratio can only be larger)")
     sys.stdout.flush()

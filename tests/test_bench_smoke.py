@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -93,3 +95,29 @@ def test_bench_tiny_w3_sgd_runs_and_checks(tmp_path: Path) -> None:
         assert r["status"] in ("ok", "skipped"), r
         if r["status"] == "ok" and r["name"].startswith(("jax", "torch")):
             assert "KS p" in r["note"] and "paired t" in r["note"], r
+
+
+def test_bench_single_thread_table_runs_at_one_thread(tmp_path: Path) -> None:
+    """The single-thread twin: a child run at --threads 1, pinned, every library observed
+    on one busy thread, its rows in the parent's JSON."""
+    out = tmp_path / "single.json"
+    _bench("--only", "W1-fixed", "--peers", "none", "--single-thread", "yes", "--json", str(out))
+    report = json.loads(out.read_text())
+    if report["threads"] == 1:
+        pytest.skip("ntkflow already runs on one thread here: no second run")
+    single = report["single_thread"]
+    assert single["threads"] == 1 and single["returncode"] == 0
+    observed = single["machine"]["peer_threads"]["observed"]
+    assert observed and all(v in (1, -1) for v in observed.values()), observed
+    assert [w["workload"] for w in single["workloads"]] == ["W1-fixed"]
+
+
+def test_bench_registry_entries_resolve() -> None:
+    """Every workload in the registry names a function the runner can call."""
+    import importlib
+
+    from bench.__main__ import REGISTRY
+
+    for name, target in REGISTRY.items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(f"bench.{module}"), func)), name
