@@ -39,6 +39,7 @@ REGISTRY = {
     "W3": "w3_teacher_student:run",
     "W3-SGD": "w3_sgd:run",
     "W4": "w4_teacher_student_flow:run",
+    "W5": "w5_stiff:run",
 }
 WORKLOADS = tuple(REGISTRY)
 RESULTS = Path(__file__).resolve().parent / "results"
