@@ -156,7 +156,8 @@ def test_the_lazy_case_of_the_issue_is_fast_and_right() -> None:
     tight = nf.simulate(net, data, nf.GradientFlow(t_max=3000, rtol=1e-12, atol=1e-20,
                                                    solver="rodas4"), **kw)
     assert (auto.status == 0).all() and (tight.status == 0).all()
-    assert np.all(auto.t_stiff < 1.0), auto.t_stiff
+    # rho(0) t_max ~ 3e7: stiff from the start, handed over before the first step.
+    assert np.all(auto.t_stiff == 0.0), auto.t_stiff
     assert auto.steps.max() + auto.rejected.max() < 2000, auto.steps
     ref.assert_close_to_scale(auto.loss, tight.loss, 1e-6, "loss")
 

@@ -285,6 +285,8 @@ Outcome integrate_fixed(System& sys, double* y, const Schedule& s, double* ws,
 /// the boundary on the negative real axis being ~3.3) for 15 accepted steps in a row
 /// means stability, not accuracy, sets the step; the run then continues with Rodas4.
 struct StiffSwitch {
+  /// rho(0) t_max above which a run is handed over at t = 0 (~3e4 explicit steps).
+  static constexpr double kStiffAtStart = 1e5;
   int flagged = 0;
   bool fired = false;
   double t = 0.0, h = 0.0;
@@ -351,6 +353,16 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
     }
     return std::sqrt(acc * inv_n);
   };
+  if constexpr (has_stiff_rate<System>::value) {
+    // Stiff from the start: the initial kernel alone would hold dopri5 to more than
+    // kStiffAtStart / 3.3 steps over the horizon; hand over before the first step.
+    if (sw != nullptr && s.n_times > 0 &&
+        sys.stiff_rate(y) * s.times[s.n_times - 1] > StiffSwitch::kStiffAtStart) {
+      sw->fired = true;
+      sw->y = y;
+      return o;
+    }
+  }
   double h = s.h0;
   if (!(h > 0)) {  // Hairer's starting step (Solving ODEs I, II.4)
     const double dy0 = rms(y, y), df0 = rms(k1, y);
