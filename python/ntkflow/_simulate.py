@@ -357,6 +357,11 @@ def _check_moments_memory(run: _Run, method: str, keep_ntk: bool, neurons: bool)
     dim, width = int(run.data.dim), run.net.width
     per_time = 5 + dim + (dim * dim if keep_ntk else 0) + (3 if neurons else 0)
     state = width * (1 + dim) if method != "reduced" else dim * (dim + 1) + 1
+    if isinstance(run.train, GradientFlow) and run.train.solver in ("auto", "rodas4"):
+        # Rodas4's state [p, M, a, Phi] (docs/theory.md §B.6), its 9 workspace vectors and
+        # its d x d matrices, beside the explicit state a hand-over starts from.
+        stiff = dim * (dim + 1) + 1 + (0 if method == "reduced" else (1 + dim) ** 2)
+        state = max(state, stiff) + state + 3 * dim * dim
     # + delta_i(0) and delta_i(t) per neuron, for each of the 8 SIMD lanes when dim = 1,
     # + for dim = 1 the second (u, w) copy of an 8-lane group that dopri5's attempts go to
     workspace = 8.0 * (11 * state + width * (1 + dim) + 4 * dim + dim * dim + width
