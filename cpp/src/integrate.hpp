@@ -194,6 +194,18 @@ Outcome& fail(System& sys, Outcome& o, Status status, double t, Index j, const d
   return o;
 }
 
+/// Records every slot whose time the adaptive run has reached (times[j] <= t), advancing
+/// j; false once every slot is recorded.
+template <class System>
+bool record_reached(System& sys, const double* y, const Schedule& s, Index& j, double t,
+                    bool params_all) {
+  for (; j < s.n_times && s.times[j] <= t; ++j) {
+    sys.record(y, j);
+    if (params_all) sys.record_params(y, j);
+  }
+  return j < s.n_times;
+}
+
 /// Equal steps no longer than dt that cover `span` exactly (gd: span counts steps).
 inline std::int64_t fixed_step_count(const Schedule& s, double span) {
   const double q = s.solver == Solver::gd ? std::round(span)
@@ -280,6 +292,40 @@ Outcome integrate_fixed(System& sys, double* y, const Schedule& s, double* ws,
   if (!params_all) sys.record_params(y, 0);
   return o;
 }
+
+/// Step-size control of the adaptive methods (Hairer, Norsett & Wanner I, II.4): the
+/// next step is h (0.9 err^(-1/q)) within [h/5, grow h], q the order of the error
+/// estimate plus one; no growth right after a rejection.
+struct StepControl {
+  double exponent = -0.2;  ///< -1/q (dopri5's: an order-4 estimate)
+  double grow = 10.0;      ///< largest growth factor after an accepted step
+  bool last_rejected = false;
+
+  /// After an accepted step of length hs; keep_longer: hs was cut short to land on a
+  /// record time, which says nothing against the longer step h.
+  double accepted(double err, double hs, double h, bool keep_longer) {
+    double fac = err == 0.0 ? grow : std::min(grow, std::max(0.2, 0.9 * std::pow(err, exponent)));
+    if (last_rejected) fac = std::min(fac, 1.0);
+    last_rejected = false;
+    const double h_next = hs * fac;
+    return keep_longer ? std::max(h_next, h) : h_next;
+  }
+
+  /// After a rejected step of length hs: the step to try next.
+  double rejected(double err, double hs) {
+    last_rejected = true;
+    return hs * (std::isfinite(err) ? std::max(0.2, 0.9 * std::pow(err, exponent)) : 0.1);
+  }
+
+  /// A step this small no longer resolves anything: the run has failed at t. Trial steps
+  /// that overflow mean the flow is blowing up; finite errors that stay above tolerance
+  /// mean the tolerance cannot be met here (rounding noise above atol, a non-smooth
+  /// field): said apart.
+  static bool collapsed(double h, double t) { return !(h > 1e-14 * std::max(1.0, std::abs(t))); }
+  static Status why(double err, double loss) {
+    return std::isfinite(err) && std::isfinite(loss) ? Status::stalled : Status::diverged;
+  }
+};
 
 /// Stiffness test of a dopri5 run: a step held near the stability boundary (h rho > 2.5,
 /// the boundary on the negative real axis being ~3.3) for 15 accepted steps in a row
@@ -380,16 +426,10 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
     if (s.n_times > 0) h = std::max(h, 1e-12 * std::max(1.0, s.times[s.n_times - 1]));
   }
   double t = 0.0;
-  bool last_rejected = false;
+  StepControl control{-0.2, 10.0};  // order 4 estimate; growth capped at 10
   Index j = 0;
-  while (j < s.n_times) {
+  while (record_reached(sys, y, s, j, t, params_all)) {
     const double tj = s.times[j];
-    if (tj <= t) {
-      sys.record(y, j);
-      if (params_all) sys.record_params(y, j);
-      ++j;
-      continue;
-    }
     if (s.max_steps > 0 && o.steps + o.rejected >= s.max_steps)
       return fail(sys, o, Status::step_limit, t, j, y, params_all);
     // Land exactly on the record time; a step within 1% of it is stretched, not split.
@@ -451,13 +491,7 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
       t = t_new;
       l0 = l1;
       d0 = d1;
-      // Step-size proposal, safety 0.9, growth capped at 10 (at 1 right after a rejection).
-      double fac = err == 0.0 ? 10.0 : std::min(10.0, std::max(0.2, 0.9 * std::pow(err, -0.2)));
-      if (last_rejected) fac = std::min(fac, 1.0);
-      const double h_next = hs * fac;
-      // A step cut short to land on a record time says nothing against the longer one.
-      h = landing && !switched ? std::max(h_next, h) : h_next;
-      last_rejected = false;
+      h = control.accepted(err, hs, h, landing && !switched);
       if ((o.steps & 63) == 0 && cancel_requested(cancel)) throw Cancelled();
       if constexpr (has_stiff_rate<System>::value) {
         // Steps cut short to land on a record time say nothing about stability.
@@ -472,17 +506,9 @@ Outcome integrate_dopri5(System& sys, double* y, const Schedule& s, double* ws,
       }
     } else {
       ++o.rejected;
-      const double fac = std::isfinite(err) ? std::max(0.2, 0.9 * std::pow(err, -0.2)) : 0.1;
-      h = hs * fac;
-      last_rejected = true;
-      // A step this small no longer resolves anything. Trial steps that overflow mean the
-      // flow is blowing up; finite errors that stay above tolerance mean the tolerance
-      // cannot be met here (rounding noise above atol, a non-smooth field): said apart.
-      if (!(h > 1e-14 * std::max(1.0, std::abs(t))))
-        return fail(sys, o,
-                    std::isfinite(err) && std::isfinite(l1) ? Status::stalled
-                                                            : Status::diverged,
-                    t, j, y, params_all);
+      h = control.rejected(err, hs);
+      if (StepControl::collapsed(h, t))
+        return fail(sys, o, StepControl::why(err, l1), t, j, y, params_all);
     }
   }
   if (!params_all) sys.record_params(y, 0);

@@ -345,12 +345,14 @@ class LanesWorker {
     const StepWatch watch{s.loss_threshold, false};
     const bool want_dloss = watch.want_dloss();
     Outcome o[kLanes];
-    bool live[kLanes], landing[kLanes], last_rejected[kLanes];
+    bool live[kLanes], landing[kLanes];
+    StepControl control[kLanes];
     double t[kLanes], h[kLanes];
     Index j[kLanes];
     for (int l = 0; l < kLanes; ++l) {
       live[l] = l < count;
-      landing[l] = last_rejected[l] = false;
+      landing[l] = false;
+      control[l] = StepControl{-0.2, 10.0};
       t[l] = 0.0;
       h[l] = s.h0;
       j[l] = 0;
@@ -428,28 +430,13 @@ class LanesWorker {
           t[l] = t_new;
           l0[l] = l1[l];
           d0[l] = d1[l];
-          // Step-size proposal, safety 0.9, growth capped at 10 (at 1 right after a
-          // rejection); a step cut short to land on a record time says nothing against
-          // the longer one.
-          double fac =
-              err == 0.0 ? 10.0 : std::min(10.0, std::max(0.2, 0.9 * std::pow(err, -0.2)));
-          if (last_rejected[l]) fac = std::min(fac, 1.0);
-          const double h_next = hl * fac;
-          h[l] = landing[l] ? std::max(h_next, h[l]) : h_next;
-          last_rejected[l] = false;
+          h[l] = control[l].accepted(err, hl, h[l], landing[l]);  // as integrate_dopri5
         } else {
           ++o[l].rejected;
           keep[l] = true;
-          const double fac = std::isfinite(err) ? std::max(0.2, 0.9 * std::pow(err, -0.2)) : 0.1;
-          h[l] = hl * fac;
-          last_rejected[l] = true;
-          // As integrate_dopri5: a step this small no longer resolves anything; overflow
-          // means divergence, finite errors above tolerance an unreachable tolerance.
-          if (!(h[l] > 1e-14 * std::max(1.0, std::abs(t[l])))) {
-            fail(rec[l], o[l],
-                 std::isfinite(err) && std::isfinite(l1[l]) ? Status::stalled
-                                                            : Status::diverged,
-                 k0 + l, l, t[l], j[l]);
+          h[l] = control[l].rejected(err, hl);
+          if (StepControl::collapsed(h[l], t[l])) {
+            fail(rec[l], o[l], StepControl::why(err, l1[l]), k0 + l, l, t[l], j[l]);
             died[l] = true;
           }
         }

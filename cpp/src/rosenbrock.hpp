@@ -99,18 +99,12 @@ Outcome integrate_rodas4(System& sys, double* y, const Schedule& s, double* ws,
     if (s.n_times > 0) h = std::max(h, 1e-12 * std::max(1.0, s.times[s.n_times - 1]));
   }
   double t = at.t;
-  bool last_rejected = false;
+  StepControl control{-0.25, 6.0};  // order 3 estimate; growth capped at 6 (rodas.f)
   bool factored_for = false;  // W is factored at y for the current h
   double h_factored = 0.0;
   Index j = at.j;
-  while (j < s.n_times) {
+  while (record_reached(sys, y, s, j, t, params_all)) {
     const double tj = s.times[j];
-    if (tj <= t) {
-      sys.record(y, j);
-      if (params_all) sys.record_params(y, j);
-      ++j;
-      continue;
-    }
     if (s.max_steps > 0 && o.steps + o.rejected >= s.max_steps)
       return fail(sys, o, Status::step_limit, t, j, y, params_all);
     const bool landing = t + 1.01 * h >= tj;
@@ -169,24 +163,13 @@ Outcome integrate_rodas4(System& sys, double* y, const Schedule& s, double* ws,
       l0 = l1;
       d0 = d1;
       factored_for = false;
-      // Step-size proposal (rodas.f): safety 0.9, at most 6x longer, 5x shorter; no
-      // growth right after a rejection.
-      double fac = err == 0.0 ? 6.0 : std::min(6.0, std::max(0.2, 0.9 * std::pow(err, -0.25)));
-      if (last_rejected) fac = std::min(fac, 1.0);
-      const double h_next = hs * fac;
-      h = landing ? std::max(h_next, h) : h_next;
-      last_rejected = false;
+      h = control.accepted(err, hs, h, landing);
       if ((o.steps & 63) == 0 && cancel_requested(cancel)) throw Cancelled();
     } else {
       ++o.rejected;
-      const double fac = std::isfinite(err) ? std::max(0.2, 0.9 * std::pow(err, -0.25)) : 0.1;
-      h = hs * fac;
-      last_rejected = true;
-      if (!(h > 1e-14 * std::max(1.0, std::abs(t))))
-        return fail(sys, o,
-                    std::isfinite(err) && std::isfinite(l1) ? Status::stalled
-                                                            : Status::diverged,
-                    t, j, y, params_all);
+      h = control.rejected(err, hs);
+      if (StepControl::collapsed(h, t))
+        return fail(sys, o, StepControl::why(err, l1), t, j, y, params_all);
     }
   }
   if (!params_all) sys.record_params(y, 0);
