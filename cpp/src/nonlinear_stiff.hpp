@@ -51,16 +51,8 @@ constexpr int kRateIterations = 1;
 
 class NetworkStiff {
  public:
-  /// Working memory in bytes, for the estimates made before a run.
-  static double bytes(const Network& net, Index n) {
-    const double m = static_cast<double>(net.width), c = static_cast<double>(net.outputs),
-                 d = static_cast<double>(net.dim), q = c + d, N = n * c;
-    const double nb = static_cast<double>(chunk(net));
-    return 8.0 * (N * N + 4.0 * n * m + N * c + m * c + m * q * q + 2.0 * N * nb * q +
-                  2.0 * m * q + 4.0 * N) +
-           sizeof(int) * m * q;
-  }
-
+  // Memory: (n c)^2 + 4 n m + m (c + d)^2 + 2 (n c) (chunk (c + d)) doubles and change,
+  // counted before a run by _stiff_workspace_bytes in python/ntkflow/_simulate.py.
   NetworkStiff(const Network& net, const double* x, const double* y, Index n)
       : net_(net), x_(x), y_(y), n_(n), m_(net.width), d_(net.dim), c_(net.outputs),
         q_(net.outputs + net.dim), N_(n * net.outputs), nb_(chunk(net)),
