@@ -415,6 +415,8 @@ class NetworkThread {
     }
     view_ = View{data_.x, data_.y, n_};
     if (stiff_) stiff_->reset();
+    rate_calls_ = 0;
+    rate_ = 0.0;
     return *this;
   }
 
@@ -496,9 +498,11 @@ class NetworkThread {
   /// The largest decay rate of the Gauss-Newton part of the flow at y (StiffSwitch).
   double stiff_rate(const double* y) {
     if (!stiff_) return 0.0;
+    if (rate_calls_++ % kRateEvery != 0) return rate_;
     double* f = stiff_->forward(y, false);
     loss_and_slope(net_.loss, f, data_.y, n_, c_);
-    return stiff_->rate();
+    rate_ = stiff_->rate();
+    return rate_;
   }
 
   void record(const double* y, Index j) {
@@ -1479,6 +1483,8 @@ class NetworkThread {
   std::vector<Index> idx_, perm_;
   View view_{nullptr, nullptr, 0};
   std::optional<NetworkStiff> stiff_;  // rodas4 and auto: W = c I - J and its solves
+  std::int64_t rate_calls_ = 0;        // stiff_rate calls in this trajectory
+  double rate_ = 0.0;                  // and its last estimate
 };
 
 /// Per-thread buffers of the rodas4 and automatic runs on a dataset, sized once.
