@@ -22,8 +22,10 @@
 #include "ensemble.hpp"
 #include "gemm.hpp"
 #include "gram.hpp"
+#include "nonlinear_stiff.hpp"
 #include "ntkflow/nonlinear.hpp"
 #include "ntkflow/philox.hpp"
+#include "rosenbrock.hpp"
 
 namespace ntkflow {
 namespace detail {
@@ -160,6 +162,14 @@ double loss_and_slope(Loss loss, double* F, const double* Y, Index rows, Index c
 /// it piece by piece (docs/theory.md §H). Fixed steps and descent step across as they are.
 bool is_piecewise(const Network& net, const Schedule& sched) {
   return net.act == Activation::relu && sched.solver == Solver::dopri5 && net.eta_w > 0;
+}
+
+/// rodas4 and auto integrate smooth activations under gradient flow on the full batch;
+/// relu's piecewise field stays with dopri5, which locates its switches.
+bool stiff_applies(const Network& net, const TrainingData& data, const Schedule& sched) {
+  return (sched.solver == Solver::rodas4 || sched.solver == Solver::automatic) &&
+         net.act != Activation::relu && data.batch == 0 &&
+         data.samples * net.outputs <= kStiffMaxRows;
 }
 
 // Modes of a (sample, unit) pair under the piecewise integration.
@@ -348,6 +358,7 @@ class NetworkThread {
       if (plan_.test_lin) gram_.reserve(net, nt_, n_);
     }
     y_norm2_ = ConstVec(data.y, nc_).squaredNorm();
+    if (stiff_applies(net, data, sched)) stiff_.emplace(net, data.x, data.y, n_);
   }
 
   Index state_size() const { return m_ * (c_ + d_); }
@@ -403,6 +414,9 @@ class NetworkThread {
           if (w[i] == 0.0) enter_origin(i);
     }
     view_ = View{data_.x, data_.y, n_};
+    if (stiff_) stiff_->reset();
+    rate_calls_ = 0;
+    rate_ = 0.0;
     return *this;
   }
 
@@ -468,6 +482,27 @@ class NetworkThread {
         return std::numeric_limits<double>::infinity();
     }
     return loss;
+  }
+
+  // ---- the hooks of integrate_rodas4 and of the hand-over (nonlinear_stiff.hpp) ----
+
+  /// W = cc I - J(y), J the exact Jacobian of field() (full batch, decay included).
+  bool factor(const double* y, double cc) {
+    double* f = stiff_->forward(y, true);
+    loss_and_slope(net_.loss, f, data_.y, n_, c_);
+    return stiff_->factor(cc);
+  }
+
+  void solve(double* r) { stiff_->solve(r); }
+
+  /// The largest decay rate of the Gauss-Newton part of the flow at y (StiffSwitch).
+  double stiff_rate(const double* y) {
+    if (!stiff_) return 0.0;
+    if (rate_calls_++ % kRateEvery != 0) return rate_;
+    double* f = stiff_->forward(y, false);
+    loss_and_slope(net_.loss, f, data_.y, n_, c_);
+    rate_ = stiff_->rate();
+    return rate_;
   }
 
   void record(const double* y, Index j) {
@@ -1447,7 +1482,60 @@ class NetworkThread {
   AlignedBuffer xb_, yb_;
   std::vector<Index> idx_, perm_;
   View view_{nullptr, nullptr, 0};
+  std::optional<NetworkStiff> stiff_;  // rodas4 and auto: W = c I - J and its solves
+  std::int64_t rate_calls_ = 0;        // stiff_rate calls in this trajectory
+  double rate_ = 0.0;                  // and its last estimate
 };
+
+/// Per-thread buffers of the rodas4 and automatic runs on a dataset, sized once.
+struct NetworkStiffWorker {
+  NetworkStiffWorker(const Network& net, const TrainingData& data, const Schedule& sched,
+                     const Records& out, const KernelRecords& kr, const InitSpec& init)
+      : params(static_cast<std::size_t>(net.width * (net.outputs + net.dim))),
+        thread(net, data, sched, out, kr, init), state(params.size()), handover(params.size()),
+        work(static_cast<std::size_t>(
+            std::max(workspace_size(thread.state_size()),
+                     rodas_workspace_size(thread.state_size())))) {}
+  std::vector<double> params;
+  NetworkThread thread;
+  std::vector<double> state, handover, work;
+};
+
+/// solver rodas4: Rodas4 from t = 0. automatic: dopri5 until its steps are held by
+/// stability (StiffSwitch on NetworkThread::stiff_rate), then Rodas4 on the same parameter
+/// state. Every trajectory decides for itself, so its bits depend on nothing else.
+void run_network_stiff(const Network& net, const TrainingData& data, const InitSpec& init,
+                       const Schedule& sched, Index trajectories, const Records& out,
+                       const KernelRecords& kernel, CancelToken* cancel) {
+  const Index m = net.width, d = net.dim, c = net.outputs;
+  auto body = [&](NetworkStiffWorker& w, Index k) {
+    double* u0 = w.params.data();
+    double* w0 = u0 + m * c;
+    draw_initial(init, m, d, k, u0, w0);
+    NetworkThread& sys = w.thread.start(k, u0, w0, w.state.data());
+    Outcome o;
+    double t_stiff = kNaN;
+    if (sched.solver == Solver::rodas4) {
+      o = integrate_rodas4(sys, w.state.data(), sched, w.work.data(), cancel, out.params_all);
+      t_stiff = 0.0;
+    } else {
+      StiffSwitch sw;
+      o = integrate_dopri5(sys, w.state.data(), sched, w.work.data(), cancel, out.params_all,
+                           &sw);
+      if (sw.fired) {
+        // sw.y may live in the workspace Rodas4 is about to use.
+        std::copy(sw.y, sw.y + sys.size(), w.handover.data());
+        t_stiff = sw.t;
+        o = integrate_rodas4(sys, w.handover.data(), sched, w.work.data(), cancel,
+                             out.params_all, Resume{sw.t, sw.j, sw.h}, o);
+      }
+    }
+    write_outcome(out, k, o);
+    if (out.t_stiff) out.t_stiff[k] = t_stiff;
+  };
+  parallel_items<NetworkStiffWorker>(trajectories, team_size(sched), cancel, body, net, data,
+                                     sched, out, kernel, init);
+}
 
 }  // namespace detail
 
@@ -1481,6 +1569,25 @@ void simulate_network(const Network& net, const TrainingData& data, const InitSp
   if (!kernel.test_x && (kernel.test_loss || kernel.test_error || kernel.test_loss_lin ||
                          kernel.test_error_lin || kernel.test_lin_gap))
     throw std::invalid_argument("test records need a test set");
+  if (sched.solver == Solver::rodas4 || sched.solver == Solver::automatic) {
+    if (sched.solver == Solver::rodas4 && net.act == Activation::relu)
+      throw std::invalid_argument(
+          "rodas4 needs a smooth activation (linear, tanh, erf): relu's field is piecewise");
+    if (sched.solver == Solver::rodas4 && data.samples * net.outputs > detail::kStiffMaxRows)
+      throw std::invalid_argument("rodas4 on a dataset needs samples x outputs <= 4096 (its "
+                                  "capacitance matrix has (samples outputs)^2 entries)");
+    if (detail::stiff_applies(net, data, sched)) {
+      detail::run_network_stiff(net, data, init, sched, trajectories, out, kernel, cancel);
+      return;
+    }
+    // auto where no stiff solver applies (relu, too many rows) is dopri5.
+    Schedule explicit_only = sched;
+    explicit_only.solver = Solver::dopri5;
+    detail::run_ensemble<detail::NetworkThread>(net.width, net.dim, init, explicit_only,
+                                                trajectories, out, cancel, net, data,
+                                                explicit_only, out, kernel, init);
+    return;
+  }
   detail::run_ensemble<detail::NetworkThread>(net.width, net.dim, init, sched, trajectories,
                                               out, cancel, net, data, sched, out, kernel, init);
 }

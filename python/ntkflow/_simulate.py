@@ -31,6 +31,10 @@ from .specs import (
     TwoLayer,
 )
 
+# The stiff solver of the dataset path forms an (n c) x (n c) capacitance matrix per thread
+# (nonlinear_stiff.hpp, kStiffMaxRows): beyond this many rows auto stays dopri5.
+STIFF_MAX_ROWS = 4096
+
 _SOLVERS = {"euler": "euler", "rk4": "rk4", "dopri5": "dopri5", "rodas4": "rodas4",
             "auto": "automatic"}
 Method = Literal["full", "stagewise", "reduced"]
@@ -226,7 +230,7 @@ def simulate(
                          first_trajectory, threads, progress)
     linear_core = chosen == "moments" and not (
         isinstance(data, Dataset) and (net.bias or data.outputs > 1))
-    _check_stiff_solver(train, linear_core, method)
+    _check_stiff_solver(train, linear_core, method, net)
     if not linear_core:
         assert isinstance(data, Dataset)
         if chosen == "moments":
@@ -237,16 +241,28 @@ def simulate(
     return _simulate_moments(run, method)
 
 
-def _check_stiff_solver(train: Training, linear_core: bool, method: str) -> None:
-    """rodas4 exists for the linear core only (one output, no bias, on moments)."""
+def _check_stiff_solver(train: Training, linear_core: bool, method: str, net: TwoLayer
+                        ) -> None:
+    """rodas4 integrates the linear core (on moments) and smooth activations on a dataset."""
     if not (isinstance(train, GradientFlow) and train.solver == "rodas4"):
         return
-    require(linear_core, "solver",
-            '"rodas4" integrates linear networks with one output and no bias on their '
-            'moments; use "dopri5" (or "auto") here', train.solver)
-    require(method != "stagewise", "method",
-            '"stagewise" is the textbook explicit form; rodas4 takes "full" or "reduced"',
-            method)
+    require(net.act != "relu", "solver",
+            '"rodas4" needs a smooth activation (linear, tanh, erf): relu\'s flow field '
+            'jumps where a pre-activation crosses 0, and dopri5 locates those switches; use '
+            '"dopri5" (or "auto", which is dopri5 for relu)', train.solver)
+    if linear_core:
+        require(method != "stagewise", "method",
+                '"stagewise" is the textbook explicit form; rodas4 takes "full" or "reduced"',
+                method)
+
+
+def _stiff_data(run: _Run, rows: int) -> bool:
+    """Whether the dataset path runs rodas4 / auto's hand-over: gradient flow with a smooth
+    activation and a capacitance matrix of at most STIFF_MAX_ROWS^2 entries (rows = the
+    core's samples x outputs)."""
+    train = run.train
+    return (isinstance(train, GradientFlow) and train.solver in ("auto", "rodas4")
+            and run.net.act != "relu" and rows <= STIFF_MAX_ROWS)
 
 
 @dataclass(frozen=True)
@@ -569,8 +585,9 @@ def _schedule(run: _Run, dim: int, samples: int | None) -> _core.Schedule:
     sched.threads = run.threads
     if isinstance(train, GradientFlow):
         solver = train.solver
-        if solver == "auto" and samples is not None:
-            solver = "dopri5"  # the data path has no stiff solver yet: auto is dopri5 there
+        rows = None if samples is None else samples * int(getattr(run.data, "outputs", 1))
+        if solver == "auto" and rows is not None and not _stiff_data(run, rows):
+            solver = "dopri5"  # relu, or too many rows for the capacitance matrix
         sched.solver = getattr(_core.Solver, _SOLVERS[solver])
         sched.dt = train.dt
         sched.rtol = train.rtol
@@ -658,6 +675,12 @@ def _simulate_data(run: _Run, moments: bool = False) -> Result:
     samples (see _root_moments): the same flow at O((dim + width) dim outputs) per step."""
     plan = _plan_data(run, moments)
     net, train = run.net, run.train
+    if isinstance(train, GradientFlow) and train.solver == "rodas4":
+        rows = plan.samples * plan.c
+        require(rows <= STIFF_MAX_ROWS, "solver",
+                f'"rodas4" on a dataset forms a (samples x outputs)^2 = {rows}^2 capacitance '
+                f"matrix per thread; it takes at most {STIFF_MAX_ROWS} rows (use \"auto\" "
+                'or "dopri5")', train.solver)
     cnet = core_network(net.width, plan.D, net.act, net.kappa, train.eta_u, train.eta_w,
                         plan.c, train.loss, train.lambda_u, train.lambda_w)
     _check_data_memory(run, plan, cnet)
@@ -666,6 +689,9 @@ def _simulate_data(run: _Run, moments: bool = False) -> Result:
         sched.loss_threshold = (-1.0 if run.record.loss_below is None
                                 else max(run.record.loss_below - plan.loss_min, 0.0))
     rec = _data_buffers(run, plan)
+    if isinstance(train, GradientFlow) and train.solver in ("auto", "rodas4") and (
+            net.act != "relu"):
+        rec["t_stiff"] = np.full(run.n, np.nan)  # NaN: the trajectory never switched
     _integrate_data(run, plan, cnet, sched, rec)
     if plan.loss_min > 0:
         rec["loss"] += plan.loss_min
@@ -810,9 +836,23 @@ def _check_data_memory(run: _Run, plan: _DataPlan, cnet: _core.Network) -> None:
         0 if test is None else test.samples, plan.batch))  # move_u / move_w always recorded
     if relu and isinstance(run.train, GradientFlow) and run.train.solver in ("auto", "dopri5"):
         workspace += float(_core.piecewise_workspace_bytes(cnet, plan.samples))
+    if _stiff_data(run, plan.samples * plan.c):
+        workspace += _stiff_workspace_bytes(run.net.width, plan.D, plan.c, plan.samples)
     _check_memory(run, per_time, plan.c + plan.D, workspace,
                   f"simulating {n} trajectories of width {run.net.width} on {plan.samples} "
                   f"samples, recorded at {T} times", gram_bytes)
+
+
+def _stiff_workspace_bytes(width: int, dim: int, c: int, samples: int) -> float:
+    """Per thread, NetworkStiff's buffers (nonlinear_stiff.hpp, NetworkStiff::bytes): the
+    capacitance matrix (samples c)^2, act / act' / act'' / scratch on (samples, width), the
+    per-neuron LU blocks (c + dim)^2 and a chunk of the outputs' Jacobian; plus the
+    hand-over state."""
+    m, q, N = float(width), float(c + dim), float(samples * c)
+    nb = float(max(1, min(width, 256 // (c + dim))))
+    doubles = (N * N + 4.0 * samples * m + N * c + m * c + m * q * q + 2.0 * N * nb * q
+               + 2.0 * m * q + 4.0 * N + m * q)
+    return 8.0 * doubles + 4.0 * m * q
 
 
 def _data_buffers(run: _Run, plan: _DataPlan) -> dict[str, NDArray[Any]]:

@@ -131,9 +131,10 @@ class Result:
     t_hit : (trajectories,) or None
         First time the loss reached ``Record.loss_below`` (NaN if never).
     t_stiff : (trajectories,) or None
-        Linear networks (the moments path): the time from which rodas4 integrated the run,
-        0 with ``solver="rodas4"``, the hand-over time with ``solver="auto"`` (dopri5's
-        steps were held by stability there), NaN where it never did. None on other paths.
+        The time from which rodas4 integrated the run: 0 with ``solver="rodas4"`` (or an
+        ``auto`` run stiff from the start), the hand-over time with ``solver="auto"``
+        (dopri5's steps were held by stability there), NaN where it never did. None where
+        rodas4 cannot run (relu, descent, fixed steps, too many samples x outputs).
     u, W, b : arrays or None
         Parameters kept on request: ``u`` (trajectories[, times], width[, outputs]),
         ``W`` (trajectories[, times], width, dim) and, for a network with a bias, ``b``
@@ -368,7 +369,7 @@ class Result:
         if train.solver != "auto":
             return train.solver
         if self.t_stiff is None:
-            return "auto: dopri5 (no stiff solver on this path)"
+            return "auto: dopri5 (rodas4 does not apply here)"
         stiff = self.t_stiff[np.isfinite(self.t_stiff)]
         if stiff.size == 0:
             return "auto: dopri5 (no trajectory was stiff)"

@@ -331,15 +331,22 @@ class GradientFlow(Objective):
     t_max : float
         Horizon, > 0.
     solver : {"auto", "dopri5", "rodas4", "rk4", "euler"}
-        auto (default): dopri5, and for a linear network (the moments path) each trajectory
-        moves on to rodas4 once dopri5's steps are held by stability rather than accuracy
-        (the stiff, lazy regime: a large NTK); ``Result.t_stiff`` says when. On other
-        networks auto is dopri5.
+        auto (default): dopri5, and each trajectory moves on to rodas4 once dopri5's steps
+        are held by stability rather than accuracy (the stiff, lazy regime: a large NTK);
+        ``Result.t_stiff`` says when (NaN: never). For relu networks auto is dopri5 (their
+        field is piecewise, and dopri5 locates its switches; ``t_stiff`` is None), and on
+        a dataset with more than 4096 samples x outputs it is dopri5 too (see rodas4).
         dopri5: adaptive Dormand-Prince 5(4), error control per trajectory with rtol/atol.
         rodas4: the linearly implicit Rosenbrock method Rodas4 (order 4, L-stable), error
-        control per trajectory; linear networks only. It integrates the width-independent
-        state of docs/theory.md §B.6, so a step costs O(dim^3) whatever the width.
-        Prefer auto: in an escape from a small initialisation dopri5 is more accurate.
+        control per trajectory, with the exact Jacobian of the flow. Linear networks on
+        moments integrate the width-independent state of docs/theory.md §B.6 (a step costs
+        O(dim^3) whatever the width). Networks on a dataset (linear, tanh, erf; any loss,
+        outputs, bias, weight decay; not relu: a ValueError) solve with the Jacobian's
+        structure, per-neuron (outputs + dim)^2 blocks plus a low-rank Gauss-Newton part,
+        never a dense matrix of the parameters: a step costs about
+        O(width (samples dim^2 + (samples outputs)^2 (outputs + dim))) and each thread
+        holds a (samples outputs)^2 matrix, so rodas4 there takes at most 4096 samples x
+        outputs.
         rk4, euler: fixed steps no longer than dt, shortened to land on every record time.
     dt : float
         Largest step of the fixed-step solvers, > 0.
