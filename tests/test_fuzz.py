@@ -396,6 +396,11 @@ def test_simulate_on_data_marks_failures_and_isolates_trajectories(
         if name in zero_den:
             assert (np.isnan(w[:, 0]) == zero_den[name][written]).all(), name
             w = w[~zero_den[name][written]]
+        if name == "test_loss":
+            # The held-out loss is no part of the flow: it can overflow to +inf on larger
+            # test inputs while the training loss is still finite (a relu run at kappa
+            # 10^1.75 with two training samples did), and is then +inf, never NaN.
+            w = np.where(np.isposinf(w), 0.0, w)
         assert np.isfinite(w).all(), (name, res.status, res.t_fail, getattr(res, name))
     # ... and the kernel metrics are those of the recorded Gram matrices (sums of n^2 terms
     # in another order: round-off; all three are O(1) or relative).
