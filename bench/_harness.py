@@ -161,12 +161,14 @@ def run_impls(
     per_row: bool,
     ratio_to: str = "ntkflow",
     exact: Any = None,
+    exact_label: str = "closed form",
 ) -> list[Row]:
     """Run the implementations in order; the first one that runs is the reference.
 
     work: units of throughput in one full-size run (trajectory-steps, GFLOP, ...).
-    exact: a closed-form answer, when there is one: every row also gets its own distance
-    to it (in its note), so that a disagreement can be attributed.
+    exact: a closed-form answer (or a tight reference, named by ``exact_label``), when there
+    is one: every row also gets its own distance to it (in its note), so that a
+    disagreement can be attributed.
     """
     table = Table(unit, ratio_to)
     ref_answer: Any = None
@@ -218,7 +220,7 @@ def run_impls(
                   vs_exact=vs_exact, compile_s=getattr(impl.run, "compile_s", math.nan),
                   kind=impl.kind)
         if math.isfinite(vs_exact):
-            row.note = f"vs closed form {vs_exact:.1e}" + (f"; {row.note}" if row.note else "")
+            row.note = f"vs {exact_label} {vs_exact:.1e}" + (f"; {row.note}" if row.note else "")
         if status == "MISMATCH":
             row.detail = (f"failed: {impl.note}" if impl.compare is not None
                           else f"max rel diff {diff:.3g} > tolerance {tol:g}")

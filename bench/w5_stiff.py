@@ -269,7 +269,7 @@ def run(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
              kind="ntkflow", tol=1e-5, note="the peers' state: like for like"),
     ]
     rows = run_impls(impls, cfg, work=float(n_traj), unit="traj/s", per_row=True,
-                     exact=tight.loss)
+                     exact=tight.loss, exact_label="reference")
     t_default = next((r.median for r in rows if r.name.startswith("ntkflow default")
                       and r.status == "ok"), math.nan)
     out_rows = [r.to_json() for r in rows]

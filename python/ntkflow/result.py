@@ -373,8 +373,14 @@ class Result:
         stiff = self.t_stiff[np.isfinite(self.t_stiff)]
         if stiff.size == 0:
             return "auto: dopri5 (no trajectory was stiff)"
-        return (f"auto: dopri5, then rodas4 in {stiff.size}/{self.trajectories} trajectories "
-                f"(from t = {np.min(stiff):.3g} to {np.max(stiff):.3g})")
+        start, later = stiff[stiff == 0], stiff[stiff > 0]
+        parts = [f"rodas4 from the start in {start.size}"] if start.size else []
+        if later.size:
+            parts.append(f"dopri5, then rodas4 in {later.size} (from t = {np.min(later):.3g} "
+                         f"to {np.max(later):.3g})")
+        rest = self.trajectories - stiff.size
+        return (f"auto: {'; '.join(parts)} of {self.trajectories} trajectories"
+                + (f"; dopri5 throughout in {rest}" if rest else ""))
 
     def summary(self) -> str:
         """A few lines for a terminal."""
