@@ -134,3 +134,47 @@ def test_api_reference_lists_every_public_name() -> None:
                if not re.search(rf"^\.\. auto\w+:: ntkflow\.{re.escape(name)}\s*$", text,
                                 re.MULTILINE)]
     assert not missing, f"docs/api.md lacks {missing}"
+
+
+_SKIP_DIRS = {".git", "build", "dist", "wheelhouse", "__pycache__", ".hypothesis",
+              ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv", "venv", "results"}
+_TEXT = {".py", ".pyi", ".md", ".toml", ".txt", ".cpp", ".hpp", ".h", ".sh", ".cfg", ".yml",
+         ".yaml", ".json", ".in", ""}
+
+
+def _text_files() -> list[Path]:
+    out = []
+    stack = [ROOT]
+    while stack:
+        folder = stack.pop()
+        for p in folder.iterdir():
+            if p.is_dir():
+                if p.name not in _SKIP_DIRS and not p.name.endswith(".egg-info"):
+                    stack.append(p)
+            elif p.suffix in _TEXT and p.stat().st_size < 2_000_000:
+                out.append(p)
+    return out
+
+
+def test_nothing_refers_to_a_file_outside_the_repository() -> None:
+    """The theory is docs/theory.md: no citation of a THEORY file of another checkout
+    (issue 18), and every relative Markdown link resolves inside the repository."""
+    # Spelled in pieces so that this file does not match itself.
+    banned = ("../" + "shared", "THEORY" + ".md", "THEORY" + " §")
+    hits = []
+    for p in _text_files():
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        hits += [f"{p.relative_to(ROOT)}: {b}" for b in banned if b in text]
+    assert not hits, hits
+
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    for md in [ROOT / "README.md", *ROOT.glob("docs/**/*.md"), *ROOT.glob("bench/*.md")]:
+        for target in link.findall(md.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # a URL or an anchor on the same page
+            path = (md.parent / target.split("#")[0]).resolve()
+            assert path.is_relative_to(ROOT) and path.exists(), \
+                f"{md.relative_to(ROOT)} links {target}, which is not a file of the repository"
