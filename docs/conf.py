@@ -37,6 +37,16 @@ myst_heading_anchors = 3
 # them; type hints in the signature only, where the docstrings already describe them.
 autodoc_default_options = {"members": True, "member-order": "bysource"}
 autodoc_typehints = "signature"
+# Signatures as the source spells them: "NDArray[np.float64]" rather than its expansion
+# "numpy.ndarray[tuple[typing.Any, ...], numpy.dtype[numpy.float64]]". (Not the unions
+# Data, Training, Init: Sphinx 9 prints an alias inside "X | None" as TypeAliasForwardRef;
+# nor "Path", which is also pathlib's.)
+autodoc_typehints_format = "short"
+python_use_unqualified_type_names = True
+autodoc_type_aliases = {
+    name: name
+    for name in ("NDArray", "ArrayLike", "Array", "FloatArray", "BoolArray")
+}
 autodoc_class_signature = "mixed"
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
