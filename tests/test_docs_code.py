@@ -1,4 +1,6 @@
-"""Every ```python block of README.md and of the tutorials (docs/tutorials/*.md) runs.
+"""Every ```python block of README.md, docs/getting_started.md and the tutorials
+(docs/tutorials/*.md) runs; the API reference lists every public name; nothing refers to a
+file outside the repository.
 
 The blocks of one file run in order in one namespace, as a reader pasting them into one
 session would, in a fresh working directory (files they write land there) holding a
