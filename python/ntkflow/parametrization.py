@@ -133,7 +133,7 @@ class Parametrization:
     def predicted_exponents(self) -> dict[str, float]:
         """Width exponents docs/theory.md §D predicts for model A at t = inf (i.i.d.
         init): ``rho`` for the median relative NTK change and ``delta_cos`` for
-        |Delta |cos||.
+        ``|Delta |cos||``.
         0 means Theta(1) (feature learning)."""
         r = self.c_w - self.c_u
         e_D = 1 + max(-2 * self.beta_u + r / 2, -2 * self.beta_w - r / 2)
