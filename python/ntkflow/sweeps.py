@@ -2,7 +2,7 @@
 
 A ``Task`` is a small frozen description of one ensemble (network, data, training, init,
 trajectories, seed, records, method, and what to compute). Its ``key`` is a hash of that
-description: the task's name on a Dask cluster and its file name in a ``Store``. A task's
+description: the task's name on a Dask cluster and its name in a ``Store``. A task's
 numbers depend only on its description (the seed is part of it, never the task's position
 in the sweep), and the core is bit-reproducible for a given seed whatever the thread
 count, so a task gives the same bits wherever and whenever it runs -- on the same
@@ -507,16 +507,19 @@ def sweep(
     specs : sequence of Task
         The grid. Equal tasks (same key) are computed once and share their output.
     store : path or Store, optional
-        A folder (created if missing) holding one ``.npz`` per finished task, written
-        atomically the moment the task finishes, and ``manifest.json`` (the sweep's
-        specs) -- see ``Store``. A store of other specs is refused, naming what differs.
+        A folder (created if missing) where finished tasks are committed in batches
+        (atomically: a task is complete or absent after any kill; at most about a
+        second of finished work is lost to a kill, see ``Store``'s batch_* parameters),
+        with the sweep's specs -- see ``Store``. A store of other specs is refused,
+        naming what differs; a version-1 store is refused with how to migrate it.
     client : dask.distributed.Client or str, optional
         Run on this cluster (a Client, or a scheduler address like ``"tcp://host:8786"``,
         connected to and closed here). Needs ``pip install 'ntkflow[dask]'``. Every
         worker must run the same ntkflow build at the same instruction-set level
         (``NTKFLOW_ISA``) as this process; a worker that does not is refused.
     resume : bool
-        Skip tasks whose file is already in the store and loads; False recomputes them.
+        Skip tasks already committed to the store; False recomputes them (their new
+        commits supersede the old ones).
     threads : int, optional
         OpenMP threads per task (default: ``OMP_NUM_THREADS`` or all cores of wherever
         the task runs; Dask's nanny sets ``OMP_NUM_THREADS=1`` unless the environment
@@ -548,30 +551,35 @@ def sweep(
     st = None if store is None else (store if isinstance(store, Store) else Store(store))
     memory: dict[str, dict[str, Any]] = {}
     computed: list[str] = []
-    lock = None
+    lock = writer = None
     try:
         done: set[str] = set()
         if st is not None:
-            lock = st._begin(unique)
+            lock, writer = st._begin(unique)
             if resume:
                 done = st._finished_keys(t.key for t in unique)
         todo = [t for t in unique if t.key not in done]
 
         def finish(key: str, arrays: dict[str, Any]) -> None:
-            if st is not None:
-                st._write(key, arrays)
+            if writer is not None:
+                writer.add(key, arrays)
             else:
                 memory[key] = arrays
             computed.append(key)
 
-        with _progress(len(unique), desc, progress, initial=len(unique) - len(todo)) as bar:
-            if dask_client is None:
-                for t in todo:
-                    finish(t.key, execute(t, None, threads))
-                    bar.update(1)
-            else:
-                _run_dask(dask_client, todo, threads, finish, bar)
-        if st is not None:
+        try:
+            with _progress(len(unique), desc, progress,
+                           initial=len(unique) - len(todo)) as bar:
+                if dask_client is None:
+                    for t in todo:
+                        finish(t.key, execute(t, None, threads))
+                        bar.update(1)
+                else:
+                    _run_dask(dask_client, todo, threads, finish, bar)
+        finally:  # what finished is kept, also when a task fails or the user interrupts
+            if writer is not None:
+                writer.flush()
+        if st is not None and (computed or not (st.path / "summary.csv").exists()):
             st.write_summary()
     finally:
         if lock is not None:
