@@ -90,6 +90,31 @@ def test_resume_false_recomputes_and_supersedes(tmp_path: Path) -> None:
         assert same_arrays(a.arrays, b.arrays)
 
 
+@pytest.mark.parametrize("value", [
+    np.float64(2.5), np.array(3, dtype=np.int8), np.arange(5, dtype=np.uint64) * 2**61,
+    np.arange(12.0).reshape(3, 4), np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    np.arange(12.0).reshape(3, 4)[:, ::2], np.array(["ok", "failed"]), np.str_("key"),
+    np.array([True, False]), np.zeros((0, 3)), np.full(100_000, np.nan)])
+def test_task_files_are_what_numpy_writes(value: Any) -> None:
+    """The store's own .npz writer (four times faster than np.savez): each member is the
+    bytes np.save writes, and np.load reads the arrays back bit for bit."""
+    from ntkflow.store import _npy_bytes, _npz_bytes
+
+    buf = io.BytesIO()  # (written in C order: np.save of the C-ordered copy)
+    np.save(buf, value if np.asanyarray(value).flags.c_contiguous else value.copy(order="C"))
+    assert _npy_bytes(np.asanyarray(value)) == buf.getvalue()
+    data = _npz_bytes({"a": value, "b": np.arange(3)})
+    assert zipfile.ZipFile(io.BytesIO(data)).testzip() is None
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        assert z.files == ["a", "b"]
+        got = z["a"]
+        want = np.asanyarray(value)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == np.ascontiguousarray(want).tobytes()
+    with pytest.raises(ValueError, match="plain arrays"):
+        _npz_bytes({"a": np.array([None])})
+
+
 def test_batch_parameters_are_checked() -> None:
     with pytest.raises(ValueError, match="batch_tasks"):
         nf.Store("x", batch_tasks=0)

@@ -55,9 +55,11 @@ import io
 import json
 import os
 import shutil
+import struct
 import tempfile
 import time
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -130,10 +132,62 @@ def _keys_digest(keys: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 
-def _npz_bytes(arrays: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
+def _npy_bytes(a: NDArray[Any]) -> bytes:
+    """What ``np.save`` writes for ``a`` (format 1.0), without its per-call overhead."""
+    if not a.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+        a = a.copy(order="C")
+    if a.dtype.hasobject:
+        raise ValueError("a store holds plain arrays only, not objects")
+    d = np.lib.format.header_data_from_array_1_0(a)
+    header = "{" + "".join(f"'{k}': {v!r}, " for k, v in sorted(d.items())) + "}"
+    if a.ndim:  # np.save's spare room for growing the first axis in place
+        header += " " * (21 - len(repr(a.shape[0])))
+    text = header.encode("latin1")
+    pad = 64 - (10 + len(text) + 1) % 64
+    return (b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text) + pad + 1) + text +
+            b" " * pad + b"\n" + a.tobytes())
+
+
+def _zip_stored(members: Iterable[tuple[str, bytes]]) -> bytes:
+    """An uncompressed zip of these members, as ``zipfile`` would write it, but in one
+    pass with a fixed date (1980-01-01): the same arrays give the same bytes. Only for
+    members and totals under 2 GiB (``_zip_bytes`` checks)."""
+    out: list[bytes] = []
+    central: list[bytes] = []
+    offset = 0
+    n = 0
+    for name, data in members:
+        fname = name.encode("utf-8")
+        crc = zlib.crc32(data)
+        local = struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 33, crc,
+                            len(data), len(data), len(fname), 0)
+        central.append(struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, 0, 0,
+                                   0, 33, crc, len(data), len(data), len(fname), 0, 0, 0,
+                                   0, 0o600 << 16, offset) + fname)
+        out += [local, fname, data]
+        offset += len(local) + len(fname) + len(data)
+        n += 1
+    cd = b"".join(central)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, n, n, len(cd), offset, 0)
+    return b"".join(out) + cd + end
+
+
+def _zip_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    if len(members) < 0xFFFF and sum(len(b) for _, b in members) < 1 << 31:
+        return _zip_stored(members)
+    buf = io.BytesIO()  # zip64 territory: zipfile's general writer
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        for name, data in members:
+            z.writestr(name, data)
     return buf.getvalue()
+
+
+def _npz_bytes(arrays: dict[str, Any]) -> bytes:
+    """The task's .npz: what ``np.savez`` writes (one ``<name>.npy`` member per array,
+    each byte for byte as ``np.save`` writes it), four times faster, which is most of a
+    tiny task's store cost."""
+    return _zip_bytes([(f"{k}.npy", _npy_bytes(np.asanyarray(v)))
+                       for k, v in arrays.items()])
 
 
 def _segment_name(seq: int) -> str:
@@ -508,12 +562,9 @@ class Store:
             _fsync_dir(path.parent.parent)
             _fsync_dir(self.path)
 
-        def write(fh: IO[bytes]) -> None:
-            with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as z:
-                for key, data, _ in items:
-                    z.writestr(f"{key}.npz", data)
-                z.writestr(_ROWS, json.dumps([r for _, _, r in items]))
-        atomic_write(path, write)
+        data = _zip_bytes([*((f"{key}.npz", b) for key, b, _ in items),
+                           (_ROWS, json.dumps([r for _, _, r in items]).encode())])
+        atomic_write(path, lambda fh: None if fh.write(data) else None)
         # The segment is committed now; the index line only saves the next resume a look.
         with open(self.index_path, "ab") as fh:
             fh.write(_index_line(name, [k for k, _, _ in items]))
