@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import ntkflow as nf
-from ntkflow.sweeps import execute
+from ntkflow.sweeps import cost, execute
 
 # Dask's own warnings, raised in this process by the cluster it starts (scratch folders,
 # ports, deprecations inside dask/distributed/tornado); nothing of ntkflow's.
@@ -316,6 +316,23 @@ def records_tasks() -> list[nf.Task]:
                 trajectories=3, seed=8, record=rich, init=nf.Gaussian(s_b=0.5),
                 compute="records"),
     ]
+
+
+def test_dask_groups_tasks_into_chunks(client: Any, tmp_path: Path) -> None:
+    """#19: tiny tasks go to the workers in chunks of about CHUNK_SECONDS of work (after
+    a first wave of one task each, which calibrates the cost model), packed there; the
+    bits are those of the in-process run."""
+    from distributed import get_task_stream
+
+    tasks = line_tasks(40, width=8, trajectories=4)
+    with get_task_stream(client) as ts:
+        on_dask = nf.sweep(tasks, client=client, store=tmp_path / "s")
+    chunks = {str(t["key"]) for t in ts.data if "ntkflow-" in str(t["key"])}
+    assert 4 <= len(chunks) <= 20, chunks
+    assert_same(nf.sweep(tasks), on_dask)
+    assert len(nf.Store(tmp_path / "s").summary()) == 40
+    assert cost(tasks[0]) * 2 == cost(
+        nf.Task(**{**_fields(tasks[0]), "trajectories": 8}))
 
 
 def test_dask_gives_the_same_full_records(client: Any) -> None:
