@@ -237,6 +237,7 @@ def test_sigkill_at_random_points_loses_no_finished_task(tmp_path: Path) -> None
         for key in set(now) - set(seen):
             assert st is not None and same_arrays(st.load(key), ref[key]), key
         seen = now
+        print(f"kill {rep}: {len(seen)} committed", file=sys.stderr)
         if len(seen) == KILL_TASKS:
             break
     assert kills >= min(reps, 3), "the sweeps ended before they could be killed"
