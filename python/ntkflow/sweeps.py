@@ -671,7 +671,8 @@ def _run_dask(client: Any, todo: Sequence[Task], threads: int | None, finish: An
         chunks[fut.key] = (fut, c)
         return fut
 
-    running = as_completed([submit() for _ in range(min(in_flight, len(queue)))])
+    running = as_completed(  # type: ignore[no-untyped-call]
+        [submit() for _ in range(min(in_flight, len(queue)))])
     try:
         for fut in running:
             outs = fut.result()  # raises the task's exception, if any
@@ -683,7 +684,7 @@ def _run_dask(client: Any, todo: Sequence[Task], threads: int | None, finish: An
                 spent[1] += cost(t)
             bar.update(len(c))
             if queue:
-                running.add(submit())
+                running.add(submit())  # type: ignore[no-untyped-call]
     except BaseException:
         client.cancel([f for f, _ in chunks.values()])
         raise
