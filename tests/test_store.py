@@ -75,6 +75,8 @@ def test_commits_are_batched_and_resume_opens_no_segment(
     monkeypatch.undo()
     table = nf.Store(tmp_path).summary()
     assert list(table["key"]) == [t.key for t in tasks]
+    table.to_csv(tmp_path / "by_table.csv")  # the store's faster writer, the same text
+    assert (tmp_path / "summary.csv").read_bytes() == (tmp_path / "by_table.csv").read_bytes()
     np.testing.assert_array_equal(table["median_final_loss"],
                                   ref.summary()["median_final_loss"])
 
