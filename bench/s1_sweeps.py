@@ -153,7 +153,7 @@ def run_store_only(n: int, tmp: Path) -> dict[str, Any]:
         for t in many:
             writer.add(t.key, {**template, "key": np.str_(t.key),
                                "spec": np.str_(json.dumps(t.describe(), allow_nan=False))})
-        writer.flush()
+        writer.close()
     finally:
         lock.close()
     t_write = time.perf_counter() - t0

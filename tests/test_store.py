@@ -81,6 +81,26 @@ def test_commits_are_batched_and_resume_opens_no_segment(
                                   ref.summary()["median_final_loss"])
 
 
+def test_a_finished_task_is_committed_while_the_next_one_runs(tmp_path: Path) -> None:
+    """A task that finishes before a long one is committed within batch_seconds, not
+    when the long one ends: a kill during the long task does not lose it."""
+    tasks = tiny_tasks(2)
+    st = nf.Store(tmp_path, batch_seconds=0.05)
+    lock, writer = st._begin(tasks)
+    try:
+        writer.add(tasks[0].key, execute(tasks[0], None, 1))
+        deadline = time.monotonic() + 10
+        while tasks[0].key not in index_of(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.01)  # as if the next task were running
+        assert list(index_of(tmp_path)) == [tasks[0].key]
+        writer.add(tasks[1].key, execute(tasks[1], None, 1))
+        writer.close()
+    finally:
+        lock.close()
+    assert list(index_of(tmp_path)) == [t.key for t in tasks]
+    assert writer.commits == 2
+
+
 def test_resume_false_recomputes_and_supersedes(tmp_path: Path) -> None:
     tasks = tiny_tasks(3)
     nf.sweep(tasks, store=tmp_path)

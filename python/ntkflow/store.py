@@ -58,6 +58,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
@@ -351,7 +352,7 @@ class Store:
             text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
             w = csv.writer(text)
             w.writerow(table.names)
-            w.writerows(zip(*(_cells(v) for v in table.columns.values())))
+            w.writerows(zip(*(_cells(v) for v in table.columns.values()), strict=True))
             text.flush()
             text.detach()
 
@@ -387,7 +388,7 @@ class Store:
                     with np.load(io.BytesIO(data), allow_pickle=False) as z:
                         row = summary_row({k: z[k] for k in z.files})
                     writer.add_bytes(t["key"], data, row)
-            writer.flush()
+            writer.close()
             new = {"format": FORMAT, "version": VERSION, "ntkflow": __version__,
                    "isa": man["isa"], "tasks": len(tasks),
                    "keys_sha256": _keys_digest(t["key"] for t in tasks),
@@ -622,7 +623,13 @@ def _index_line(segment: str, keys: list[str]) -> bytes:
 
 
 class _Writer:
-    """Batches finished tasks into commits (see ``Store``'s batch_* parameters)."""
+    """Batches finished tasks into commits (see ``Store``'s batch_* parameters).
+
+    A commit is made when a task is added and the batch is full, or by a timer thread
+    once the oldest pending task has waited ``batch_seconds``: a task that finishes just
+    before a long one starts must not wait for the long one to be committed. (The core
+    releases the GIL while it integrates, so the timer runs.) ``close`` commits the
+    rest and stops the timer."""
 
     def __init__(self, store: Store, next_seq: int) -> None:
         self.store = store
@@ -632,21 +639,48 @@ class _Writer:
         self.since = 0.0
         self.committed = 0
         self.commits = 0
+        self._mutex = threading.Lock()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def add(self, key: str, arrays: dict[str, Any]) -> None:
         self.add_bytes(key, _npz_bytes(arrays), summary_row(arrays))
 
     def add_bytes(self, key: str, data: bytes, row: dict[str, Any]) -> None:
-        if not self.pending:
-            self.since = time.monotonic()
-        self.pending.append((key, data, row))
-        self.size += len(data)
+        self._raise()
         st = self.store
-        if (len(self.pending) >= st.batch_tasks or self.size >= st.batch_bytes
-                or time.monotonic() - self.since >= st.batch_seconds):
-            self.flush()
+        with self._mutex:
+            if not self.pending:
+                self.since = time.monotonic()
+            self.pending.append((key, data, row))
+            self.size += len(data)
+            if (len(self.pending) >= st.batch_tasks or self.size >= st.batch_bytes
+                    or time.monotonic() - self.since >= st.batch_seconds):
+                self._flush()
+        if self._timer is None and self.pending:
+            self._timer = threading.Thread(target=self._tick, daemon=True,
+                                           name="ntkflow-store-commit")
+            self._timer.start()
 
-    def flush(self) -> None:
+    def _tick(self) -> None:
+        wait = min(0.25, max(0.005, self.store.batch_seconds / 4))
+        while not self._stop.wait(wait):
+            with self._mutex:
+                if self.pending and (time.monotonic() - self.since
+                                     >= self.store.batch_seconds):
+                    try:
+                        self._flush()
+                    except BaseException as exc:  # raised in the sweep's thread
+                        self._error = exc
+                        return
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _flush(self) -> None:
         if not self.pending:
             return
         self.store._commit(self.seq, self.pending)
@@ -654,6 +688,19 @@ class _Writer:
         self.committed += len(self.pending)
         self.commits += 1
         self.pending, self.size = [], 0
+
+    def flush(self) -> None:
+        """Commit what is pending now."""
+        self._raise()
+        with self._mutex:
+            self._flush()
+
+    def close(self) -> None:
+        """Stop the timer and commit what is pending."""
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+        self.flush()
 
 
 def _differences(old: list[dict[str, Any]], new: list[dict[str, Any]],

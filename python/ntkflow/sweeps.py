@@ -583,7 +583,7 @@ def sweep(
                     _run_dask(dask_client, todo, threads, finish, bar, writer is not None)
         finally:  # what finished is kept, also when a task fails or the user interrupts
             if writer is not None:
-                writer.flush()
+                writer.close()
         if st is not None and (computed or not (st.path / "summary.csv").exists()):
             st.write_summary()
     finally:
