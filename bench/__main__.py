@@ -1,4 +1,4 @@
-"""python -m bench [scaling] [--quick | --tiny]
+"""python -m bench [scaling | s1] [--quick | --tiny]
 [--only W1|W1-fixed|W1-adaptive|W2|W3|W3-SGD|W4|...]
 [--repeats N] [--peers all|none|jax,torch,...] [--threads N] [--json PATH]
 [--save auto|yes|no] [--single-thread auto|yes|no]
@@ -49,8 +49,10 @@ ALL_PEERS = frozenset({"jax", "torch", "diffrax", "scipy"})
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("study", nargs="?", choices=("workloads", "scaling"), default="workloads",
-                   help="the workload table (default) or the scaling study of W1-fixed")
+    p.add_argument("study", nargs="?", choices=("workloads", "scaling", "s1"),
+                   default="workloads",
+                   help="the workload table (default), the scaling study of W1-fixed, or S1 "
+                        "(sweeps at volume, bench/s1_sweeps.py: about an hour at full size)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="scaled-down sizes and 3 repeats (labelled QUICK); < 2 min")
@@ -200,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         from . import scaling
 
         report["scaling"] = scaling.run(cfg)
+        ok = True
+    elif args.study == "s1":
+        from . import s1_sweeps
+
+        report["s1"] = s1_sweeps.run(cfg)
         ok = True
     else:
         results = []

@@ -4,6 +4,7 @@ atomic writes and resume after a killed worker or a killed sweep."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 
 import ntkflow as nf
-from ntkflow.sweeps import execute
+from ntkflow.sweeps import cost, execute
 
 # Dask's own warnings, raised in this process by the cluster it starts (scratch folders,
 # ports, deprecations inside dask/distributed/tornado); nothing of ntkflow's.
@@ -68,8 +70,23 @@ def assert_same(a: nf.Sweep, b: nf.Sweep) -> None:
             assert v.tobytes() == w.tobytes(), k
 
 
-def task_files(store: Path) -> list[Path]:
-    return sorted((store / "tasks").glob("*.npz"))
+def committed(store: Path) -> dict[str, str]:
+    """key -> segment of the committed tasks, read from the index with plain json."""
+    out: dict[str, str] = {}
+    index = store / "index.jsonl"
+    if index.exists():
+        for line in index.read_text().splitlines():
+            entry = json.loads(line)
+            out.update(dict.fromkeys(entry["keys"], entry["segment"]))
+    return out
+
+
+def segment_files(store: Path) -> list[Path]:
+    return sorted((store / "segments").glob("*/*.zip"))
+
+
+def stamps(store: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in segment_files(store)}
 
 
 def leftovers(store: Path) -> list[Path]:
@@ -96,12 +113,22 @@ def test_store_layout_is_readable_without_ntkflow(tmp_path: Path) -> None:
     done = nf.sweep(tasks, store=tmp_path / "s")
     assert done.computed == tuple(t.key for t in tasks) and done.skipped == ()
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
-    assert [t["key"] for t in manifest["tasks"]] == [t.key for t in tasks]
-    assert manifest["tasks"][1]["spec"]["data"]["beta"] == 1.125
-    for t in tasks:  # plain arrays, no pickles
-        with np.load(tmp_path / "s" / "tasks" / f"{t.key}.npz", allow_pickle=False) as z:
-            assert z["labels"].shape == (20,) and z["final_loss"].dtype == np.float64
-            assert str(z["key"]) == t.key and json.loads(str(z["spec"])) == t.describe()
+    assert manifest["version"] == 2 and manifest["tasks"] == 3
+    lines = (tmp_path / "s" / "tasks.jsonl").read_text().splitlines()
+    specs = [json.loads(line) for line in lines]
+    assert [t["key"] for t in specs] == [t.key for t in tasks]
+    assert specs[1]["spec"]["data"]["beta"] == 1.125
+    seen = 0
+    for line in (tmp_path / "s" / "index.jsonl").read_text().splitlines():  # the recipe
+        seg = json.loads(line)                                # of store.py's docstring
+        with zipfile.ZipFile(tmp_path / "s" / "segments" / seg["segment"]) as zf:
+            for key in seg["keys"]:  # plain arrays, no pickles
+                with np.load(io.BytesIO(zf.read(key + ".npz")), allow_pickle=False) as z:
+                    t = next(t for t in tasks if t.key == key)
+                    assert z["labels"].shape == (20,) and z["final_loss"].dtype == np.float64
+                    assert str(z["key"]) == key and json.loads(str(z["spec"])) == t.describe()
+                    seen += 1
+    assert seen == 3
     with open(tmp_path / "s" / "summary.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["key"] for r in rows] == [t.key for t in tasks]
@@ -148,14 +175,30 @@ def test_a_worker_on_another_isa_level_refuses() -> None:
         execute(line_tasks(1)[0], "not-this-level", None)
 
 
-def test_file_that_does_not_load_is_recomputed(tmp_path: Path) -> None:
-    tasks = line_tasks(3)
-    first = nf.sweep(tasks, store=tmp_path)
-    broken = tmp_path / "tasks" / f"{tasks[1].key}.npz"
+def test_what_a_killed_commit_leaves_is_recovered_or_recomputed(tmp_path: Path) -> None:
+    """A segment renamed into place but not indexed (killed between the two) is indexed
+    on resume, not recomputed; a cut index line is dropped; a segment that does not load
+    is discarded and its tasks recomputed."""
+    tasks = line_tasks(4)
+    first = nf.sweep(tasks)  # in memory: the files below are changed under a reader
+    nf.sweep(tasks, store=nf.Store(tmp_path, batch_tasks=1))
+    assert len(segment_files(tmp_path)) == 4
+    index = tmp_path / "index.jsonl"
+    lines = index.read_text().splitlines(keepends=True)
+    index.write_text("".join(lines[:2]) + lines[2][:10])  # line 3 cut, line 4 lost
+    again = nf.sweep(tasks, store=tmp_path)
+    assert again.computed == ()
+    assert index.read_text() == "".join(lines)
+    assert_same(first, again)
+    index.write_text("".join(lines[:3]))  # segment 4 not indexed and broken
+    broken = segment_files(tmp_path)[-1]
     broken.write_bytes(broken.read_bytes()[:100])
     again = nf.sweep(tasks, store=tmp_path)
-    assert again.computed == (tasks[1].key,)
+    assert again.computed == (tasks[3].key,)
     assert_same(first, again)
+    assert committed(tmp_path) == {t.key: p.relative_to(tmp_path / "segments").as_posix()
+                                   for t, p in zip(tasks, segment_files(tmp_path),
+                                                   strict=True)}
 
 
 def test_width_study_and_phase_diagram_with_a_store(tmp_path: Path) -> None:
@@ -165,9 +208,9 @@ def test_width_study_and_phase_diagram_with_a_store(tmp_path: Path) -> None:
     for k in plain.table.names:
         if k != "seconds":
             np.testing.assert_array_equal(plain.table[k], stored.table[k])
-    stamps = [p.stat().st_mtime_ns for p in task_files(tmp_path / "w")]
+    before = stamps(tmp_path / "w")
     resumed = nf.width_study([8, 16], "ntk", store=tmp_path / "w", **kw)
-    assert [p.stat().st_mtime_ns for p in task_files(tmp_path / "w")] == stamps
+    assert stamps(tmp_path / "w") == before
     np.testing.assert_array_equal(resumed.table["seconds"], stored.table["seconds"])
     grid = (("alpha", [0.5, 1.0]), ("target", [0.5, -1.0]))
     pd0 = nf.phase_diagram(*grid, width=16, trajectories=10, exact=True)
@@ -189,24 +232,25 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.monotonic() + 60
-        while len(task_files(store)) < 2 and time.monotonic() < deadline:
+        while len(committed(store)) < 2 and time.monotonic() < deadline:
             assert proc.poll() is None, "the sweep ended before it could be killed"
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in task_files(store)}
+    before = stamps(store)
+    done = committed(store)
     tasks = slow_tasks()
-    assert 2 <= len(before) < len(tasks)
-    (store / "tasks" / ".stale.npz.tmp-abc").write_bytes(b"partial")  # as if cut mid-write
+    assert 2 <= len(done) < len(tasks)
+    shard = segment_files(store)[0].parent
+    (shard / ".00000009.zip.tmp-abc").write_bytes(b"partial")  # as if cut mid-write
     resumed = nf.sweep(tasks, store=store)
-    assert set(resumed.skipped) == {n[:-4] for n in before}
+    assert set(resumed.skipped) == set(done)
     assert set(resumed.computed) == {t.key for t in tasks} - set(resumed.skipped)
-    for p in task_files(store):
-        if p.name in before:  # written once, by the killed process, never again
-            assert (p.stat().st_ino, p.stat().st_mtime_ns) == before[p.name]
-    assert len(task_files(store)) == len(tasks) and not leftovers(store)
+    after = stamps(store)
+    assert all(after[n] == v for n, v in before.items())  # written once, never again
+    assert set(committed(store)) == {t.key for t in tasks} and not leftovers(store)
     assert_same(nf.sweep(tasks, threads=2), resumed)
 
 
@@ -246,7 +290,7 @@ def test_dask_gives_the_same_bits(client: Any, tmp_path: Path) -> None:
     on_dask = nf.sweep(tasks, client=client, store=tmp_path / "s")
     assert len(on_dask.computed) == 16
     assert_same(local, on_dask)
-    assert len(task_files(tmp_path / "s")) == 16 and not leftovers(tmp_path / "s")
+    assert len(committed(tmp_path / "s")) == 16 and not leftovers(tmp_path / "s")
     by_address = nf.sweep(tasks[:3], client=client.scheduler.address)  # a str: own Client
     assert_same(nf.sweep(tasks[:3]), by_address)
 
@@ -272,6 +316,23 @@ def records_tasks() -> list[nf.Task]:
                 trajectories=3, seed=8, record=rich, init=nf.Gaussian(s_b=0.5),
                 compute="records"),
     ]
+
+
+def test_dask_groups_tasks_into_chunks(client: Any, tmp_path: Path) -> None:
+    """#19: tiny tasks go to the workers in chunks of about CHUNK_SECONDS of work (after
+    a first wave of one task each, which calibrates the cost model), packed there; the
+    bits are those of the in-process run."""
+    from distributed import get_task_stream
+
+    tasks = line_tasks(40, width=8, trajectories=4)
+    with get_task_stream(client) as ts:
+        on_dask = nf.sweep(tasks, client=client, store=tmp_path / "s")
+    chunks = {str(t["key"]) for t in ts.data if "ntkflow-" in str(t["key"])}
+    assert 4 <= len(chunks) <= 20, chunks
+    assert_same(nf.sweep(tasks), on_dask)
+    assert len(nf.Store(tmp_path / "s").summary()) == 40
+    assert cost(tasks[0]) * 2 == cost(
+        nf.Task(**{**_fields(tasks[0]), "trajectories": 8}))
 
 
 def test_dask_gives_the_same_full_records(client: Any) -> None:
@@ -311,10 +372,10 @@ def test_dask_survives_a_killed_worker(client: Any, tmp_path: Path) -> None:
     def kill_a_busy_worker() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if task_files(store):  # the sweep is well under way
+            if committed(store):  # the sweep is well under way
                 busy = [w for w, keys in client.processing().items() if keys and w in pids]
                 if busy:
-                    killed.append((busy[0], len(task_files(store))))
+                    killed.append((busy[0], len(committed(store))))
                     os.kill(pids[busy[0]], signal.SIGKILL)
                     return
             time.sleep(0.01)
@@ -339,15 +400,15 @@ def test_cli_run_with_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                    '[study]\nwidths = [8, 16, 32]\ntrajectories = 8\nexact = true\n'
                    'n_boot = 20\nstore = "from_config"\n[output]\nfigures = false\n')
     assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 0
-    assert len(task_files(tmp_path / "from_config")) == 3  # relative to the config file
+    assert len(committed(tmp_path / "from_config")) == 3  # relative to the config file
     store = tmp_path / "from_cli"
     assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
                  "--store", str(store)]) == 0
-    stamps = [p.stat().st_mtime_ns for p in task_files(store)]
-    assert len(stamps) == 3 and (store / "summary.csv").exists()
+    before = stamps(store)
+    assert len(committed(store)) == 3 and (store / "summary.csv").exists()
     assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
                  "--store", str(store)]) == 0  # resumed: nothing recomputed
-    assert [p.stat().st_mtime_ns for p in task_files(store)] == stamps
+    assert stamps(store) == before
     cfg.write_text(cfg.read_text().replace("trajectories = 8", "trajectories = 9"))
     assert main(["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet",
                  "--store", str(store)]) == 2
@@ -447,10 +508,10 @@ def test_sgd_width_study_same_bits_through_a_store(tmp_path: Path) -> None:
     kw = sgd_study_kw()
     local = nf.width_study([16, 64], "ntk", **kw)
     stored = nf.width_study([16, 64], "ntk", store=tmp_path / "s", **kw)
-    stamps = [p.stat().st_mtime_ns for p in task_files(tmp_path / "s")]
+    before = stamps(tmp_path / "s")
     resumed = nf.width_study([16, 64], "ntk", store=tmp_path / "s", **kw)
-    assert len(stamps) == 2
-    assert [p.stat().st_mtime_ns for p in task_files(tmp_path / "s")] == stamps
+    assert len(committed(tmp_path / "s")) == 2
+    assert stamps(tmp_path / "s") == before
     assert_same_study(local, stored)
     assert_same_study(local, resumed)
     assert np.all(np.isfinite(local.table["median_test_loss"]))

@@ -2,7 +2,7 @@
 
 A ``Task`` is a small frozen description of one ensemble (network, data, training, init,
 trajectories, seed, records, method, and what to compute). Its ``key`` is a hash of that
-description: the task's name on a Dask cluster and its file name in a ``Store``. A task's
+description: the task's name on a Dask cluster and its name in a ``Store``. A task's
 numbers depend only on its description (the seed is part of it, never the task's position
 in the sweep), and the core is bit-reproducible for a given seed whatever the thread
 count, so a task gives the same bits wherever and whenever it runs -- on the same
@@ -499,24 +499,30 @@ def sweep(
     progress: bool = False,
     desc: str = "sweep",
 ) -> Sweep:
-    """Run every task of a grid: in this process (OpenMP inside each task), or one Dask
-    task per grid point on a cluster.
+    """Run every task of a grid: in this process (OpenMP inside each task), or on a Dask
+    cluster in chunks of tasks (about ``CHUNK_SECONDS`` of work each, sized from ``cost``
+    and the measured times; results come back in completion order, at most two chunks
+    per worker thread in flight; with a store, workers pack the files and the client
+    only writes them).
 
     Parameters
     ----------
     specs : sequence of Task
         The grid. Equal tasks (same key) are computed once and share their output.
     store : path or Store, optional
-        A folder (created if missing) holding one ``.npz`` per finished task, written
-        atomically the moment the task finishes, and ``manifest.json`` (the sweep's
-        specs) -- see ``Store``. A store of other specs is refused, naming what differs.
+        A folder (created if missing) where finished tasks are committed in batches
+        (atomically: a task is complete or absent after any kill; at most about a
+        second of finished work is lost to a kill, see ``Store``'s batch_* parameters),
+        with the sweep's specs -- see ``Store``. A store of other specs is refused,
+        naming what differs; a version-1 store is refused with how to migrate it.
     client : dask.distributed.Client or str, optional
         Run on this cluster (a Client, or a scheduler address like ``"tcp://host:8786"``,
         connected to and closed here). Needs ``pip install 'ntkflow[dask]'``. Every
         worker must run the same ntkflow build at the same instruction-set level
         (``NTKFLOW_ISA``) as this process; a worker that does not is refused.
     resume : bool
-        Skip tasks whose file is already in the store and loads; False recomputes them.
+        Skip tasks already committed to the store; False recomputes them (their new
+        commits supersede the old ones).
     threads : int, optional
         OpenMP threads per task (default: ``OMP_NUM_THREADS`` or all cores of wherever
         the task runs; Dask's nanny sets ``OMP_NUM_THREADS=1`` unless the environment
@@ -548,30 +554,37 @@ def sweep(
     st = None if store is None else (store if isinstance(store, Store) else Store(store))
     memory: dict[str, dict[str, Any]] = {}
     computed: list[str] = []
-    lock = None
+    lock = writer = None
     try:
         done: set[str] = set()
         if st is not None:
-            lock = st._begin(unique)
+            lock, writer = st._begin(unique)
             if resume:
                 done = st._finished_keys(t.key for t in unique)
         todo = [t for t in unique if t.key not in done]
 
-        def finish(key: str, arrays: dict[str, Any]) -> None:
-            if st is not None:
-                st._write(key, arrays)
-            else:
+        def finish(key: str, arrays: Any) -> None:
+            if writer is None:
                 memory[key] = arrays
+            elif isinstance(arrays, tuple):  # packed by a Dask worker
+                writer.add_bytes(key, arrays[0], arrays[1])
+            else:
+                writer.add(key, arrays)
             computed.append(key)
 
-        with _progress(len(unique), desc, progress, initial=len(unique) - len(todo)) as bar:
-            if dask_client is None:
-                for t in todo:
-                    finish(t.key, execute(t, None, threads))
-                    bar.update(1)
-            else:
-                _run_dask(dask_client, todo, threads, finish, bar)
-        if st is not None:
+        try:
+            with _progress(len(unique), desc, progress,
+                           initial=len(unique) - len(todo)) as bar:
+                if dask_client is None:
+                    for t in todo:
+                        finish(t.key, execute(t, None, threads))
+                        bar.update(1)
+                else:
+                    _run_dask(dask_client, todo, threads, finish, bar, writer is not None)
+        finally:  # what finished is kept, also when a task fails or the user interrupts
+            if writer is not None:
+                writer.close()
+        if st is not None and (computed or not (st.path / "summary.csv").exists()):
             st.write_summary()
     finally:
         if lock is not None:
@@ -582,20 +595,96 @@ def sweep(
                  time.perf_counter() - t0, memory)
 
 
+def cost(task: Task) -> float:
+    """A proxy of a task's work, proportional to its run time for tasks alike except in
+    it: trajectories x width x (1 + dim) x samples (where the flow field sums over them:
+    a Dataset on a non-linear network; linear ones use the moments) x steps (fixed-step
+    and descent methods; adaptive ones are taken as a fixed number of steps per unit of
+    t_max, which the sweep calibrates against measured times)."""
+    net, data, train = task.net, task.data, task.train
+    work = float(task.trajectories) * net.width * (1 + int(data.dim))
+    if isinstance(data, Dataset) and net.act != "linear":
+        work *= data.samples
+    if isinstance(train, (GradientDescent, SGD)):
+        work *= train.steps
+    elif train.solver in ("rk4", "euler"):
+        work *= max(1.0, train.t_max / train.dt)
+    if task.compute == "exact":
+        work = float(task.trajectories) * 600  # the closed form on a 600-point grid
+    return work
+
+
+def _execute_chunk(tasks: Sequence[Task], isa: str, threads: int | None,
+                   packed: bool) -> list[Any]:
+    """A chunk's tasks, one after the other on a worker: their arrays or, for a store,
+    already packed (the .npz bytes and summary row), so that the client only writes."""
+    from .store import _npz_bytes
+
+    out: list[Any] = []
+    for t in tasks:
+        arrays = execute(t, isa, threads)
+        out.append((_npz_bytes(arrays), summary_row(arrays), float(arrays["seconds"]))
+                   if packed else arrays)
+    return out
+
+
+CHUNK_SECONDS = 2.0
+"""Work per Dask task in a sweep: tasks are grouped into chunks of about this many seconds
+(Dask costs ~1-10 ms per task it schedules, the sweep's own overhead another few)."""
+
+
 def _run_dask(client: Any, todo: Sequence[Task], threads: int | None, finish: Any,
-              bar: Any) -> None:
+              bar: Any, packed: bool) -> None:
+    """Chunks of about CHUNK_SECONDS of work, sized from ``cost`` calibrated by the times
+    of the chunks that came back: the first tasks go one per chunk. At most two chunks per
+    worker thread are in flight, so the client holds a bounded number of results, and
+    results are handled in completion order."""
+    from collections import deque
+
     from distributed import as_completed
 
     isa = str(_core.ISA)
-    futures = [client.submit(execute, t, isa, threads, key=f"ntkflow-{t.key}", pure=False)
-               for t in todo]
-    by_key = {f.key: t for f, t in zip(futures, todo, strict=True)}
+    queue = deque(todo)
+    slots = max(1, sum(w.get("nthreads", 1)
+                       for w in client.scheduler_info()["workers"].values()))
+    in_flight = 2 * slots
+    spent = [0.0, 0.0]  # seconds and cost of what came back
+
+    def chunk() -> list[Task]:
+        if spent[1] <= 0.0 or spent[0] <= 0.0:
+            return [queue.popleft()]
+        rate = spent[0] / spent[1]
+        out: list[Task] = []
+        budget = CHUNK_SECONDS
+        while queue and (not out or rate * cost(queue[0]) <= budget):
+            t = queue.popleft()
+            budget -= rate * cost(t)
+            out.append(t)
+        return out
+
+    chunks: dict[str, tuple[Any, list[Task]]] = {}
+
+    def submit() -> Any:
+        c = chunk()
+        fut = client.submit(_execute_chunk, c, isa, threads, packed,
+                            key=f"ntkflow-{c[0].key}-{len(c)}", pure=False)
+        chunks[fut.key] = (fut, c)
+        return fut
+
+    running = as_completed(  # type: ignore[no-untyped-call]
+        [submit() for _ in range(min(in_flight, len(queue)))])
     try:
-        for fut in as_completed(futures):  # type: ignore[no-untyped-call]
-            arrays = fut.result()  # raises the task's exception, if any
-            finish(by_key[fut.key].key, arrays)
+        for fut in running:
+            outs = fut.result()  # raises the task's exception, if any
+            c = chunks.pop(fut.key)[1]
             fut.release()
-            bar.update(1)
+            for t, o in zip(c, outs, strict=True):
+                finish(t.key, o)
+                spent[0] += o[2] if packed else float(o["seconds"])
+                spent[1] += cost(t)
+            bar.update(len(c))
+            if queue:
+                running.add(submit())  # type: ignore[no-untyped-call]
     except BaseException:
-        client.cancel(futures)
+        client.cancel([f for f, _ in chunks.values()])
         raise
