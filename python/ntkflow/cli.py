@@ -91,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no progress bar or summaries")
     run.add_argument("--store", default=None, metavar="DIR",
                      help="width study / phase diagram: keep every finished ensemble in "
-                     "DIR (one .npz each, written at once) and resume from it when run "
-                     "again; overrides the config's store key")
+                     "DIR (committed in batches; a kill leaves each complete or absent) "
+                     "and resume from it when run again; overrides the config's store key")
     run.add_argument("--scheduler", default=None, metavar="ADDRESS",
                      help="width study / phase diagram: run each ensemble as a task on "
                      "this Dask scheduler (e.g. tcp://host:8786; needs "
