@@ -74,7 +74,7 @@ class LinearStiff {
               NeuronRecorder* neurons, bool propagate)
       : md_(md), out_(out), rec_(md, out, row, n_times), neurons_(neurons), row_(row),
         T_(n_times), m_(md.width), d_(md.dim), q_(1 + md.dim), propagate_(propagate),
-        decay_(has_decay(md)), r_(d_), sr_(d_), g_(d_), mg_(d_), gj_(d_), spj_(d_), L_(d_, d_), lu_(d_),
+        decay_(has_decay(md)), r_(d_), sr_(d_), g_(d_), mg_(d_), gj_(d_), spj_(d_), sgj_(d_), rhs_(d_), dg_(d_), L_(d_, d_), lu_(d_),
         theta_(propagate ? m_ * q_ : 0) {}
 
   Index size() const { return state_size(md_, propagate_); }
@@ -143,7 +143,8 @@ class LinearStiff {
     cu_ = c + eu * md_.lambda_u;  // Phi rows: c - A(0, 0) and c - A(k, k)
     cw_ = c + ew * md_.lambda_w;
     spj_.noalias() = sigma * p;  // Sigma p (Sigma symmetric), reused below
-    const Eigen::VectorXd sg = sigma * gj_;
+    Eigen::VectorXd& sg = sgj_;
+    sg.noalias() = sigma * gj_;
     const double pg = p.dot(gj_), gg = gj_.squaredNorm();
     // L xp = (c + decay) xp - ew a dg - eu M dg - (2 eu ew / ca) g (g.xp + p.dg)
     //        - (eu ew / cM) [dg (p.g) + g (g.xp) + xp (g.g) + p (g.dg)],  dg = -k2 Sigma xp
@@ -165,11 +166,17 @@ class LinearStiff {
     Vec xp(r, d_);
     Mat xM(r + d_, d_, d_);
     double& xa = r[d_ + d_ * d_];
-    Eigen::VectorXd rhs = xp + (ew * xa / ca_) * gj_ + (eu / cM_) * (xM * gj_);
+    Eigen::VectorXd& rhs = rhs_;  // members: solve runs six times a step, allocation-free
+    rhs.noalias() = (eu / cM_) * (xM * gj_);
+    rhs += xp + (ew * xa / ca_) * gj_;
     xp = lu_.solve(rhs);
-    const Eigen::VectorXd dg = -k2 * (sigma * xp);
-    xM += ew * (dg * p.transpose() + gj_ * xp.transpose() + xp * gj_.transpose() +
-                p * dg.transpose());
+    Eigen::VectorXd& dg = dg_;
+    dg.noalias() = sigma * xp;
+    dg *= -k2;
+    xM.noalias() += (ew * dg) * p.transpose();  // rank-one updates: no d x d temporaries
+    xM.noalias() += (ew * gj_) * xp.transpose();
+    xM.noalias() += (ew * xp) * gj_.transpose();
+    xM.noalias() += (ew * p) * dg.transpose();
     xM /= cM_;
     xa = (xa + 2.0 * eu * (gj_.dot(xp) + p.dot(dg))) / ca_;
     if (!propagate_) return;
@@ -259,7 +266,8 @@ class LinearStiff {
   Index row_, T_, m_, d_, q_;
   bool propagate_, decay_;
   Eigen::VectorXd r_, sr_, g_, mg_;
-  Eigen::VectorXd gj_, spj_;  // g and Sigma p at the Jacobian's point (field() moves g_)
+  Eigen::VectorXd gj_, spj_, sgj_;  // g, Sigma p, Sigma g at the Jacobian's point
+  Eigen::VectorXd rhs_, dg_;         // solve's scratch
   RowMatrix L_;
   Eigen::PartialPivLU<Eigen::MatrixXd> lu_;
   std::vector<double> theta_;
