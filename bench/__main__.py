@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     info["peer_threads"] = threads = peers.match_threads(cfg.threads)
     print(f"threads: {threads['summary']}")
     threads["observed"] = peers.observe_threads(cfg.peers, threads["ntkflow"])
-    print("threads observed (threads busy >= 1/4 of the wall time during a float64 matrix "
+    print("threads observed (threads that ran >= 1/4 of the busiest one's CPU time during a float64 matrix "
           "product; ntkflow: nf.ntk_gram): "
           + ", ".join(f"{k} {v}" for k, v in threads["observed"].items()))
     label = {"full": "full sizes", "quick": "QUICK: scaled-down sizes",
@@ -210,11 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         ok = True
     else:
         results = []
+        report["workloads"] = results
         for w in _selected(args.only):
             module, func = REGISTRY[w].split(":")
             run = getattr(importlib.import_module(f".{module}", __package__), func)
             results.append(run(cfg, g["gflops_median"]))
-        report["workloads"] = results
+            # A full run lasts hours: what has been measured is on disk at every step, so
+            # an interrupted run still leaves its record (marked incomplete).
+            _write(report, _targets(args, cfg, report), start, complete=False)
         rows = [r for res in results for r in res["rows"]]
         checked = [r for r in rows if r["status"] in ("ok", "MISMATCH") and not r["reference"]]
         bad = [r["name"] for r in rows if r["status"] in ("MISMATCH", "error")]
@@ -227,19 +230,32 @@ def main(argv: list[str] | None = None) -> int:
         if single and threads["ntkflow"] > 1:
             report["single_thread"] = child = _run_single_thread(args)
             ok = ok and child is not None and child["returncode"] == 0
-    elapsed = time.perf_counter() - start
-    report["elapsed_s"] = elapsed
-    print(f"total wall time {elapsed:.1f} s")
-    text = json.dumps(report, indent=1, default=str)
+    print(f"total wall time {time.perf_counter() - start:.1f} s")
+    for path in _write(report, _targets(args, cfg, report), start, complete=True):
+        print(f"wrote {path}")
+    return 0 if ok else 1
+
+
+def _targets(args: argparse.Namespace, cfg: Config, report: dict[str, Any]) -> list[Path]:
+    """--json's path, plus bench/results/ for a full run of every workload (or --save yes)."""
     targets = [args.json] if args.json is not None else []
     if args.study == "workloads" and (args.save == "yes" or (
             args.save == "auto" and cfg.mode == "full" and not args.only)):
         targets.append(_save_path(report))
+    return targets
+
+
+def _write(report: dict[str, Any], targets: list[Path], start: float, *,
+           complete: bool) -> list[Path]:
+    report["elapsed_s"] = time.perf_counter() - start
+    report["complete"] = complete
+    text = json.dumps(report, indent=1, default=str)
     for path in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-        print(f"wrote {path}")
-    return 0 if ok else 1
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(path)  # a kill mid-write leaves the previous record, not half of one
+    return targets
 
 
 if __name__ == "__main__":

@@ -23,8 +23,13 @@ class Line:
 
     def __init__(self, name: str, make: Callable[[Any, np.ndarray], Callable[[], np.ndarray]],
                  settings: list[Any], label: Callable[[Any], str], *, jit: bool,
-                 kind: str = "peer", growth: float | None = None) -> None:
+                 kind: str = "peer", growth: float | None = None,
+                 stop_unfinished: bool = False) -> None:
         self.name, self.make, self.settings, self.label = name, make, settings, label
+        # For a line that returns non-finite values when it stops at a step limit or time
+        # budget (not when it diverges, as a coarse fixed step can): a tighter setting
+        # only takes more steps, so the ladder ends at the first unfinished run.
+        self.stop_unfinished = stop_unfinished
         # Cost factor from one setting to the next: known for a dt ladder (halving dt
         # doubles the steps), measured from the last two runs for an rtol ladder.
         self.jit, self.kind, self.growth = jit, kind, growth
@@ -61,6 +66,14 @@ def _calibrate(line: Line, sub: np.ndarray, S: int, ref: np.ndarray, target: np.
             break
         fn = line.make(s, sub)
         t_first, ans = timed(fn)
+        if line.stop_unfinished and not np.isfinite(ans).all():
+            log.append({"setting": line.label(s), "unfinished": True, "first_call_s": t_first})
+            print(f"    {line.label(s)}: did not finish (step limit or budget) in "
+                  f"{t_first:.3g} s on {sub.size} {rows}")
+            chosen, met, stop = s, False, "unfinished at its first setting" if chosen is None \
+                else "unfinished at a tighter setting"
+            reuse = (fn, t_first, ans) if np.array_equal(sub, reuse_idx) else None
+            break
         t_run = timed(fn)[0] if line.jit else t_first
         devs = dev_rows(ans, ref[sub])
         proj = t_run * S / sub.size

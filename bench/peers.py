@@ -88,20 +88,22 @@ def _task_ticks() -> dict[str, int]:
 
 
 def busy_threads(fn: Callable[[], Any], seconds: float = 0.3) -> int:
-    """Threads of this process that ran for at least a quarter of the wall time while
-    ``fn`` was called repeatedly for ``seconds``: the parallelism a library really used
-    (a count of CPU time per thread, so a loaded machine lowers it less than a CPU/wall
-    ratio would). -1 where /proc is missing."""
+    """Threads of this process that ran for at least a quarter of the busiest thread's
+    CPU time while ``fn`` was called repeatedly for ``seconds``: the parallelism a library
+    really used. Measured against the busiest thread, not the wall time, because on a
+    loaded machine every thread gets a fraction of the wall time (at load 8 on 2 cores a
+    quarter of it, which made a one-thread run read as zero). -1 where /proc is missing."""
     if not os.path.isdir("/proc/self/task"):
         return -1
     fn()
     before, t0 = _task_ticks(), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         fn()
-    wall = time.perf_counter() - t0
     after = _task_ticks()
-    need = 0.25 * wall * os.sysconf("SC_CLK_TCK")
-    return sum(1 for tid, v in after.items() if v - before.get(tid, 0) >= need)
+    ran = [v - before.get(tid, 0) for tid, v in after.items()]
+    if max(ran, default=0) <= 0:  # below the clock's tick on every thread
+        return 0
+    return sum(1 for v in ran if v >= 0.25 * max(ran))
 
 
 def observe_threads(allowed: frozenset[str], threads: int) -> dict[str, int]:
