@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     info["peer_threads"] = threads = peers.match_threads(cfg.threads)
     print(f"threads: {threads['summary']}")
     threads["observed"] = peers.observe_threads(cfg.peers, threads["ntkflow"])
-    print("threads observed (threads that ran >= 1/4 of the busiest one's CPU time during a float64 matrix "
-          "product; ntkflow: nf.ntk_gram): "
+    print("threads observed (threads that ran >= 1/4 of the busiest one's CPU time during "
+          "a float64 matrix product; ntkflow: nf.ntk_gram): "
           + ", ".join(f"{k} {v}" for k, v in threads["observed"].items()))
     label = {"full": "full sizes", "quick": "QUICK: scaled-down sizes",
              "tiny": "TINY: smoke-test sizes"}[cfg.mode]
