@@ -90,6 +90,8 @@ inline LaneVec abs_max(LaneVec a, LaneVec b) {
 inline LaneVec lane_abs(LaneVec a) { return (LaneVec)((LaneBits)a & (LaneBits{} + INT64_MAX)); }
 /// Per lane `if (!(x <= acc)) acc = x`: NeuronRecorder's running maximum, NaN included.
 inline LaneVec keep_max(LaneVec acc, LaneVec x) { return x <= acc ? acc : x; }
+/// Per lane `if (!(x >= acc)) acc = x`: a running minimum.
+inline LaneVec keep_min(LaneVec acc, LaneVec x) { return x >= acc ? acc : x; }
 #else
 /// The same element-by-element arithmetic for compilers without GCC's vector extension
 /// (MSVC), left to the auto-vectoriser: lane l of a result is the scalar operation on
@@ -148,6 +150,11 @@ inline LaneVec keep_max(const LaneVec& acc, const LaneVec& x) {
   for (int l = 0; l < kLanes; ++l) r.v[l] = x.v[l] <= acc.v[l] ? acc.v[l] : x.v[l];
   return r;
 }
+inline LaneVec keep_min(const LaneVec& acc, const LaneVec& x) {
+  LaneVec r;
+  for (int l = 0; l < kLanes; ++l) r.v[l] = x.v[l] >= acc.v[l] ? acc.v[l] : x.v[l];
+  return r;
+}
 #endif
 
 inline LaneVec splat(double x) { return LaneVec{} + x; }
@@ -171,21 +178,28 @@ class LaneNeuronRecorder {
   /// delta_i(0) of every lane, from the initial state.
   void reference(const LaneVec* u, const LaneVec* w) {
     if (!on_) return;
-    for (Index i = 0; i < m_; ++i) delta0_[i] = eta_w_ * (u[i] * u[i]) - eta_u_ * (w[i] * w[i]);
+    finite0_ = true;
+    for (Index i = 0; i < m_; ++i) {
+      delta0_[i] = eta_w_ * (u[i] * u[i]) - eta_u_ * (w[i] * w[i]);
+      for (int l = 0; l < kLanes; ++l) finite0_ = finite0_ && std::isfinite(delta0_[i][l]);
+    }
   }
 
   /// The summaries of every lane at the current state (kept until the next call).
+  ///
+  /// These passes are bound by latency, not throughput: every neuron waits on the last
+  /// one's sum and running maxima. Maxima are exact whatever the order, so they run in two
+  /// interleaved chains, and the largest |delta_i - mean| is taken from the extreme
+  /// delta_i (rounding is monotone: delta - mean is largest at the largest delta and
+  /// smallest at the smallest), which saves a pass. Both hold only without NaN, whose
+  /// keep_max is order-dependent; a finite sum and finite delta_i(0) rule NaN out, and
+  /// otherwise the passes run as NeuronRecorder orders them. The sums keep their order, so
+  /// the bits are those of the in-order passes.
   void compute(const LaneVec* u, const LaneVec* w) {
     if (!on_) return;
-    LaneVec sum{}, dev{}, scale{};
-    for (Index i = 0; i < m_; ++i) {
-      const LaneVec a = eta_w_ * (u[i] * u[i]), b = eta_u_ * (w[i] * w[i]);
-      const LaneVec delta = a - b;
-      delta_[i] = delta;
-      sum += delta;
-      dev = keep_max(dev, lane_abs(delta - delta0_[i]));
-      scale = keep_max(scale, a + b);
-    }
+    LaneVec sum{}, dev{}, scale{}, lo{}, hi{};
+    const bool extremes = finite0_ && summarize_split(u, w, sum, dev, scale, lo, hi);
+    if (!extremes) summarize_in_order(u, w, sum, dev, scale);
     const double inv_m = 1.0 / static_cast<double>(m_);
     LaneVec mean = sum * inv_m;
     for (int l = 0; l < kLanes; ++l) {
@@ -195,7 +209,10 @@ class LaneNeuronRecorder {
       mean[l] = acc;
     }
     LaneVec big{};
-    for (Index i = 0; i < m_; ++i) big = keep_max(big, lane_abs(delta_[i] - mean));
+    if (extremes)
+      big = keep_max(keep_max(big, lane_abs(hi - mean)), lane_abs(lo - mean));
+    else
+      for (Index i = 0; i < m_; ++i) big = keep_max(big, lane_abs(delta_[i] - mean));
     bool scaled = false;
     for (int l = 0; l < kLanes; ++l) scaled = scaled || (big[l] > 0 && std::isfinite(big[l]));
     LaneVec var{};
@@ -229,10 +246,60 @@ class LaneNeuronRecorder {
   }
 
  private:
+  /// delta_i into delta_, their sum in order, the running maxima of |delta_i - delta_i(0)|
+  /// and eta_w u_i^2 + eta_u w_i^2 over two chains, and the extremes of delta_i; false if
+  /// some lane's sum is not finite (its maxima may then have met a NaN).
+  bool summarize_split(const LaneVec* u, const LaneVec* w, LaneVec& sum, LaneVec& dev,
+                       LaneVec& scale, LaneVec& lo, LaneVec& hi) {
+    LaneVec dev1{}, scale1{}, lo1 = splat_inf(), hi1 = -splat_inf();
+    lo = splat_inf();
+    hi = -splat_inf();
+    auto one = [&](Index i, LaneVec& dv, LaneVec& sc, LaneVec& mn, LaneVec& mx) {
+      const LaneVec a = eta_w_ * (u[i] * u[i]), b = eta_u_ * (w[i] * w[i]);
+      const LaneVec delta = a - b;
+      delta_[i] = delta;
+      sum += delta;
+      dv = keep_max(dv, lane_abs(delta - delta0_[i]));
+      sc = keep_max(sc, a + b);
+      mn = keep_min(mn, delta);
+      mx = keep_max(mx, delta);
+    };
+    Index i = 0;
+    for (; i + 1 < m_; i += 2) {
+      one(i, dev, scale, lo, hi);
+      one(i + 1, dev1, scale1, lo1, hi1);
+    }
+    if (i < m_) one(i, dev, scale, lo, hi);
+    dev = keep_max(dev, dev1);
+    scale = keep_max(scale, scale1);
+    lo = keep_min(lo, lo1);
+    hi = keep_max(hi, hi1);
+    for (int l = 0; l < kLanes; ++l)
+      if (!std::isfinite(sum[l])) return false;
+    return true;
+  }
+
+  /// The same summaries in one chain, in NeuronRecorder's order (NaN included).
+  void summarize_in_order(const LaneVec* u, const LaneVec* w, LaneVec& sum, LaneVec& dev,
+                          LaneVec& scale) {
+    sum = dev = scale = LaneVec{};
+    for (Index i = 0; i < m_; ++i) {
+      const LaneVec a = eta_w_ * (u[i] * u[i]), b = eta_u_ * (w[i] * w[i]);
+      const LaneVec delta = a - b;
+      delta_[i] = delta;
+      sum += delta;
+      dev = keep_max(dev, lane_abs(delta - delta0_[i]));
+      scale = keep_max(scale, a + b);
+    }
+  }
+
+  static LaneVec splat_inf() { return LaneVec{} + kInf; }
+
   const Records* out_;
   Index m_, T_;
   double eta_u_, eta_w_;
   bool on_;
+  bool finite0_ = true;  // every delta_i(0) of every lane is finite
   std::vector<LaneVec> delta0_, delta_;
   double mean_[kLanes]{}, spread_[kLanes]{}, drift_[kLanes]{};
 };
