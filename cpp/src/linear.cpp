@@ -317,7 +317,12 @@ void simulate_linear(const LinearModel& model, const InitSpec& init, const Sched
         (out.u || out.w || out.delta_mean || out.delta_std || out.delta_drift || out.deltas))
       throw std::invalid_argument(
           "the reduced system records no parameters (nor the per-neuron delta_i)");
-    run_stiff(model, init, sched, method, trajectories, out, cancel);
+    // Model A in lanes: dopri5 with a per-lane stiffness test, Rodas4 lane by lane.
+    if (sched.solver == Solver::automatic && method == LinearMethod::fused &&
+        lanes_apply(model, sched))
+      run_lanes(model, init, sched, trajectories, out, cancel);
+    else
+      run_stiff(model, init, sched, method, trajectories, out, cancel);
     return;
   }
   switch (method) {

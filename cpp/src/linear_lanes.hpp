@@ -23,18 +23,25 @@
 // failed is zeroed and carried along with a zero step until the whole group is done. Step
 // counts can differ from LinearFused<2>'s in rare cases where the error norm, rounded
 // differently, falls on the other side of 1.
+//
+// solver automatic is dopri5 here plus integrate_dopri5's stiffness test in every lane, on
+// the lane's own rate (stiff_rate_line, from its Gram entries); a lane found stiff leaves
+// the group for the scalar Rodas4 path of run_stiff (LanesWorker::hand_over).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <vector>
 
 #include "ensemble.hpp"
 #include "integrate.hpp"
 #include "linear_decay.hpp"
+#include "linear_stiff.hpp"
 #include "ntkflow/core.hpp"
+#include "rosenbrock.hpp"
 
 namespace ntkflow::detail {
 
@@ -59,10 +66,12 @@ inline bool lanes_disabled() {
 /// dopri5 holds two copies of the group (the state and the attempt), 1 MiB at the widest:
 /// still within a core's L2 on current x86 (1-2 MiB), so the same width limit serves both.
 /// The solvers are listed, not excluded: a solver added elsewhere must not fall into the
-/// fixed-step lanes by default.
+/// fixed-step lanes by default. automatic is dopri5 with a per-lane stiffness test whose
+/// stiff lanes leave the group for the scalar Rodas4 path (LanesWorker::hand_over).
 inline bool lanes_apply(const LinearModel& md, const Schedule& s) {
   const bool lane_solver = s.solver == Solver::euler || s.solver == Solver::rk4 ||
-                           s.solver == Solver::gd || s.solver == Solver::dopri5;
+                           s.solver == Solver::gd || s.solver == Solver::dopri5 ||
+                           s.solver == Solver::automatic;
   return lane_solver && md.dim == 1 && md.width <= kLanesMaxWidth && !lanes_disabled();
 }
 
@@ -81,6 +90,8 @@ inline LaneVec abs_max(LaneVec a, LaneVec b) {
 inline LaneVec lane_abs(LaneVec a) { return (LaneVec)((LaneBits)a & (LaneBits{} + INT64_MAX)); }
 /// Per lane `if (!(x <= acc)) acc = x`: NeuronRecorder's running maximum, NaN included.
 inline LaneVec keep_max(LaneVec acc, LaneVec x) { return x <= acc ? acc : x; }
+/// Per lane `if (!(x >= acc)) acc = x`: a running minimum.
+inline LaneVec keep_min(LaneVec acc, LaneVec x) { return x >= acc ? acc : x; }
 #else
 /// The same element-by-element arithmetic for compilers without GCC's vector extension
 /// (MSVC), left to the auto-vectoriser: lane l of a result is the scalar operation on
@@ -139,6 +150,11 @@ inline LaneVec keep_max(const LaneVec& acc, const LaneVec& x) {
   for (int l = 0; l < kLanes; ++l) r.v[l] = x.v[l] <= acc.v[l] ? acc.v[l] : x.v[l];
   return r;
 }
+inline LaneVec keep_min(const LaneVec& acc, const LaneVec& x) {
+  LaneVec r;
+  for (int l = 0; l < kLanes; ++l) r.v[l] = x.v[l] >= acc.v[l] ? acc.v[l] : x.v[l];
+  return r;
+}
 #endif
 
 inline LaneVec splat(double x) { return LaneVec{} + x; }
@@ -162,21 +178,28 @@ class LaneNeuronRecorder {
   /// delta_i(0) of every lane, from the initial state.
   void reference(const LaneVec* u, const LaneVec* w) {
     if (!on_) return;
-    for (Index i = 0; i < m_; ++i) delta0_[i] = eta_w_ * (u[i] * u[i]) - eta_u_ * (w[i] * w[i]);
+    finite0_ = true;
+    for (Index i = 0; i < m_; ++i) {
+      delta0_[i] = eta_w_ * (u[i] * u[i]) - eta_u_ * (w[i] * w[i]);
+      for (int l = 0; l < kLanes; ++l) finite0_ = finite0_ && std::isfinite(delta0_[i][l]);
+    }
   }
 
   /// The summaries of every lane at the current state (kept until the next call).
+  ///
+  /// These passes are bound by latency, not throughput: every neuron waits on the last
+  /// one's sum and running maxima. Maxima are exact whatever the order, so they run in two
+  /// interleaved chains, and the largest |delta_i - mean| is taken from the extreme
+  /// delta_i (rounding is monotone: delta - mean is largest at the largest delta and
+  /// smallest at the smallest), which saves a pass. Both hold only without NaN, whose
+  /// keep_max is order-dependent; a finite sum and finite delta_i(0) rule NaN out, and
+  /// otherwise the passes run as NeuronRecorder orders them. The sums keep their order, so
+  /// the bits are those of the in-order passes.
   void compute(const LaneVec* u, const LaneVec* w) {
     if (!on_) return;
-    LaneVec sum{}, dev{}, scale{};
-    for (Index i = 0; i < m_; ++i) {
-      const LaneVec a = eta_w_ * (u[i] * u[i]), b = eta_u_ * (w[i] * w[i]);
-      const LaneVec delta = a - b;
-      delta_[i] = delta;
-      sum += delta;
-      dev = keep_max(dev, lane_abs(delta - delta0_[i]));
-      scale = keep_max(scale, a + b);
-    }
+    LaneVec sum{}, dev{}, scale{}, lo{}, hi{};
+    const bool extremes = finite0_ && summarize_split(u, w, sum, dev, scale, lo, hi);
+    if (!extremes) summarize_in_order(u, w, sum, dev, scale);
     const double inv_m = 1.0 / static_cast<double>(m_);
     LaneVec mean = sum * inv_m;
     for (int l = 0; l < kLanes; ++l) {
@@ -186,7 +209,10 @@ class LaneNeuronRecorder {
       mean[l] = acc;
     }
     LaneVec big{};
-    for (Index i = 0; i < m_; ++i) big = keep_max(big, lane_abs(delta_[i] - mean));
+    if (extremes)
+      big = keep_max(keep_max(big, lane_abs(hi - mean)), lane_abs(lo - mean));
+    else
+      for (Index i = 0; i < m_; ++i) big = keep_max(big, lane_abs(delta_[i] - mean));
     bool scaled = false;
     for (int l = 0; l < kLanes; ++l) scaled = scaled || (big[l] > 0 && std::isfinite(big[l]));
     LaneVec var{};
@@ -220,10 +246,60 @@ class LaneNeuronRecorder {
   }
 
  private:
+  /// delta_i into delta_, their sum in order, the running maxima of |delta_i - delta_i(0)|
+  /// and eta_w u_i^2 + eta_u w_i^2 over two chains, and the extremes of delta_i; false if
+  /// some lane's sum is not finite (its maxima may then have met a NaN).
+  bool summarize_split(const LaneVec* u, const LaneVec* w, LaneVec& sum, LaneVec& dev,
+                       LaneVec& scale, LaneVec& lo, LaneVec& hi) {
+    LaneVec dev1{}, scale1{}, lo1 = splat_inf(), hi1 = -splat_inf();
+    lo = splat_inf();
+    hi = -splat_inf();
+    auto one = [&](Index i, LaneVec& dv, LaneVec& sc, LaneVec& mn, LaneVec& mx) {
+      const LaneVec a = eta_w_ * (u[i] * u[i]), b = eta_u_ * (w[i] * w[i]);
+      const LaneVec delta = a - b;
+      delta_[i] = delta;
+      sum += delta;
+      dv = keep_max(dv, lane_abs(delta - delta0_[i]));
+      sc = keep_max(sc, a + b);
+      mn = keep_min(mn, delta);
+      mx = keep_max(mx, delta);
+    };
+    Index i = 0;
+    for (; i + 1 < m_; i += 2) {
+      one(i, dev, scale, lo, hi);
+      one(i + 1, dev1, scale1, lo1, hi1);
+    }
+    if (i < m_) one(i, dev, scale, lo, hi);
+    dev = keep_max(dev, dev1);
+    scale = keep_max(scale, scale1);
+    lo = keep_min(lo, lo1);
+    hi = keep_max(hi, hi1);
+    for (int l = 0; l < kLanes; ++l)
+      if (!std::isfinite(sum[l])) return false;
+    return true;
+  }
+
+  /// The same summaries in one chain, in NeuronRecorder's order (NaN included).
+  void summarize_in_order(const LaneVec* u, const LaneVec* w, LaneVec& sum, LaneVec& dev,
+                          LaneVec& scale) {
+    sum = dev = scale = LaneVec{};
+    for (Index i = 0; i < m_; ++i) {
+      const LaneVec a = eta_w_ * (u[i] * u[i]), b = eta_u_ * (w[i] * w[i]);
+      const LaneVec delta = a - b;
+      delta_[i] = delta;
+      sum += delta;
+      dev = keep_max(dev, lane_abs(delta - delta0_[i]));
+      scale = keep_max(scale, a + b);
+    }
+  }
+
+  static LaneVec splat_inf() { return LaneVec{} + kInf; }
+
   const Records* out_;
   Index m_, T_;
   double eta_u_, eta_w_;
   bool on_;
+  bool finite0_ = true;  // every delta_i(0) of every lane is finite
   std::vector<LaneVec> delta0_, delta_;
   double mean_[kLanes]{}, spread_[kLanes]{}, drift_[kLanes]{};
 };
@@ -237,10 +313,11 @@ class LanesWorker {
         u_(static_cast<std::size_t>(m_)), w_(static_cast<std::size_t>(m_)),
         draw_(static_cast<std::size_t>(2 * m_)),
         neurons_(out, m_, n_times, md.eta_u, md.eta_w) {
-    if (s.solver == Solver::dopri5) {
+    if (s.solver == Solver::dopri5 || s.solver == Solver::automatic) {
       un_.resize(static_cast<std::size_t>(m_));
       wn_.resize(static_cast<std::size_t>(m_));
     }
+    if (s.solver == Solver::automatic) stiff_ = std::make_unique<Handover>(md, out, n_times);
     rec_.reserve(kLanes);
   }
 
@@ -259,8 +336,10 @@ class LanesWorker {
     rec_.clear();
     for (int l = 0; l < count; ++l) rec_.emplace_back(md_, out_, k0 + l, T_);
     neurons_.reference(u_.data(), w_.data());
-    if (s.solver == Solver::dopri5)
-      run_dopri5(s, k0, count, cancel);
+    if (stiff_ && out_.t_stiff)  // NaN: the trajectory never switched
+      for (int l = 0; l < count; ++l) out_.t_stiff[k0 + l] = kNaN;
+    if (s.solver == Solver::dopri5 || s.solver == Solver::automatic)
+      run_dopri5(init, s, k0, count, cancel);
     else
       run_fixed(s, k0, count, cancel);
     return count;
@@ -339,8 +418,11 @@ class LanesWorker {
   }
 
   /// integrate_dopri5 (integrate.hpp) lane by lane: the same decisions in the same order for
-  /// every lane, on the lane's own clock t[l], step h[l] and next record slot j[l].
-  void run_dopri5(const Schedule& s, Index k0, int count, CancelToken* cancel) {
+  /// every lane, on the lane's own clock t[l], step h[l] and next record slot j[l]. With
+  /// solver automatic each lane also runs the StiffSwitch test of integrate_dopri5 on its
+  /// own rate, and a stiff lane is handed over to Rodas4 (hand_over) and retired.
+  void run_dopri5(const InitSpec& init, const Schedule& s, Index k0, int count,
+                  CancelToken* cancel) {
     std::vector<Recorder>& rec = rec_;
     const StepWatch watch{s.loss_threshold, false};
     const bool want_dloss = watch.want_dloss();
@@ -358,6 +440,8 @@ class LanesWorker {
       j[l] = 0;
     }
     LaneVec l0{}, d0{}, l1{}, d1{}, an{}, bn{}, cn{};
+    const bool stiff_test = static_cast<bool>(stiff_);
+    StiffSwitch sw[kLanes];
 
     gram();
     for (int l = 0; l < count; ++l) rec[l].set_reference(a_[l], b_[l]);
@@ -368,6 +452,13 @@ class LanesWorker {
         retire(l, live);
       } else if (s.loss_threshold >= 0 && l0[l] <= s.loss_threshold) {
         o[l].t_hit = 0.0;
+      }
+      // Stiff from the start (integrate_dopri5's rule): Rodas4 from t = 0.
+      if (stiff_test && live[l] && s.n_times > 0 &&
+          stiff_rate_line(md_, a_[l], b_[l]) * s.times[s.n_times - 1] >
+              StiffSwitch::kStiffAtStart) {
+        hand_over(init, s, k0 + l, l, o[l], Resume{}, cancel);
+        retire(l, live);
       }
     }
     if (!(s.h0 > 0)) starting_steps(s, h);
@@ -418,7 +509,7 @@ class LanesWorker {
                                   an, bn, cn);
       loss(an, bn, cn, l1, want_dloss, d1);
 
-      bool keep[kLanes] = {}, died[kLanes] = {};
+      bool keep[kLanes] = {}, died[kLanes] = {}, stiff[kLanes] = {};
       for (int l = 0; l < count; ++l) {
         if (!tried[l]) continue;
         const double err = std::sqrt(acc[l] * inv_size());
@@ -431,6 +522,10 @@ class LanesWorker {
           l0[l] = l1[l];
           d0[l] = d1[l];
           h[l] = control[l].accepted(err, hl, h[l], landing[l]);  // as integrate_dopri5
+          // As integrate_dopri5: steps cut short to land say nothing about stability; the
+          // rate is that of the state just accepted (the attempt's Gram entries).
+          if (stiff_test && !landing[l])
+            stiff[l] = sw[l].check(hl, stiff_rate_line(md_, an[l], bn[l]));
         } else {
           ++o[l].rejected;
           keep[l] = true;
@@ -458,14 +553,53 @@ class LanesWorker {
       a_ = an;
       b_ = bn;
       c_ = cn;
-      for (int l = 0; l < count; ++l)
-        if (died[l]) retire(l, live);
+      for (int l = 0; l < count; ++l) {
+        if (stiff[l]) hand_over(init, s, k0 + l, l, o[l], Resume{t[l], j[l], h[l]}, cancel);
+        if (died[l] || stiff[l]) retire(l, live);
+      }
       if ((++attempts & 63) == 0 && cancel_requested(cancel)) throw Cancelled();
     }
     for (int l = 0; l < count; ++l) write_outcome(out_, k0 + l, o[l]);
   }
 
   double inv_size() const { return 1.0 / static_cast<double>(2 * m_); }
+
+  /// Buffers of the scalar Rodas4 path for trajectories handed over (solver automatic).
+  struct Handover {
+    Handover(const LinearModel& md, const Records& out, Index T)
+        : start(static_cast<std::size_t>(4 * md.width)),
+          neurons(out, md.width, T, md.eta_u, md.eta_w),
+          state(static_cast<std::size_t>(LinearStiff::state_size(md, true))),
+          work(static_cast<std::size_t>(workspace_size(static_cast<Index>(state.size())))) {}
+    std::vector<double> start;  // [u0, w0, u_s, w_s]: t = 0 and the hand-over state
+    NeuronRecorder neurons;
+    std::vector<double> state, work;
+  };
+
+  /// Lane l (trajectory k) continues with Rodas4 from its current state, exactly as
+  /// run_stiff (linear.cpp) continues a scalar run after StiffSwitch fires: the state at t
+  /// becomes Theta_0 of the propagator, the drift references stay those of t = 0 (drawn
+  /// again: the draw is a function of (seed, k) alone), and o goes on counting. The other
+  /// lanes wait meanwhile; nothing of theirs is read or written, so no bits depend on the
+  /// grouping. Rodas4 on model A costs O(1) a step and O(m) a record.
+  void hand_over(const InitSpec& init, const Schedule& s, Index k, int l, Outcome& o,
+                 Resume at, CancelToken* cancel) {
+    Handover& h = *stiff_;
+    double* u0 = h.start.data();
+    double* w0 = u0 + m_;
+    double* us = w0 + m_;
+    double* ws = us + m_;
+    draw_initial(init, m_, 1, k, u0, w0);
+    for (Index i = 0; i < m_; ++i) {
+      us[i] = u_[i][l];
+      ws[i] = w_[i][l];
+    }
+    LinearStiff stiff(md_, out_, k, T_, &h.neurons, true);
+    stiff.load(u0, w0, us, ws, h.state.data());
+    o = integrate_rodas4(stiff, h.state.data(), s, h.work.data(), cancel, out_.params_all,
+                         at, o);
+    if (out_.t_stiff) out_.t_stiff[k] = at.t;
+  }
 
   /// Lane l stops integrating: its state becomes zeros, which a zero step leaves in place
   /// (no overflow or NaN is carried through the remaining passes of the group).
@@ -776,6 +910,7 @@ class LanesWorker {
   std::vector<double> draw_;
   std::vector<Recorder> rec_;     // one per lane of the current group
   LaneNeuronRecorder neurons_;
+  std::unique_ptr<Handover> stiff_;  // solver automatic only
   LaneVec a_{}, b_{}, c_{};
   LaneVec k00_[7]{}, k01_[7]{}, k10_[7]{}, k11_[7]{};
 };

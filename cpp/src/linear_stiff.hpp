@@ -28,6 +28,15 @@
 
 namespace ntkflow::detail {
 
+/// StiffRate for d = 1 in closed form: the kernel is the number K = eta_w a + eta_u M, so
+/// the rate is kappa^2 |K sigma| (a non-finite one counts as infinite, as in StiffRate).
+/// One function for every caller, so that the scalar path and the SIMD lanes
+/// (linear_lanes.hpp) take their stiffness decisions on the same rates.
+inline double stiff_rate_line(const LinearModel& md, double a, double M) {
+  const double k = std::abs((md.eta_u * M + md.eta_w * a) * md.sigma[0]);
+  return std::isfinite(k) ? md.kappa * md.kappa * k : kInf;
+}
+
 /// Largest decay rate of the flow near (a, M): the top eigenvalue of kappa^2 K Sigma with
 /// K = eta_w a I + eta_u M, the NTK in p-space (its non-zero eigenvalues are those of the
 /// Gauss-Newton part of the Jacobian). A few power iterations per call, warm-started from
@@ -40,6 +49,7 @@ class StiffRate {
   template <class MatM>
   double operator()(const LinearModel& md, double a, const MatM& M) {
     const Index d = md.dim;
+    if (d == 1) return stiff_rate_line(md, a, M(0, 0));  // the iteration is exact at once
     const Eigen::Map<const RowMatrix> sigma(md.sigma, d, d);
     double lam = 0.0;
     for (int it = 0; it < 4; ++it) {

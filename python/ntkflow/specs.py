@@ -336,6 +336,8 @@ class GradientFlow(Objective):
         ``Result.t_stiff`` says when (NaN: never). For relu networks auto is dopri5 (their
         field is piecewise, and dopri5 locates its switches; ``t_stiff`` is None), and on
         a dataset with more than 4096 samples x outputs it is dopri5 too (see rodas4).
+        Model A (d = 1, width <= 4096) runs auto in the SIMD lanes of dopri5, bit for bit
+        as dopri5 until a trajectory hands over; that trajectory then leaves its lane.
         dopri5: adaptive Dormand-Prince 5(4), error control per trajectory with rtol/atol.
         rodas4: the linearly implicit Rosenbrock method Rodas4 (order 4, L-stable), error
         control per trajectory, with the exact Jacobian of the flow. Linear networks on
