@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,26 @@ def summary_row(arrays: Mapping[str, NDArray[Any]]) -> dict[str, Any]:
     row["isa"] = str(arrays["isa"])
     row["seconds"] = float(arrays["seconds"])
     return row
+
+
+RESULT_COLUMNS: tuple[str, ...] = (
+    "ok", "failed", *(f"frac_{lab}" for lab in LABELS), "dominant",
+    *(f"median_{k}" for k in (*SCORE_NAMES, "final_loss", "t_hit")),
+    "t_max", "source", "isa", "seconds")
+"""The columns of a summary row after the key and the spec's fields, in order."""
+
+
+def csv_header(specs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The columns of a store's summary.csv: key, every spec field any task has (in the
+    order the tasks first name them), then ``RESULT_COLUMNS``; fixed when the store is
+    created, so that rows can be appended as tasks finish."""
+    names: dict[str, None] = {"key": None}
+    for spec in specs:
+        fields = flatten(spec)
+        fields.pop("format", None)
+        names.update(dict.fromkeys(fields))
+    names.update(dict.fromkeys(RESULT_COLUMNS))
+    return list(names)
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]]) -> Table:
