@@ -34,7 +34,14 @@ fsync'ed index line, so the fsync cost is shared by every task of the batch, and
 complete or absent after any kill because a segment is either renamed into place whole or
 not at all. Resume reads the index (one file) and looks only at segments numbered after its
 last line -- the ones a killed writer renamed but did not index -- so it costs O(changed)
-file checks, not O(tasks). Folders hold at most 1000 segments whatever the sweep's size,
+file checks, not O(tasks); and a stat of every indexed segment against the size its line
+records (O(segments)): a damaged segment is set aside (``<seq>.zip.damaged``, with a
+warning) and its tasks computed again. Reading a member checks its CRC (a damaged segment
+is named, with the repair: ``Store.verify()``, the CRC-32 of every segment). summary.csv is
+appended per commit, before the index line that records its new size: a resume cuts it
+back to that size and appends the rows of the segments it indexes, so every finished
+task has one row whatever the kills. A sweep that computed tasks again (resume=False,
+``Sweep.rerun``) removes the segments nothing refers to any more when it ends. Folders hold at most 1000 segments whatever the sweep's size,
 and a segment holds up to ``batch_tasks`` tasks, so 10^6 tasks are ~10^3-10^5 files.
 
 Zip of .npz rather than Parquet: the arrays of a task have shapes that differ by task
