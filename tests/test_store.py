@@ -121,8 +121,12 @@ def test_resume_false_recomputes_and_supersedes(tmp_path: Path) -> None:
     for a, b in zip(nf.sweep(tasks), again, strict=True):
         assert same_arrays(a.arrays, b.arrays)
     # the superseded segment is removed, summary.csv has each task once
+    seg1 = tmp_path / "segments" / "00000" / "00000001.zip"
     assert [p.name for p in (tmp_path / "segments").rglob("*.zip")] == ["00000002.zip"]
     assert [r["key"] for r in csv_rows(tmp_path / "summary.csv")] == [t.key for t in tasks]
+    # killed after the index dropped it but before its file was deleted: removed next time
+    seg1.write_bytes((tmp_path / "segments" / "00000" / "00000002.zip").read_bytes())
+    assert nf.sweep(tasks, store=tmp_path).computed == () and not seg1.exists()
 
 
 @pytest.mark.parametrize("value", [

@@ -557,7 +557,7 @@ class Store:
             with open(path, "rb") as fh:
                 while block := fh.read(1 << 22):
                     value = zlib.crc32(block, value)
-            return value == entry["crc32"]
+            return bool(value == entry["crc32"])
         return self._verified(entry["segment"]) is not None
 
     def _drop(self, state: _IndexState, bad: list[dict[str, Any]]) -> None:
@@ -639,9 +639,8 @@ class Store:
                 specs = [t.describe() for t in tasks]
                 self._write_task_list({"key": k, "spec": d} for k, d in zip(keys, specs))
                 self._csv_columns = csv_header(specs)
-                for p in (self.index_path, self.path / _CSV):  # a folder reused by hand
-                    with contextlib.suppress(FileNotFoundError):
-                        p.unlink()
+                with contextlib.suppress(FileNotFoundError):  # not this sweep's rows
+                    (self.path / _CSV).unlink()
                 self._write_manifest({"format": FORMAT, "version": VERSION,
                                       "ntkflow": __version__, "isa": str(_core.ISA),
                                       "tasks": len(keys), "keys_sha256": digest})
@@ -684,6 +683,8 @@ class Store:
             seq += 1
         for s in {last + 1, seq}:  # where a killed commit left its temporary file
             _remove_leftovers(self.segments_dir / _segment_name(s).split("/")[0])
+        if not state.damaged:
+            self._remove_orphans(known, last)
         csv_ok = self._csv_consistent(state)
         if state.damaged or found or not csv_ok:
             replaced = any(k in state.where or k in state.failed
@@ -707,6 +708,20 @@ class Store:
         self._cached = state
         self._csv_end = (self.path / _CSV).stat().st_size
         return seq
+
+    def _remove_orphans(self, indexed: set[int], last: int) -> None:
+        """Remove segments numbered below the index's last that it does not list: those
+        ``_end`` had dropped from the index when a kill stopped it deleting them (an
+        intact index lists every other segment below its last). O(segments) names."""
+        if not self.segments_dir.is_dir():
+            return
+        for shard in self.segments_dir.iterdir():
+            if not shard.is_dir():
+                continue
+            for p in shard.glob("*.zip"):
+                with contextlib.suppress(ValueError):
+                    if _seq(p.name) < last and _seq(p.name) not in indexed:
+                        p.unlink()
 
     def _csv_consistent(self, state: _IndexState) -> bool:
         """Whether summary.csv starts with its header and holds at least what the index's
@@ -852,16 +867,6 @@ class Store:
         raise ValueError(f"{where} holds a sweep of other specs; refusing to mix their "
                          f"results:\n  " + "\n  ".join(_differences(old, entries)) +
                          "\nuse a new store folder, or delete this one to start over")
-
-
-def _cells(column: NDArray[Any]) -> list[str]:
-    """``_cell`` of every value of a column, a column at a time (summary.csv of 10^5 tasks
-    is 10^7 cells): Python floats and ints format as NumPy's scalars do in ``_cell``."""
-    if column.dtype.kind == "f":
-        return ["" if math.isnan(f) else repr(f) for f in column.tolist()]
-    if column.dtype.kind in "iub":
-        return [str(v) for v in column.tolist()]
-    return [_cell(v) for v in column]
 
 
 def _index_line(entry: dict[str, Any]) -> bytes:

@@ -703,8 +703,9 @@ def _execute_chunk(tasks: Sequence[Task], isa: str, threads: int | None,
     for t in tasks:
         arrays = _attempt(t, isa, threads)
         if packed and not isinstance(arrays, TaskFailure):
-            arrays = (_npz_bytes(arrays), summary_row(arrays), float(arrays["seconds"]))
-        out.append(arrays)
+            out.append((_npz_bytes(arrays), summary_row(arrays), float(arrays["seconds"])))
+        else:
+            out.append(arrays)
     return out
 
 
