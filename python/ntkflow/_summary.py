@@ -67,12 +67,26 @@ RESULT_COLUMNS: tuple[str, ...] = (
 """The columns of a summary row after the key and the spec's fields, in order."""
 
 
+def _shape(spec: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The field names of a description to the depth where its values are leaves (specs,
+    their fields; a Dataset in a Record, its arrays), which is what ``flatten``'s names
+    depend on."""
+    return tuple(
+        tuple((k2, tuple(v2)) if isinstance(v2, dict) else k2 for k2, v2 in v.items())
+        if isinstance(v, dict) else k for k, v in spec.items())
+
+
 def csv_header(specs: Iterable[Mapping[str, Any]]) -> list[str]:
     """The columns of a store's summary.csv: key, every spec field any task has (in the
     order the tasks first name them), then ``RESULT_COLUMNS``; fixed when the store is
     created, so that rows can be appended as tasks finish."""
     names: dict[str, None] = {"key": None}
+    shapes: set[tuple[Any, ...]] = set()
     for spec in specs:
+        shape = _shape(spec)  # flattening only specs of a new shape: 5x cheaper
+        if shape in shapes:
+            continue
+        shapes.add(shape)
         fields = flatten(spec)
         fields.pop("format", None)
         names.update(dict.fromkeys(fields))
