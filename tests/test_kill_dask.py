@@ -143,14 +143,23 @@ def kill_busy_workers(client: Any, store: Path, delays: list[float],
         time.sleep(delay)
         pids: dict[str, int] = client.run(os.getpid)
         busy = [w for w, keys in client.processing().items() if keys and w in pids]
-        if busy:
+        if busy and len(pids) >= 2:  # one always lives on: the sweep cannot hang
             os.kill(pids[busy[0]], signal.SIGKILL)
             killed.append(busy[0])
 
 
+def workers_back(client: Any) -> None:
+    """Wait for the nannies to restart the killed workers; on a machine too loaded for a
+    nanny to restart its worker in time, go on with those there are."""
+    try:
+        client.wait_for_workers(2, timeout=60)
+    except TimeoutError:
+        client.wait_for_workers(1, timeout=60)
+
+
 def sweep_with_kills(client: Any, tasks: list[nf.Task], store: Path, delays: list[float],
                      retries: int) -> tuple[nf.Sweep, list[str]]:
-    client.wait_for_workers(2)
+    workers_back(client)
     killed: list[str] = []
     killer = threading.Thread(target=kill_busy_workers,
                               args=(client, store, delays, killed))
@@ -192,7 +201,7 @@ def test_without_retries_a_dead_worker_fails_its_chunk_and_rerun_completes(
     done, killed = sweep_with_kills(client, tasks, tmp_path / "s", [0.05], retries=0)
     assert killed, "no worker was killed mid-sweep"
     assert done.failed and {f.error for f in done.failed.values()} == {"KilledWorker"}
-    client.wait_for_workers(2)
+    workers_back(client)
     fixed = done.rerun(client=client)
     assert set(fixed.computed) == set(done.failed) and fixed.failed == {}
     assert_same(ref, fixed)
