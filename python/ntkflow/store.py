@@ -904,9 +904,11 @@ class _IndexState:
     def add(self, entry: dict[str, Any]) -> None:
         self.entries.append(entry)
         seg = entry["segment"]
+        failed = self.failed
         for k in entry["keys"]:
             self.where[k] = seg
-            self.failed.pop(k, None)
+            if failed:  # (most stores have none: no look-up per task)
+                failed.pop(k, None)
         for k in entry.get("failed", ()):
             if k not in self.where:
                 self.failed[k] = seg
