@@ -382,6 +382,20 @@ class TaskFailure:
     def __str__(self) -> str:
         return f"{self.error}: {self.message}"
 
+    def error_for(self, message: str) -> Exception:
+        """An exception of the task's type when it is a built-in one (a ValueError stays
+        a ValueError for callers that catch it, wherever the task ran), else a
+        RuntimeError, saying ``message``."""
+        import builtins
+
+        cls = getattr(builtins, self.error, None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            try:
+                return cls(message)
+            except TypeError:  # (an exception type whose constructor needs more)
+                pass
+        return RuntimeError(message)
+
 
 def _attempt(task: Task, isa: str | None, threads: int | None) -> dict[str, Any] | TaskFailure:
     """``execute``, with an exception of the task's own caught and returned: one task
@@ -495,8 +509,9 @@ class Sweep:
     def __getitem__(self, i: int) -> TaskOutput:
         t = self.tasks[i]
         if t.key in self.failed:
-            raise RuntimeError(f"task {i} ({t.key}) failed: {self.failed[t.key]}; "
-                               "Sweep.rerun() computes the failed tasks again")
+            raise self.failed[t.key].error_for(
+                f"task {i} ({t.key}) failed: {self.failed[t.key]}; Sweep.rerun() "
+                "computes the failed tasks again")
         arrays = self._memory.get(t.key)
         if arrays is None:
             assert self.store is not None
