@@ -11,9 +11,11 @@
 2. The store alone at 100,000 tasks (version 2 only): one tiny task's arrays, relabelled
    with each task's key and spec, committed through the sweep's writer -- the store's
    cost per task without the integration beside it (whose noise under load hides a
-   difference of a fraction of a millisecond), then summary.csv of every task (what a
-   sweep that computed anything writes as it ends) and the resume of the finished sweep
-   through nf.sweep.
+   difference of a fraction of a millisecond; since #19's store hygiene it includes
+   appending each commit's rows to summary.csv), then summary.csv of every task written
+   in full (before: what a sweep that computed anything wrote as it ended; now only a
+   repair or a superseding sweep does) and the resume of the finished sweep through
+   nf.sweep.
 3. Tasks of about 1 s (width 2048, 1024 trajectories; 256, 32 quick) in-process at one
    thread, and on a LocalCluster of 1 and 2 single-threaded workers when dask.distributed
    is installed: the speed-up of 2 workers over 1, and Dask's cost per tiny task on a

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import ntkflow as nf
+from ntkflow import sweeps
 from ntkflow.sweeps import execute
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +44,15 @@ def index_of(store: Path) -> dict[str, str]:
                 entry = json.loads(line)
                 out.update(dict.fromkeys(entry["keys"], entry["segment"]))
     return out
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV by column name; an empty cell and "None" both mean "no value"
+    (summary.csv leaves unset spec fields empty, Table.to_csv writes None)."""
+    import csv
+    with open(path, newline="") as fh:
+        return [{k: "" if v == "None" else v for k, v in row.items()}
+                for row in csv.DictReader(fh)]
 
 
 def same_arrays(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -75,8 +85,8 @@ def test_commits_are_batched_and_resume_opens_no_segment(
     monkeypatch.undo()
     table = nf.Store(tmp_path).summary()
     assert list(table["key"]) == [t.key for t in tasks]
-    table.to_csv(tmp_path / "by_table.csv")  # the store's faster writer, the same text
-    assert (tmp_path / "summary.csv").read_bytes() == (tmp_path / "by_table.csv").read_bytes()
+    table.to_csv(tmp_path / "by_table.csv")  # the same cells, appended as committed
+    assert csv_rows(tmp_path / "summary.csv") == csv_rows(tmp_path / "by_table.csv")
     np.testing.assert_array_equal(table["median_final_loss"],
                                   ref.summary()["median_final_loss"])
 
@@ -110,6 +120,13 @@ def test_resume_false_recomputes_and_supersedes(tmp_path: Path) -> None:
     assert len(nf.Store(tmp_path).summary()) == 3
     for a, b in zip(nf.sweep(tasks), again, strict=True):
         assert same_arrays(a.arrays, b.arrays)
+    # the superseded segment is removed, summary.csv has each task once
+    seg1 = tmp_path / "segments" / "00000" / "00000001.zip"
+    assert [p.name for p in (tmp_path / "segments").rglob("*.zip")] == ["00000002.zip"]
+    assert [r["key"] for r in csv_rows(tmp_path / "summary.csv")] == [t.key for t in tasks]
+    # killed after the index dropped it but before its file was deleted: removed next time
+    seg1.write_bytes((tmp_path / "segments" / "00000" / "00000002.zip").read_bytes())
+    assert nf.sweep(tasks, store=tmp_path).computed == () and not seg1.exists()
 
 
 @pytest.mark.parametrize("value", [
@@ -230,7 +247,9 @@ def test_sigkill_at_random_points_loses_no_finished_task(tmp_path: Path) -> None
     reps = int(os.environ.get("NTKFLOW_KILL_REPS", "20"))
     store = tmp_path / "s"
     tasks = tiny_tasks(KILL_TASKS)
-    ref = {t.key: o.arrays for t, o in zip(tasks, nf.sweep(tasks, threads=1), strict=True)}
+    clean = nf.sweep(tasks, threads=1)
+    clean.summary().to_csv(tmp_path / "clean.csv")
+    ref = {t.key: o.arrays for t, o in zip(tasks, clean, strict=True)}
     script = KILLER.format(here=str(HERE), n=KILL_TASKS, store=str(store))
     rng = random.Random(19)
     seen: dict[str, str] = {}
@@ -267,6 +286,179 @@ def test_sigkill_at_random_points_loses_no_finished_task(tmp_path: Path) -> None
     assert set(done.skipped) >= set(seen)
     for t, out in zip(tasks, done, strict=True):
         assert same_arrays(out.arrays, ref[t.key])
+    # summary.csv, appended commit by commit across the kills: each task once, the
+    # cells of the clean run's summary
+    assert summary_without_seconds(store / "summary.csv") == summary_without_seconds(
+        tmp_path / "clean.csv")
     with zipfile.ZipFile(next((store / "segments").rglob("*.zip"))) as z:  # the recipe
         name = next(n for n in z.namelist() if n.endswith(".npz"))
         assert np.load(io.BytesIO(z.read(name)), allow_pickle=False)["labels"].shape == (4,)
+
+
+# --------------------------------------------------------------------------- failures
+
+FAIL_ENV = "NTKFLOW_TEST_FAIL_SEEDS"
+
+
+def install_failures(seeds: str) -> None:
+    """Make the tasks of these seeds (comma-separated; "" none) raise inside
+    ``simulate``, in this process or in a Dask worker (``client.run``): the switch is an
+    environment variable read at every call, so that clearing it "fixes" them."""
+    os.environ[FAIL_ENV] = seeds
+    real = getattr(sweeps, "_unpatched_simulate", sweeps.simulate)
+
+    def flaky(*args: Any, **kw: Any) -> Any:
+        if str(kw["seed"]) in os.environ.get(FAIL_ENV, "").split(","):
+            raise ValueError(f"injected failure of seed {kw['seed']}")
+        return real(*args, **kw)
+
+    sweeps._unpatched_simulate = real  # type: ignore[attr-defined]
+    sweeps.simulate = flaky  # type: ignore[assignment]
+
+
+@pytest.fixture
+def failures(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(sweeps, "simulate", sweeps.simulate)  # restored afterwards
+    monkeypatch.setenv(FAIL_ENV, "")
+    yield install_failures
+    with pytest.MonkeyPatch.context():
+        if hasattr(sweeps, "_unpatched_simulate"):
+            del sweeps._unpatched_simulate
+
+
+def summary_without_seconds(path: Path) -> dict[str, dict[str, str]]:
+    rows = csv_rows(path)
+    out = {r["key"]: {k: v for k, v in r.items() if k != "seconds"} for r in rows}
+    assert len(out) == len(rows), "a task has two rows in summary.csv"
+    return out
+
+
+def test_a_raising_task_fails_alone_and_rerun_completes_the_store(
+        tmp_path: Path, failures: Any) -> None:
+    """Tasks that raise are recorded as failed (type and message, no arrays), the others
+    finish; a resume does not retry them; rerun() computes only them, and then every
+    task is bit for bit the in-process run in which nothing failed."""
+    tasks = tiny_tasks(6)
+    ref = nf.sweep(tasks, threads=1)
+    clean = tmp_path / "clean"
+    nf.sweep(tasks, store=clean, threads=1)
+    failures("2,4")
+    bad = {tasks[2].key, tasks[4].key}
+    store = tmp_path / "s"
+    done = nf.sweep(tasks, store=nf.Store(store, batch_tasks=2), threads=1)
+    assert set(done.failed) == bad and len(done.computed) == 6
+    assert done.failed[tasks[2].key].error == "ValueError"
+    assert "injected failure of seed 2" in done.failed[tasks[2].key].message
+    with pytest.raises(ValueError, match="injected failure of seed 2.*rerun"):
+        done[2]  # the task's exception type, when a built-in one
+    assert isinstance(nf.TaskFailure("KilledWorker", "x").error_for("y"), RuntimeError)
+    assert len(done.summary()) == 4
+    st = nf.Store(store)
+    assert set(st.failed()) == bad and set(st.missing()) == bad
+    assert "injected failure of seed 4" in st.failed()[tasks[4].key]["message"]
+    with pytest.raises(KeyError, match="failed"):
+        st.load(tasks[4].key)
+    assert set(summary_without_seconds(store / "summary.csv")) == {
+        t.key for t in tasks} - bad
+    again = nf.sweep(tasks, store=store, threads=1)  # resume: failed are not retried
+    assert again.computed == () and set(again.failed) == bad
+    still = again.rerun(threads=1)  # not fixed yet: fails again, alone
+    assert set(still.computed) == bad and set(still.failed) == bad
+    failures("")  # fixed
+    fixed = still.rerun(threads=1)
+    assert set(fixed.computed) == bad and fixed.failed == {}
+    assert nf.Store(store).failed() == {} and nf.Store(store).missing() == []
+    for a, b in zip(ref, fixed, strict=True):
+        assert same_arrays(a.arrays, b.arrays)
+    assert summary_without_seconds(store / "summary.csv") == summary_without_seconds(
+        clean / "summary.csv")
+    # the segments holding only superseded failures were removed
+    live = set(index_of(store).values())
+    assert {p.relative_to(store / "segments").as_posix()
+            for p in (store / "segments").rglob("*.zip")} == live
+
+
+def test_failures_in_memory_and_rerun_of_everything(failures: Any) -> None:
+    tasks = tiny_tasks(3)
+    ref = nf.sweep(tasks, threads=1)
+    failures("1")
+    done = nf.sweep(tasks, threads=1)
+    assert list(done.failed) == [tasks[1].key]
+    failures("")
+    fixed = done.rerun()
+    assert fixed.computed == (tasks[1].key,) and fixed.failed == {}
+    for a, b in zip(ref, fixed, strict=True):
+        assert same_arrays(a.arrays, b.arrays)
+    assert len(done.rerun(failed_only=False).computed) == 3
+
+
+def test_retries_is_checked() -> None:
+    with pytest.raises(ValueError, match="retries"):
+        nf.sweep(tiny_tasks(1), retries=-1)
+    with pytest.raises(ValueError, match="retries"):
+        nf.sweep(tiny_tasks(1), retries=1.5)
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def test_a_truncated_segment_is_found_on_resume_and_its_tasks_recomputed(
+        tmp_path: Path) -> None:
+    tasks = tiny_tasks(6)
+    ref = nf.sweep(tasks, threads=1)
+    nf.sweep(tasks, store=nf.Store(tmp_path, batch_tasks=2), threads=1)
+    clean = summary_without_seconds(tmp_path / "summary.csv")
+    seg = tmp_path / "segments" / "00000" / "00000002.zip"
+    seg.write_bytes(seg.read_bytes()[:-50])
+    with pytest.warns(RuntimeWarning, match="00000002.zip.*damaged.*2 tasks"):
+        again = nf.sweep(tasks, store=tmp_path, threads=1)
+    assert set(again.computed) == {tasks[2].key, tasks[3].key}
+    assert seg.with_name("00000002.zip.damaged").exists()
+    for a, b in zip(ref, again, strict=True):
+        assert same_arrays(a.arrays, b.arrays)
+    assert summary_without_seconds(tmp_path / "summary.csv") == clean
+
+
+def test_a_corrupted_byte_is_named_on_read_and_verify_repairs(tmp_path: Path) -> None:
+    """A flipped byte keeps the size (a resume's stat does not see it): reading the task
+    names the segment and the repair; verify() (CRC-32 of every segment) sets it aside
+    and the next sweep recomputes its tasks."""
+    tasks = tiny_tasks(4)
+    ref = nf.sweep(tasks, threads=1)
+    nf.sweep(tasks, store=nf.Store(tmp_path, batch_tasks=2), threads=1)
+    seg = tmp_path / "segments" / "00000" / "00000001.zip"
+    data = bytearray(seg.read_bytes())
+    data[200] ^= 0xFF  # inside the first task's first array
+    seg.write_bytes(bytes(data))
+    assert nf.sweep(tasks, store=tmp_path).computed == ()
+    with pytest.raises(OSError, match="00000001.zip.*damaged.*verify"):
+        nf.Store(tmp_path).load(tasks[0].key)
+    with pytest.warns(RuntimeWarning, match="00000001.zip"):
+        assert nf.Store(tmp_path).verify() == ["00000/00000001.zip"]
+    assert nf.Store(tmp_path).verify() == []
+    again = nf.sweep(tasks, store=tmp_path, threads=1)
+    assert set(again.computed) == {tasks[0].key, tasks[1].key}
+    for a, b in zip(ref, again, strict=True):
+        assert same_arrays(a.arrays, b.arrays)
+
+
+def test_older_version_2_stores_without_the_new_index_fields(tmp_path: Path) -> None:
+    """Index lines with only segment and keys, and the summary.csv of the whole-table
+    writer: read, verified, resumed; summary.csv rebuilt once with each task once."""
+    tasks = tiny_tasks(5)
+    ref = nf.sweep(tasks, threads=1)
+    nf.sweep(tasks, store=nf.Store(tmp_path, batch_tasks=2), threads=1)
+    clean = summary_without_seconds(tmp_path / "summary.csv")
+    index = tmp_path / "index.jsonl"
+    lines = [json.loads(x) for x in index.read_text().splitlines()]
+    index.write_text("".join(json.dumps({"segment": e["segment"], "keys": e["keys"]}) + "\n"
+                             for e in lines[:2]))  # the last commit: not indexed
+    nf.Store(tmp_path).summary().to_csv(tmp_path / "summary.csv")  # the old writer's
+    st = nf.Store(tmp_path)
+    assert len(st.finished()) == 4 and st.failed() == {} and st.verify() == []
+    again = nf.sweep(tasks, store=tmp_path, threads=1)
+    assert again.computed == ()
+    for a, b in zip(ref, again, strict=True):
+        assert same_arrays(a.arrays, b.arrays)
+    assert summary_without_seconds(tmp_path / "summary.csv") == clean
+    assert "csv" in json.loads(index.read_text().splitlines()[-1])

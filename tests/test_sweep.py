@@ -521,3 +521,28 @@ def test_sgd_width_study_same_bits_on_dask(client: Any) -> None:
     kw = sgd_study_kw()
     assert_same_study(nf.width_study([16, 64], "ntk", **kw),
                       nf.width_study([16, 64], "ntk", client=client, **kw))
+
+
+def test_dask_a_raising_task_fails_alone_unretried_and_rerun(client: Any,
+                                                             tmp_path: Path) -> None:
+    """On the cluster, a task that raises (in the worker process) is recorded as failed
+    alone, its chunk's other tasks are kept, and its chunk is not submitted again;
+    rerun() on the cluster completes the store with the in-process bits."""
+    from distributed import get_task_stream
+
+    from .test_store import install_failures
+
+    tasks = line_tasks(6, width=8, trajectories=4)
+    ref = nf.sweep(tasks)
+    client.run(install_failures, str(tasks[1].seed))
+    try:
+        with get_task_stream(client) as ts:
+            done = nf.sweep(tasks, client=client, store=tmp_path / "s")
+    finally:
+        client.run(install_failures, "")
+    assert list(done.failed) == [tasks[1].key] and len(done.computed) == 6
+    assert done.failed[tasks[1].key].error == "ValueError"
+    assert not [t for t in ts.data if str(t["key"]).endswith("-1")], "a chunk was retried"
+    fixed = done.rerun(client=client)
+    assert fixed.computed == (tasks[1].key,) and fixed.failed == {}
+    assert_same(ref, fixed)

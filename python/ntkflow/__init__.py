@@ -32,7 +32,7 @@ from .specs import (
 )
 from .store import Store
 from .studies import PhaseDiagram, WidthStudy, phase_diagram, width_study
-from .sweeps import Sweep, Task, TaskOutput, sweep
+from .sweeps import Sweep, Task, TaskFailure, TaskOutput, sweep
 
 
 def build_info() -> dict[str, object]:
@@ -76,6 +76,7 @@ __all__ = [
     "SerialBuildWarning",
     "Sweep",
     "Task",
+    "TaskFailure",
     "TaskOutput",
     "Table",
     "TwoLayer",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,40 @@ def summary_row(arrays: Mapping[str, NDArray[Any]]) -> dict[str, Any]:
     row["isa"] = str(arrays["isa"])
     row["seconds"] = float(arrays["seconds"])
     return row
+
+
+RESULT_COLUMNS: tuple[str, ...] = (
+    "ok", "failed", *(f"frac_{lab}" for lab in LABELS), "dominant",
+    *(f"median_{k}" for k in (*SCORE_NAMES, "final_loss", "t_hit")),
+    "t_max", "source", "isa", "seconds")
+"""The columns of a summary row after the key and the spec's fields, in order."""
+
+
+def _shape(spec: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The field names of a description to the depth where its values are leaves (specs,
+    their fields; a Dataset in a Record, its arrays), which is what ``flatten``'s names
+    depend on."""
+    return tuple(
+        tuple((k2, tuple(v2)) if isinstance(v2, dict) else k2 for k2, v2 in v.items())
+        if isinstance(v, dict) else k for k, v in spec.items())
+
+
+def csv_header(specs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The columns of a store's summary.csv: key, every spec field any task has (in the
+    order the tasks first name them), then ``RESULT_COLUMNS``; fixed when the store is
+    created, so that rows can be appended as tasks finish."""
+    names: dict[str, None] = {"key": None}
+    shapes: set[tuple[Any, ...]] = set()
+    for spec in specs:
+        shape = _shape(spec)  # flattening only specs of a new shape: 5x cheaper
+        if shape in shapes:
+            continue
+        shapes.add(shape)
+        fields = flatten(spec)
+        fields.pop("format", None)
+        names.update(dict.fromkeys(fields))
+    names.update(dict.fromkeys(RESULT_COLUMNS))
+    return list(names)
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]]) -> Table:

@@ -10,12 +10,20 @@ Layout (``Store.LAYOUT``), version 2::
                             a batch of finished tasks committed together: an uncompressed
                             zip holding one <key>.npz per task (the bytes np.savez wrote,
                             plain arrays, np.load(..., allow_pickle=False)) and
-                            summary.json (their summary rows, in member order). <seq> is
-                            8 digits counting commits from 1, <shard> = seq // 1000 (5 digits)
+                            summary.json (their summary rows, in member order), and
+                            failures.json when tasks of the batch raised: a list of
+                            {"key", "error", "message", "traceback"} (no arrays for them).
+                            <seq> is 8 digits counting commits from 1, <shard> = seq //
+                            1000 (5 digits)
     STORE/index.jsonl       one line per committed segment, in commit order:
-                            {"segment": "<shard>/<seq>.zip", "keys": [...]}; a key in a
-                            later line supersedes the same key in an earlier one
-    STORE/summary.csv       one row per finished task (rewritten when a sweep ends)
+                            {"segment": "<shard>/<seq>.zip", "keys": [...], "failed":
+                            [...], "bytes": <size>, "crc32": <of the file>, "csv": <size
+                            of summary.csv after its rows>}; a key in a later line
+                            supersedes the same key in an earlier one. "failed" (keys of
+                            tasks that raised), "bytes", "crc32" and "csv" may be absent
+                            (stores written before them)
+    STORE/summary.csv       one row per finished task, appended as segments are committed
+                            (commit order); its columns are fixed when the store is made
     STORE/.lock             held (flock) by the sweep writing to the store
 
 Why this layout. Version 1 wrote one file per task with two fsyncs and a folder fsync each
@@ -26,7 +34,14 @@ fsync'ed index line, so the fsync cost is shared by every task of the batch, and
 complete or absent after any kill because a segment is either renamed into place whole or
 not at all. Resume reads the index (one file) and looks only at segments numbered after its
 last line -- the ones a killed writer renamed but did not index -- so it costs O(changed)
-file checks, not O(tasks). Folders hold at most 1000 segments whatever the sweep's size,
+file checks, not O(tasks); and a stat of every indexed segment against the size its line
+records (O(segments)): a damaged segment is set aside (``<seq>.zip.damaged``, with a
+warning) and its tasks computed again. Reading a member checks its CRC (a damaged segment
+is named, with the repair: ``Store.verify()``, the CRC-32 of every segment). summary.csv is
+appended per commit, before the index line that records its new size: a resume cuts it
+back to that size and appends the rows of the segments it indexes, so every finished
+task has one row whatever the kills. A sweep that computed tasks again (resume=False,
+``Sweep.rerun``) removes the segments nothing refers to any more when it ends. Folders hold at most 1000 segments whatever the sweep's size,
 and a segment holds up to ``batch_tasks`` tasks, so 10^6 tasks are ~10^3-10^5 files.
 
 Zip of .npz rather than Parquet: the arrays of a task have shapes that differ by task
@@ -37,7 +52,7 @@ byte copy. Reading without ntkflow::
 
     import io, json, zipfile, numpy as np
     for line in open("STORE/index.jsonl"):
-        seg = json.loads(line)
+        seg = json.loads(line)      # seg.get("failed", []): keys that raised, no .npz
         with zipfile.ZipFile("STORE/segments/" + seg["segment"]) as z:
             for key in seg["keys"]:
                 arrays = np.load(io.BytesIO(z.read(key + ".npz")), allow_pickle=False)
@@ -60,6 +75,7 @@ import struct
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -71,7 +87,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
-from ._summary import flatten, rows_table, summary_row
+from ._summary import csv_header, flatten, rows_table, summary_row
 from ._table import Table, _cell
 from ._validate import integer, real
 from ._version import __version__
@@ -81,6 +97,9 @@ VERSION = 2
 _TMP = ".tmp-"
 _SHARD = 1000  # segments per folder
 _ROWS = "summary.json"
+_FAILURES = "failures.json"
+_CSV = "summary.csv"
+_DAMAGED = ".damaged"
 _OPEN_SEGMENTS = 4  # zip handles kept open for reading (tasks are read in runs of a segment)
 
 
@@ -248,7 +267,10 @@ class Store:
         self.batch_tasks = integer(batch_tasks, "batch_tasks", minimum=1)
         self.batch_seconds = real(batch_seconds, "batch_seconds", low=0.0)
         self.batch_bytes = integer(batch_bytes, "batch_bytes", minimum=1)
-        self._where: dict[str, str] | None = None  # key -> segment, from the index
+        self._cached: _IndexState | None = None  # the index, read once
+        self._csv_columns: list[str] | None = None  # set by _begin: commits append rows
+        self._superseded = False  # a commit replaced an earlier one's task
+        self._csv_end: int | None = None  # summary.csv's size after the last commit
         self._open: OrderedDict[str, zipfile.ZipFile] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -311,9 +333,41 @@ class Store:
         return [k for k in self.keys() if k in where]
 
     def missing(self) -> list[str]:
-        """Keys of the tasks still to compute."""
+        """Keys of the tasks without arrays: never run, or failed (see ``failed``)."""
         done = set(self.finished())
         return [k for k in self.keys() if k not in done]
+
+    def failed(self) -> dict[str, dict[str, str]]:
+        """Tasks whose last run raised and that have not finished since, in the sweep's
+        order: key -> {"error": exception type, "message": ..., "traceback": ...}.
+        ``Sweep.rerun()`` computes them again."""
+        if self._v1():
+            return {}
+        state = self._state()
+        info: dict[str, dict[str, str]] = {}
+        for seg in dict.fromkeys(state.failed.values()):
+            for f in json.loads(self._read_member(seg, _FAILURES)):
+                if state.failed.get(f["key"]) == seg:
+                    info[f["key"]] = {k: f[k] for k in ("error", "message", "traceback")}
+        return {k: info[k] for k in self.keys() if k in info}
+
+    def verify(self) -> list[str]:
+        """Check every indexed segment against the size and CRC-32 its index line records
+        (reads every byte: O(store); a resume checks sizes only). Damaged segments are
+        renamed ``<seq>.zip.damaged`` and dropped from the index, so the next sweep
+        recomputes their tasks; returns their names (empty: all intact). Segments of
+        stores written before the index recorded CRCs are checked member by member."""
+        if self._v1():
+            return []
+        lock = _Lock(self.path / ".lock")
+        try:
+            state = self._read_index()
+            bad = [e for e in state.entries if not self._intact(e, crc=True)]
+            if bad:
+                self._drop(state, bad)
+            return [e["segment"] for e in bad]
+        finally:
+            lock.close()
 
     def load(self, key: str | int) -> dict[str, NDArray[Any]]:
         """The arrays of a finished task (by key, or by index in the sweep's order)."""
@@ -325,10 +379,25 @@ class Store:
                 return {k: z[k] for k in z.files}
         where = self._index()
         if key not in where:
-            raise KeyError(f"task {key} is not finished in the store {self.path}")
-        data = self._segment(where[key]).read(f"{key}.npz")
+            failed = self._state().failed.get(key)
+            raise KeyError(f"task {key} is not finished in the store {self.path}" + (
+                " (it failed: Store.failed() says why, Sweep.rerun() computes it again)"
+                if failed else ""))
+        data = self._read_member(where[key], f"{key}.npz")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+
+    def _read_member(self, segment: str, member: str) -> bytes:
+        """A member of a segment; a damaged segment (zipfile checks the member's CRC)
+        is named, with how to repair the store."""
+        try:
+            return self._segment(segment).read(member)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            self._open.pop(segment, None)
+            raise OSError(
+                f"segment {self.segments_dir / segment} of the store is damaged ({exc}): "
+                f"ntkflow.Store({str(self.path)!r}).verify() drops damaged segments "
+                "from the index, and the next sweep recomputes their tasks") from exc
 
     def summary(self) -> Table:
         """One row per finished task: key, the spec's fields (``net.width``,
@@ -339,26 +408,28 @@ class Store:
         where = self._index()
         rows: dict[str, dict[str, Any]] = {}
         for seg in dict.fromkeys(where.values()):  # rows are kept beside the arrays
-            for row in json.loads(self._segment(seg).read(_ROWS)):
+            for row in json.loads(self._read_member(seg, _ROWS)):
                 if where.get(row["key"]) == seg:
                     rows[row["key"]] = row
         return rows_table([rows[k] for k in self.keys() if k in rows])
 
-    def write_summary(self) -> Path:
-        """(Re)write ``summary.csv`` atomically; returns its path."""
-        table = self.summary()
-
-        def write(fh: IO[bytes]) -> None:
-            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-            w = csv.writer(text)
-            w.writerow(table.names)
-            w.writerows(zip(*(_cells(v) for v in table.columns.values()), strict=True))
-            text.flush()
-            text.detach()
-
-        path = self.path / "summary.csv"
-        atomic_write(path, write)
-        return path
+    def write_summary(self, path: str | Path | None = None) -> Path:
+        """Write every finished task's summary row as CSV, with ``summary.csv``'s
+        columns; returns the path. Default: ``summary.csv`` itself, rebuilt (sweeps keep it
+        up to date, appending rows as they commit); another path gets the rows in the
+        sweep's order."""
+        if path is None:
+            lock = _Lock(self.path / ".lock")
+            try:
+                self._rebuild_csv(self._read_index())
+            finally:
+                lock.close()
+            return self.path / _CSV
+        state = self._read_index()
+        out = Path(path)
+        out.write_bytes(_csv_bytes(self._header(), self._live_rows(state, ordered=True),
+                                   head=True))
+        return out
 
     def migrate(self) -> None:
         """Convert a version-1 store (one ``tasks/<key>.npz`` per task) to this layout, in
@@ -397,7 +468,7 @@ class Store:
             shutil.rmtree(self.path / "tasks", ignore_errors=True)
         finally:
             lock.close()
-        self._where = None
+        self._cached = None
 
     # ---------------------------------------------------------------- reading helpers
 
@@ -438,34 +509,106 @@ class Store:
     def _index(self) -> dict[str, str]:
         """key -> segment of every finished task, from the index (read-only: segments a
         killed writer did not index are picked up by the next sweep)."""
-        if self._where is None:
-            self._where, _, _ = self._read_index()
-        return self._where
+        return self._state().where
 
-    def _read_index(self) -> tuple[dict[str, str], list[str], bool]:
-        """(key -> segment, the segments in index order, whether the file needs repair:
-        a line cut by a kill, or garbage)."""
-        where: dict[str, str] = {}
-        order: list[str] = []
-        damaged = False
+    def _state(self) -> _IndexState:
+        if self._cached is None:
+            self._cached = self._read_index()
+        return self._cached
+
+    def _read_index(self) -> _IndexState:
+        """The index's lines; ``damaged``: the file needs repair (a line cut by a kill,
+        or garbage)."""
+        state = _IndexState()
         try:
             fh = open(self.index_path, "rb")  # noqa: SIM115
         except FileNotFoundError:
-            return where, order, False
+            return state
         with fh:
             for raw in fh:
                 try:
                     if not raw.endswith(b"\n"):
                         raise ValueError("cut")
                     entry = json.loads(raw)
-                    seg, keys = entry["segment"], entry["keys"]
+                    if not isinstance(entry["segment"], str) or not isinstance(
+                            entry["keys"], list):
+                        raise TypeError("not an index line")
                 except (ValueError, KeyError, TypeError):
-                    damaged = True
+                    state.damaged = True
                     continue
-                order.append(seg)
-                for k in keys:
-                    where[k] = seg
-        return where, order, damaged
+                state.add(entry)
+        return state
+
+    def _intact(self, entry: dict[str, Any], crc: bool = False) -> bool:
+        """Whether a segment has the size (and with ``crc`` the CRC-32) its index line
+        records; lines without them (older stores) are checked by stat, or by every
+        member's CRC."""
+        path = self.segments_dir / entry["segment"]
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return False
+        if "bytes" in entry and size != entry["bytes"]:
+            return False
+        if not crc:
+            return True
+        if "crc32" in entry:
+            value = 0
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    value = zlib.crc32(block, value)
+            return bool(value == entry["crc32"])
+        return self._verified(entry["segment"]) is not None
+
+    def _drop(self, state: _IndexState, bad: list[dict[str, Any]]) -> None:
+        """Set damaged segments aside (renamed ``.damaged``) and out of the index, with a
+        warning naming them: their tasks are no longer done, and summary.csv is rebuilt
+        without them."""
+        names = {e["segment"] for e in bad}
+        for e in bad:
+            n = len(e["keys"]) + len(e.get("failed", ()))
+            warnings.warn(f"segment {self.segments_dir / e['segment']} of the store is "
+                          f"damaged (its size or CRC-32 is not what the index recorded); "
+                          f"its {n} tasks will be computed again", RuntimeWarning,
+                          stacklevel=3)
+        kept = _IndexState()
+        for e in state.entries:
+            if e["segment"] not in names:
+                kept.add({k: v for k, v in e.items() if k != "csv"})
+        _write_index(self.index_path, kept.entries)  # summary.csv: not trusted from here
+        for name in names:
+            with contextlib.suppress(OSError):
+                path = self.segments_dir / name
+                os.replace(path, path.with_name(path.name + _DAMAGED))
+        self._rebuild_csv(kept)
+
+    def _live_rows(self, state: _IndexState, ordered: bool) -> list[dict[str, Any]]:
+        """Summary rows of the finished tasks (not those superseded): commit order, or
+        with ``ordered`` the sweep's."""
+        rows: dict[str, dict[str, Any]] = {}
+        for seg in dict.fromkeys(state.where.values()):
+            for row in json.loads(self._read_member(seg, _ROWS)):
+                if state.where.get(row["key"]) == seg:
+                    rows[row["key"]] = row
+        if not ordered:
+            return list(rows.values())
+        return [rows[k] for k in self.keys() if k in rows]
+
+    def _header(self) -> list[str]:
+        if self._csv_columns is None:
+            self._csv_columns = csv_header(e["spec"] for e in self.specs())
+        return self._csv_columns
+
+    def _rebuild_csv(self, state: _IndexState) -> None:
+        """Write summary.csv in full (O(tasks): after a repair, a superseding sweep, or on
+        a store written before rows were appended), then record its size in the index's
+        last line: appends continue from there."""
+        data = _csv_bytes(self._header(), self._live_rows(state, ordered=True), head=True)
+        atomic_write(self.path / _CSV, lambda fh: None if fh.write(data) else None)
+        if state.entries:
+            state.entries[-1]["csv"] = len(data)
+            _write_index(self.index_path, state.entries)
+        self._cached = None
 
     # ---------------------------------------------------------------- used by sweep()
 
@@ -493,7 +636,11 @@ class Store:
             if self.manifest_path.exists():
                 self._check(self.manifest, digest, tasks)
             else:
-                self._write_task_list({"key": t.key, "spec": t.describe()} for t in tasks)
+                specs = [t.describe() for t in tasks]
+                self._write_task_list({"key": k, "spec": d} for k, d in zip(keys, specs))
+                self._csv_columns = csv_header(specs)
+                with contextlib.suppress(FileNotFoundError):  # not this sweep's rows
+                    (self.path / _CSV).unlink()
                 self._write_manifest({"format": FORMAT, "version": VERSION,
                                       "ntkflow": __version__, "isa": str(_core.ISA),
                                       "tasks": len(keys), "keys_sha256": digest})
@@ -506,44 +653,113 @@ class Store:
 
     def _recover(self) -> int:
         """Index the segments a killed writer renamed into place but did not index, drop
-        a cut index line, remove temporary files; returns the next segment number.
-        Only segments numbered after the index's are looked at: commits are sequential
-        under the lock, so that is where a kill leaves them."""
-        where, order, damaged = self._read_index()
-        seqs = sorted(_seq(s) for s in order)
-        last = seqs[-1] if seqs else 0
+        a cut index line, set damaged segments aside (by size: a stat per segment),
+        bring summary.csv to what the index holds, remove temporary files; returns the
+        next segment number. Only segments numbered after the index's are looked at:
+        commits are sequential under the lock, so that is where a kill leaves them."""
+        state = self._read_index()
+        bad = [e for e in state.entries if not self._intact(e)]
+        if bad:
+            self._drop(state, bad)
+            state = self._read_index()
+        seqs = [_seq(e["segment"]) for e in state.entries]
+        last = max(seqs, default=0)
+        known = set(seqs)
         # a damaged line can hide a segment anywhere: look at the gaps too
-        candidates = ([s for s in range(1, last) if s not in set(seqs)] if damaged else [])
-        found: list[tuple[str, list[str]]] = []
+        gaps = [s for s in range(1, last) if s not in known] if state.damaged else []
+        found: list[dict[str, Any]] = []
+        for s in gaps:
+            entry = self._verified(_segment_name(s))
+            if entry is not None:
+                found.append(entry)
         seq = last + 1
-        for s in candidates:
-            keys = self._verified_keys(_segment_name(s))
-            if keys is not None:
-                found.append((_segment_name(s), keys))
         while (self.segments_dir / _segment_name(seq)).exists():
             name = _segment_name(seq)
-            keys = self._verified_keys(name)
-            if keys is None:  # cannot be: renamed only once complete; but never trust it
+            entry = self._verified(name)
+            if entry is None:  # cannot be: renamed only once complete; but never trust it
                 (self.segments_dir / name).unlink()
                 break
-            found.append((name, keys))
+            found.append(entry)
             seq += 1
         for s in {last + 1, seq}:  # where a killed commit left its temporary file
             _remove_leftovers(self.segments_dir / _segment_name(s).split("/")[0])
-        if damaged or found:
-            entries = [(s, [k for k, v in where.items() if v == s]) for s in order]
+        if not state.damaged:
+            self._remove_orphans(known, last)
+        csv_ok = self._csv_consistent(state)
+        if state.damaged or found or not csv_ok:
+            replaced = any(k in state.where or k in state.failed
+                           for e in found for k in (*e["keys"], *e.get("failed", ())))
+            append = csv_ok and not replaced  # summary.csv holds the indexed rows
+            entries = [e if append else {k: v for k, v in e.items() if k != "csv"}
+                       for e in state.entries]
             entries += found
-            entries.sort(key=lambda e: _seq(e[0]))
-
-            def write(fh: IO[bytes]) -> None:
-                for s, ks in entries:
-                    fh.write(_index_line(s, ks))
-            atomic_write(self.index_path, write)
-        self._where = None
+            entries.sort(key=lambda e: _seq(e["segment"]))
+            if append:
+                for e in found:
+                    e["csv"] = self._append_csv(
+                        json.loads(self._read_member(e["segment"], _ROWS)), None)
+                if entries:  # the last line's size is the one that counts
+                    entries[-1]["csv"] = (self.path / _CSV).stat().st_size
+            _write_index(self.index_path, entries)
+            state = self._read_index()
+            if not append:
+                self._rebuild_csv(state)
+                state = self._read_index()
+        self._cached = state
+        self._csv_end = (self.path / _CSV).stat().st_size
         return seq
 
-    def _verified_keys(self, name: str) -> list[str] | None:
-        """The keys of a segment whose every member passes its CRC, else None."""
+    def _remove_orphans(self, indexed: set[int], last: int) -> None:
+        """Remove segments numbered below the index's last that it does not list: those
+        ``_end`` had dropped from the index when a kill stopped it deleting them (an
+        intact index lists every other segment below its last). O(segments) names."""
+        if not self.segments_dir.is_dir():
+            return
+        for shard in self.segments_dir.iterdir():
+            if not shard.is_dir():
+                continue
+            for p in shard.glob("*.zip"):
+                with contextlib.suppress(ValueError):
+                    if _seq(p.name) < last and _seq(p.name) not in indexed:
+                        p.unlink()
+
+    def _csv_consistent(self, state: _IndexState) -> bool:
+        """Whether summary.csv starts with its header and holds at least what the index's
+        last line says it held after that commit (then it is cut back to that size);
+        else it is rebuilt."""
+        path = self.path / _CSV
+        try:
+            with open(path, "rb") as fh:
+                head = fh.readline()
+                size = os.fstat(fh.fileno()).st_size
+        except OSError:
+            return False
+        if not head.endswith(b"\n"):
+            return False
+        end = state.entries[-1].get("csv") if state.entries else len(head)
+        if not isinstance(end, int) or size < end:
+            return False
+        self._csv_columns = next(csv.reader([head.decode("utf-8")]))
+        if size > end:  # rows of a commit the kill did not index, or a cut row
+            with open(path, "r+b") as fh:
+                fh.truncate(end)
+        return True
+
+    def _append_csv(self, rows: list[dict[str, Any]], end: int | None) -> int:
+        """Append summary rows to summary.csv (fsync'ed before the index line that
+        records its new size); returns that size."""
+        data = _csv_bytes(self._header(), rows, head=False)
+        with open(self.path / _CSV, "ab") as fh:
+            if end is not None and fh.tell() != end:
+                fh.truncate(end)
+                fh.seek(end)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+            return fh.tell()
+
+    def _verified(self, name: str) -> dict[str, Any] | None:
+        """The index line of a segment whose every member passes its CRC, else None."""
         path = self.segments_dir / name
         if not path.exists():
             return None
@@ -551,33 +767,79 @@ class Store:
             with zipfile.ZipFile(path) as z:
                 if z.testzip() is not None:
                     return None
-                return [n[:-4] for n in z.namelist() if n.endswith(".npz")]
-        except (OSError, zipfile.BadZipFile, EOFError):
+                names = z.namelist()
+                failed = ([f["key"] for f in json.loads(z.read(_FAILURES))]
+                          if _FAILURES in names else [])
+            data = path.read_bytes()
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError, KeyError, TypeError):
             return None
+        entry: dict[str, Any] = {"segment": name,
+                                 "keys": [n[:-4] for n in names if n.endswith(".npz")]}
+        if failed:
+            entry["failed"] = failed
+        entry.update(bytes=len(data), crc32=zlib.crc32(data))
+        return entry
 
-    def _commit(self, seq: int, items: list[tuple[str, bytes, dict[str, Any]]]) -> None:
+    def _commit(self, seq: int, items: list[tuple[str, bytes, dict[str, Any]]],
+                failures: list[dict[str, str]]) -> None:
         name = _segment_name(seq)
         path = self.segments_dir / name
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True)
             _fsync_dir(path.parent.parent)
             _fsync_dir(self.path)
-
-        data = _zip_bytes([*((f"{key}.npz", b) for key, b, _ in items),
-                           (_ROWS, json.dumps([r for _, _, r in items]).encode())])
+        members = [*((f"{key}.npz", b) for key, b, _ in items),
+                   (_ROWS, json.dumps([r for _, _, r in items]).encode())]
+        if failures:
+            members.append((_FAILURES, json.dumps(failures).encode()))
+        data = _zip_bytes(members)
         atomic_write(path, lambda fh: None if fh.write(data) else None)
-        # The segment is committed now; the index line only saves the next resume a look.
+        # The segment is committed now. Its summary rows go to summary.csv, then the
+        # index line (with the csv's new size) saves the next resume a look.
+        entry: dict[str, Any] = {"segment": name, "keys": [k for k, _, _ in items]}
+        if failures:
+            entry["failed"] = [f["key"] for f in failures]
+        entry.update(bytes=len(data), crc32=zlib.crc32(data))
+        if self._csv_columns is not None and self._csv_end is not None:
+            self._csv_end = entry["csv"] = self._append_csv([r for _, _, r in items],
+                                                            self._csv_end)
         with open(self.index_path, "ab") as fh:
-            fh.write(_index_line(name, [k for k, _, _ in items]))
+            fh.write(_index_line(entry))
             fh.flush()
             os.fsync(fh.fileno())
-        if self._where is not None:
-            for key, _, _ in items:
-                self._where[key] = name
+        state = self._cached
+        if state is not None:
+            self._superseded |= any(k in state.where or k in state.failed
+                                    for k in (*entry["keys"], *entry.get("failed", ())))
+            state.add(entry)
 
-    def _finished_keys(self, keys: Iterable[str]) -> set[str]:
-        where = self._index()
-        return {k for k in keys if k in where}
+    def _done_keys(self, keys: Iterable[str]) -> set[str]:
+        """Tasks a resume skips: finished, or failed (``Sweep.rerun`` retries those)."""
+        state = self._state()
+        return {k for k in keys if k in state.where or k in state.failed}
+
+    def _end(self) -> None:
+        """After a sweep's last commit: if it replaced tasks of earlier commits
+        (resume=False, a rerun), remove the segments nothing refers to any more (the
+        index first, then the files: a kill in between leaves an unindexed file below
+        the last, which no resume reads) and rebuild summary.csv without the replaced
+        rows."""
+        if not self._superseded:
+            return
+        self._superseded = False
+        state = self._read_index()
+        live = set(state.where.values()) | set(state.failed.values())
+        dead = [e["segment"] for e in state.entries if e["segment"] not in live]
+        kept = _IndexState()
+        for e in state.entries:
+            if e["segment"] in live:
+                kept.add({k: v for k, v in e.items() if k != "csv"})
+        _write_index(self.index_path, kept.entries)
+        for name in dead:
+            with contextlib.suppress(FileNotFoundError):
+                (self.segments_dir / name).unlink()
+        self._close_segments()
+        self._rebuild_csv(kept)
 
     def _check(self, manifest: dict[str, Any], digest: str,
                tasks: Sequence[_Described]) -> None:
@@ -607,19 +869,49 @@ class Store:
                          "\nuse a new store folder, or delete this one to start over")
 
 
-def _cells(column: NDArray[Any]) -> list[str]:
-    """``_cell`` of every value of a column, a column at a time (summary.csv of 10^5 tasks
-    is 10^7 cells): Python floats and ints format as NumPy's scalars do in ``_cell``."""
-    if column.dtype.kind == "f":
-        return ["" if math.isnan(f) else repr(f) for f in column.tolist()]
-    if column.dtype.kind in "iub":
-        return [str(v) for v in column.tolist()]
-    return [_cell(v) for v in column]
+def _index_line(entry: dict[str, Any]) -> bytes:
+    return json.dumps(entry, separators=(",", ":")).encode() + b"\n"
 
 
-def _index_line(segment: str, keys: list[str]) -> bytes:
-    return json.dumps({"segment": segment, "keys": keys},
-                      separators=(",", ":")).encode() + b"\n"
+def _write_index(path: Path, entries: Iterable[dict[str, Any]]) -> None:
+    def write(fh: IO[bytes]) -> None:
+        for e in entries:
+            fh.write(_index_line(e))
+    atomic_write(path, write)
+
+
+def _csv_bytes(header: list[str], rows: Iterable[dict[str, Any]], head: bool) -> bytes:
+    """CSV lines of summary rows under ``header`` (absent cells empty, floats at full
+    precision, NaN empty), with the header line first if ``head``."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    if head:
+        w.writerow(header)
+    w.writerows(["" if (v := r.get(n)) is None else _cell(v) for n in header]
+                for r in rows)
+    return buf.getvalue().encode("utf-8")
+
+
+class _IndexState:
+    """The index read into memory: its lines, and which segment holds each task."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, Any]] = []
+        self.where: dict[str, str] = {}  # key -> segment of its arrays (finished)
+        self.failed: dict[str, str] = {}  # key -> segment recording it failed, if not
+        self.damaged = False               # finished since
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+        seg = entry["segment"]
+        failed = self.failed
+        for k in entry["keys"]:
+            self.where[k] = seg
+            if failed:  # (most stores have none: no look-up per task)
+                failed.pop(k, None)
+        for k in entry.get("failed", ()):
+            if k not in self.where:
+                self.failed[k] = seg
 
 
 class _Writer:
@@ -635,6 +927,7 @@ class _Writer:
         self.store = store
         self.seq = next_seq
         self.pending: list[tuple[str, bytes, dict[str, Any]]] = []
+        self.failures: list[dict[str, str]] = []
         self.size = 0
         self.since = 0.0
         self.committed = 0
@@ -648,17 +941,28 @@ class _Writer:
         self.add_bytes(key, _npz_bytes(arrays), summary_row(arrays))
 
     def add_bytes(self, key: str, data: bytes, row: dict[str, Any]) -> None:
+        self._add(lambda: self.pending.append((key, data, row)), len(data))
+
+    def add_failure(self, key: str, error: str, message: str, traceback: str) -> None:
+        """A task that raised: recorded (no arrays), so that a resume skips it and
+        ``Sweep.rerun`` finds it."""
+        self._add(lambda: self.failures.append(
+            {"key": key, "error": error, "message": message, "traceback": traceback}),
+            len(message) + len(traceback))
+
+    def _add(self, append: Callable[[], None], size: int) -> None:
         self._raise()
         st = self.store
         with self._mutex:
-            if not self.pending:
+            if not self.pending and not self.failures:
                 self.since = time.monotonic()
-            self.pending.append((key, data, row))
-            self.size += len(data)
-            if (len(self.pending) >= st.batch_tasks or self.size >= st.batch_bytes
+            append()
+            self.size += size
+            if (len(self.pending) + len(self.failures) >= st.batch_tasks
+                    or self.size >= st.batch_bytes
                     or time.monotonic() - self.since >= st.batch_seconds):
                 self._flush()
-        if self._timer is None and self.pending:
+        if self._timer is None and (self.pending or self.failures):
             self._timer = threading.Thread(target=self._tick, daemon=True,
                                            name="ntkflow-store-commit")
             self._timer.start()
@@ -667,8 +971,8 @@ class _Writer:
         wait = min(0.25, max(0.005, self.store.batch_seconds / 4))
         while not self._stop.wait(wait):
             with self._mutex:
-                if self.pending and (time.monotonic() - self.since
-                                     >= self.store.batch_seconds):
+                if (self.pending or self.failures) and (
+                        time.monotonic() - self.since >= self.store.batch_seconds):
                     try:
                         self._flush()
                     except BaseException as exc:  # raised in the sweep's thread
@@ -681,13 +985,13 @@ class _Writer:
             raise error
 
     def _flush(self) -> None:
-        if not self.pending:
+        if not self.pending and not self.failures:
             return
-        self.store._commit(self.seq, self.pending)
+        self.store._commit(self.seq, self.pending, self.failures)
         self.seq += 1
-        self.committed += len(self.pending)
+        self.committed += len(self.pending) + len(self.failures)
         self.commits += 1
-        self.pending, self.size = [], 0
+        self.pending, self.failures, self.size = [], [], 0
 
     def flush(self) -> None:
         """Commit what is pending now."""

@@ -16,7 +16,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import traceback
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -291,11 +292,7 @@ class Task:
 def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
     """Compute a task; the plain arrays its store file holds. ``isa``: the level the
     caller runs; a worker on another level refuses (different rounding, other bits)."""
-    if isa is not None and str(_core.ISA) != isa:
-        raise RuntimeError(
-            f"this worker runs ntkflow's {_core.ISA} core but the client runs {isa}: "
-            f"results would differ in the last bits; set NTKFLOW_ISA={isa} on every "
-            "worker (and the client) of a mixed cluster")
+    _check_isa(isa)
     t0 = time.perf_counter()
     net, data, train, init, n = task.net, task.data, task.train, task.init, task.trajectories
     auto = task.horizon == "auto"
@@ -363,6 +360,52 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
     out["isa"] = np.str_(_core.ISA)
     out["seconds"] = np.float64(time.perf_counter() - t0)
     return out
+
+
+def _check_isa(isa: str | None) -> None:
+    if isa is not None and str(_core.ISA) != isa:
+        raise RuntimeError(
+            f"this worker runs ntkflow's {_core.ISA} core but the client runs {isa}: "
+            f"results would differ in the last bits; set NTKFLOW_ISA={isa} on every "
+            "worker (and the client) of a mixed cluster")
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task that raised instead of finishing: the exception's type and message, and
+    its traceback. Recorded in the store in place of the task's arrays."""
+
+    error: str
+    message: str
+    traceback: str = field(default="", repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.error}: {self.message}"
+
+    def error_for(self, message: str) -> Exception:
+        """An exception of the task's type when it is a built-in one (a ValueError stays
+        a ValueError for callers that catch it, wherever the task ran), else a
+        RuntimeError, saying ``message``."""
+        import builtins
+
+        cls = getattr(builtins, self.error, None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            try:
+                return cls(message)
+            except TypeError:  # (an exception type whose constructor needs more)
+                pass
+        return RuntimeError(message)
+
+
+def _attempt(task: Task, isa: str | None, threads: int | None) -> dict[str, Any] | TaskFailure:
+    """``execute``, with an exception of the task's own caught and returned: one task
+    that raises fails alone, and raises the same wherever it runs (so it is not retried).
+    A worker on the wrong ISA level raises instead: that is the worker's fault."""
+    _check_isa(isa)
+    try:
+        return execute(task, None, threads)
+    except Exception as exc:
+        return TaskFailure(type(exc).__name__, str(exc), traceback.format_exc(limit=-8))
 
 
 @dataclass(frozen=True, eq=False)
@@ -446,6 +489,10 @@ class Sweep:
         Keys of the tasks already finished in the store (resumed, not recomputed).
     seconds : float
         Wall time of the call.
+    failed : dict of str to TaskFailure
+        The sweep's tasks that raised (in this call, or in the store's earlier runs and
+        not finished since): key -> the exception's type, message and traceback.
+        ``len(sweep.failed)`` of them have no output; ``rerun()`` computes them again.
     """
 
     tasks: tuple[Task, ...]
@@ -453,6 +500,7 @@ class Sweep:
     computed: tuple[str, ...]
     skipped: tuple[str, ...]
     seconds: float
+    failed: Mapping[str, TaskFailure] = field(default_factory=dict)
     _memory: dict[str, dict[str, NDArray[Any]]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -460,6 +508,10 @@ class Sweep:
 
     def __getitem__(self, i: int) -> TaskOutput:
         t = self.tasks[i]
+        if t.key in self.failed:
+            raise self.failed[t.key].error_for(
+                f"task {i} ({t.key}) failed: {self.failed[t.key]}; Sweep.rerun() "
+                "computes the failed tasks again")
         arrays = self._memory.get(t.key)
         if arrays is None:
             assert self.store is not None
@@ -470,8 +522,27 @@ class Sweep:
         return (self[i] for i in range(len(self)))
 
     def summary(self) -> Table:
-        """One row per task: spec, label fractions, score medians, seconds."""
-        return rows_table([summary_row(o.arrays) for o in self])
+        """One row per finished task (failed ones have none): spec, label fractions,
+        score medians, seconds."""
+        return rows_table([summary_row(self[i].arrays) for i, t in enumerate(self.tasks)
+                           if t.key not in self.failed])
+
+    def rerun(self, failed_only: bool = True, *, client: Any = None,
+              threads: int | None = None, retries: int = 2,
+              progress: bool = False) -> Sweep:
+        """Compute again the tasks that failed (``failed_only``), or every task, into
+        the same store (or memory): after a fix of what made them fail, the outputs are
+        the bits a run in which they never failed gives. Other tasks are not recomputed.
+        ``client``, ``threads``, ``retries``, ``progress``: as in ``sweep``. Returns the
+        new ``Sweep`` (its ``failed``: the tasks that failed again)."""
+        redo = set(self.failed) if failed_only else {t.key for t in self.tasks}
+        out = sweep(self.tasks, store=self.store, client=client, threads=threads,
+                    retries=retries, progress=progress, _redo=redo)
+        if self.store is not None:
+            return out
+        memory = {**{k: v for k, v in self._memory.items() if k not in redo},
+                  **out._memory}
+        return dataclasses.replace(out, _memory=memory)
 
 
 def _client(client: Any) -> tuple[Any, bool]:
@@ -496,8 +567,10 @@ def sweep(
     client: Any = None,
     resume: bool = True,
     threads: int | None = None,
+    retries: int = 2,
     progress: bool = False,
     desc: str = "sweep",
+    _redo: Collection[str] | None = None,
 ) -> Sweep:
     """Run every task of a grid: in this process (OpenMP inside each task), or on a Dask
     cluster in chunks of tasks (about ``CHUNK_SECONDS`` of work each, sized from ``cost``
@@ -521,19 +594,27 @@ def sweep(
         worker must run the same ntkflow build at the same instruction-set level
         (``NTKFLOW_ISA``) as this process; a worker that does not is refused.
     resume : bool
-        Skip tasks already committed to the store; False recomputes them (their new
-        commits supersede the old ones).
+        Skip tasks already committed to the store, finished or failed
+        (``Sweep.rerun()`` retries the failed); False recomputes them (their new commits
+        supersede the old ones, whose segments are then removed).
     threads : int, optional
         OpenMP threads per task (default: ``OMP_NUM_THREADS`` or all cores of wherever
         the task runs; Dask's nanny sets ``OMP_NUM_THREADS=1`` unless the environment
         gives it). Never changes a number.
+    retries : int
+        On Dask, how many times a chunk of tasks is submitted again when it failed as a
+        whole -- its worker died (``KilledWorker``, after Dask's own
+        ``distributed.scheduler.allowed-failures`` reschedules) or the cluster lost it;
+        after that its tasks are recorded as failed. A task that raises is not retried:
+        it is recorded as failed (type, message, traceback), alone, and the sweep goes
+        on (in-process too); see ``Sweep.failed`` and ``Sweep.rerun``.
     progress : bool
         A bar over tasks with elapsed time and an estimate (tqdm, on a terminal).
 
     Returns
     -------
     Sweep
-        Outputs in the order of ``specs``; ``computed`` and ``skipped`` keys.
+        Outputs in the order of ``specs``; ``computed``, ``skipped`` and ``failed``.
 
     Raises
     ------
@@ -548,23 +629,32 @@ def sweep(
         require(isinstance(t, Task), f"specs[{i}]", "must be a Task", t)
     unique = tuple(dict.fromkeys(tasks))  # equal tasks (same key) are computed once
     threads = None if threads is None else integer(threads, "threads", minimum=1)
+    retries = integer(retries, "retries", minimum=0)
     dask_client = owned = None
     if client is not None:
         dask_client, owned = _client(client)
     st = None if store is None else (store if isinstance(store, Store) else Store(store))
     memory: dict[str, dict[str, Any]] = {}
     computed: list[str] = []
+    failed: dict[str, TaskFailure] = {}
     lock = writer = None
     try:
         done: set[str] = set()
         if st is not None:
             lock, writer = st._begin(unique)
             if resume:
-                done = st._finished_keys(t.key for t in unique)
+                done = st._done_keys(t.key for t in unique)
+        if _redo is not None:  # a rerun: only these
+            done = {t.key for t in unique if t.key not in _redo}
         todo = [t for t in unique if t.key not in done]
 
         def finish(key: str, arrays: Any) -> None:
-            if writer is None:
+            if isinstance(arrays, TaskFailure):
+                failed[key] = arrays
+                if writer is not None:
+                    writer.add_failure(key, arrays.error, arrays.message,
+                                       arrays.traceback)
+            elif writer is None:
                 memory[key] = arrays
             elif isinstance(arrays, tuple):  # packed by a Dask worker
                 writer.add_bytes(key, arrays[0], arrays[1])
@@ -577,22 +667,26 @@ def sweep(
                            initial=len(unique) - len(todo)) as bar:
                 if dask_client is None:
                     for t in todo:
-                        finish(t.key, execute(t, None, threads))
+                        finish(t.key, _attempt(t, None, threads))
                         bar.update(1)
                 else:
-                    _run_dask(dask_client, todo, threads, finish, bar, writer is not None)
-        finally:  # what finished is kept, also when a task fails or the user interrupts
+                    _run_dask(dask_client, todo, threads, finish, bar, writer is not None,
+                              retries)
+        finally:  # what finished is kept, also when the user interrupts
             if writer is not None:
                 writer.close()
-        if st is not None and (computed or not (st.path / "summary.csv").exists()):
-            st.write_summary()
+        if st is not None:
+            st._end()
+            keys = {t.key for t in unique}
+            failed = {k: TaskFailure(**v) for k, v in st.failed().items() if k in keys} \
+                if st._state().failed else {}
     finally:
         if lock is not None:
             lock.close()
         if owned and dask_client is not None:
             dask_client.close()
     return Sweep(tasks, st, tuple(computed), tuple(t.key for t in unique if t.key in done),
-                 time.perf_counter() - t0, memory)
+                 time.perf_counter() - t0, failed, memory)
 
 
 def cost(task: Task) -> float:
@@ -622,9 +716,11 @@ def _execute_chunk(tasks: Sequence[Task], isa: str, threads: int | None,
 
     out: list[Any] = []
     for t in tasks:
-        arrays = execute(t, isa, threads)
-        out.append((_npz_bytes(arrays), summary_row(arrays), float(arrays["seconds"]))
-                   if packed else arrays)
+        arrays = _attempt(t, isa, threads)
+        if packed and not isinstance(arrays, TaskFailure):
+            out.append((_npz_bytes(arrays), summary_row(arrays), float(arrays["seconds"])))
+        else:
+            out.append(arrays)
     return out
 
 
@@ -634,11 +730,13 @@ CHUNK_SECONDS = 2.0
 
 
 def _run_dask(client: Any, todo: Sequence[Task], threads: int | None, finish: Any,
-              bar: Any, packed: bool) -> None:
+              bar: Any, packed: bool, retries: int = 2) -> None:
     """Chunks of about CHUNK_SECONDS of work, sized from ``cost`` calibrated by the times
     of the chunks that came back: the first tasks go one per chunk. At most two chunks per
     worker thread are in flight, so the client holds a bounded number of results, and
-    results are handled in completion order."""
+    results are handled in completion order. A chunk that fails as a whole (its tasks'
+    own exceptions come back as TaskFailure) is submitted again up to ``retries`` times,
+    then its tasks are recorded as failed."""
     from collections import deque
 
     from distributed import as_completed
@@ -662,29 +760,39 @@ def _run_dask(client: Any, todo: Sequence[Task], threads: int | None, finish: An
             out.append(t)
         return out
 
-    chunks: dict[str, tuple[Any, list[Task]]] = {}
+    chunks: dict[str, tuple[Any, list[Task], int]] = {}
 
-    def submit() -> Any:
-        c = chunk()
+    def submit(c: list[Task] | None = None, attempt: int = 0) -> Any:
+        c = chunk() if c is None else c
         fut = client.submit(_execute_chunk, c, isa, threads, packed,
-                            key=f"ntkflow-{c[0].key}-{len(c)}", pure=False)
-        chunks[fut.key] = (fut, c)
+                            key=f"ntkflow-{c[0].key}-{len(c)}-{attempt}", pure=False)
+        chunks[fut.key] = (fut, c, attempt)
         return fut
 
     running = as_completed(  # type: ignore[no-untyped-call]
         [submit() for _ in range(min(in_flight, len(queue)))])
     try:
         for fut in running:
-            outs = fut.result()  # raises the task's exception, if any
-            c = chunks.pop(fut.key)[1]
+            _, c, attempt = chunks.pop(fut.key)
+            try:
+                outs = fut.result()
+            except Exception as exc:  # the chunk as a whole: a dead worker, a lost task
+                fut.release()
+                if attempt < retries:
+                    running.add(submit(c, attempt + 1))  # type: ignore[no-untyped-call]
+                    continue
+                outs = [TaskFailure(type(exc).__name__, f"{exc} (its chunk of {len(c)} "
+                                    f"tasks failed {attempt + 1} times on the cluster)",
+                                    traceback.format_exc(limit=-8))] * len(c)
             fut.release()
             for t, o in zip(c, outs, strict=True):
                 finish(t.key, o)
-                spent[0] += o[2] if packed else float(o["seconds"])
-                spent[1] += cost(t)
+                if not isinstance(o, TaskFailure):
+                    spent[0] += o[2] if packed else float(o["seconds"])
+                    spent[1] += cost(t)
             bar.update(len(c))
             if queue:
                 running.add(submit())  # type: ignore[no-untyped-call]
     except BaseException:
-        client.cancel([f for f, _ in chunks.values()])
+        client.cancel([f for f, _, _ in chunks.values()])
         raise
