@@ -22,6 +22,9 @@ Runs (each measured on the store the sweep wrote and on the processes' CPU clock
 2. ceiling: 1 ms tasks (64,000 tasks/s offered): the most the client + store commit.
 3. scheduler: CHUNK_SECONDS lowered so that every chunk is one 20 ms task (3200 chunks/s
    offered): the most chunks/s the scheduler and client handle.
+4. direct: run 1's 3200/s through a Client(direct_to_workers=True), which fetches the
+   results from the workers itself instead of through the scheduler (the default for a
+   client outside the cluster).
 Reported per run: tasks/s committed (from the segments' commit times, middle 80% of the
 tasks), the client's CPU per task (its whole process: sweep, Dask client, store; the
 begin and summary.csv, O(tasks) once per sweep, are timed apart), the scheduler's CPU
@@ -52,13 +55,15 @@ from .s1_sweeps import tasks
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS, THREADS = 4, 16  # 64 sleeping slots
 NODES, CORES = 100, 32
-# (name, mean task seconds, CHUNK_SECONDS or None for the sweep's own, tasks full/quick)
+# (name, mean task seconds, CHUNK_SECONDS or None for the sweep's own, tasks full/quick);
+# "direct": a client that gathers results from the workers, not through the scheduler
 RUNS = [
     ("rate 320/s", 64 / 320, None, (8_000, 2_000)),
     ("rate 1000/s", 64 / 1000, None, (25_000, 6_000)),
     ("rate 3200/s", 64 / 3200, None, (60_000, 15_000)),
     ("ceiling (1 ms tasks)", 0.001, None, (60_000, 15_000)),
     ("scheduler (1 task a chunk)", 64 / 3200, 1e-6, (10_000, 3_000)),
+    ("direct: rate 3200/s", 64 / 3200, None, (60_000, 15_000)),
 ]
 
 _TEMPLATE: dict[str, Any] = {}  # on a worker: the packed file, its row, the mean duration
@@ -220,13 +225,16 @@ def measure(quick: bool) -> dict[str, Any]:
         tmp = Path(tmp_name)
         procs, sfile = _cluster(tmp)
         try:
-            client = Client(scheduler_file=sfile, timeout=60)
-            client.wait_for_workers(WORKERS, timeout=120)
             logging.getLogger("distributed").setLevel(logging.ERROR)
-            for name, mean, chunk_s, sizes in RUNS:
-                out["runs"].append(_one(client, procs[0].pid, name, mean, chunk_s,
-                                        sizes[1] if quick else sizes[0], template, tmp))
-            client.close()
+            for direct in (False, True):
+                client = Client(scheduler_file=sfile, timeout=60, direct_to_workers=direct)
+                client.wait_for_workers(WORKERS, timeout=120)
+                for name, mean, chunk_s, sizes in RUNS:
+                    if name.startswith("direct") == direct:
+                        out["runs"].append(_one(client, procs[0].pid, name, mean, chunk_s,
+                                                sizes[1] if quick else sizes[0], template,
+                                                tmp))
+                client.close()
         finally:
             for p in reversed(procs):
                 p.terminate()
