@@ -119,7 +119,8 @@ def _cpu(pid: int) -> float:
 def _commit_rate(store: Path, n: int) -> tuple[float, int]:
     """Tasks/s committed over the middle 80% of the tasks: the segments' commit times
     (mtime) against the tasks they hold; and the number of commits."""
-    entries = [json.loads(line) for line in (store / "index.jsonl").open()]
+    entries = [json.loads(line) for line in
+               (store / "index.jsonl").read_text().splitlines()]
     times = np.array([(store / "segments" / e["segment"]).stat().st_mtime_ns / 1e9
                       for e in entries])
     done = np.cumsum([len(e["keys"]) for e in entries])
