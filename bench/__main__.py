@@ -1,4 +1,4 @@
-"""python -m bench [scaling | s1] [--quick | --tiny]
+"""python -m bench [scaling | s1 [--simulate]] [--quick | --tiny]
 [--only W1|W1-fixed|W1-adaptive|W2|W3|W3-SGD|W4|...]
 [--repeats N] [--peers all|none|jax,torch,...] [--threads N] [--json PATH]
 [--save auto|yes|no] [--single-thread auto|yes|no]
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("study", nargs="?", choices=("workloads", "scaling", "s1"),
                    default="workloads",
                    help="the workload table (default), the scaling study of W1-fixed, or S1 "
-                        "(sweeps at volume, bench/s1_sweeps.py: about an hour at full size)")
+                        "(sweeps at volume, bench/s1_sweeps.py: about 20 minutes at full size on an idle 2-core machine)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="scaled-down sizes and 3 repeats (labelled QUICK); < 2 min")
@@ -79,7 +79,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write every number, the machine and the git hash as JSON")
     p.add_argument("--save", choices=("auto", "yes", "no"), default="auto",
                    help="also save the JSON as bench/results/run-<date>-<git hash>[-mode].json "
-                        "(auto: a full run of every workload)")
+                        "(s1: s1[-simulated]-<date>-<git hash>[-mode].json; auto: a full "
+                        "run of every workload, or of s1)")
+    p.add_argument("--simulate", action="store_true",
+                   help="s1 only: the simulated 100-node run (bench/s1_simulated.py): the "
+                        "client and store at the rate 100 nodes produce, sleeping tasks")
     p.add_argument("--single-thread", choices=("auto", "yes", "no"), default="auto",
                    help="also run the workloads at one thread for every implementation, in "
                         "a child process (auto: in a full run)")
@@ -169,6 +173,35 @@ def _save_path(report: dict[str, Any]) -> Path:
     return RESULTS / f"run-{stamp}-{short}{mode}.json"
 
 
+def _s1(args: argparse.Namespace, cfg: Config, raw: list[str]) -> int:
+    """S1 or its simulated run: the machine and the numbers in one JSON (no GEMM, no
+    peers: S1 measures the sweep's own costs)."""
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    info = machine.info()
+    print(machine.describe(info))
+    report: dict[str, Any] = {"argv": raw, "date": date, "mode": cfg.mode, "machine": info,
+                              "git": info["git"]}
+    if args.simulate:
+        from . import s1_simulated
+
+        report["s1_simulated"] = s1_simulated.run(cfg)
+    else:
+        from . import s1_sweeps
+
+        report["s1"] = s1_sweeps.run(cfg)
+    text = json.dumps(report, indent=1, default=str)
+    targets = [args.json] if args.json is not None else []
+    if args.save == "yes" or (args.save == "auto" and cfg.mode == "full"):
+        name = _save_path(report).name.replace("run-", "s1-simulated-" if args.simulate
+                                               else "s1-", 1)
+        targets.append(RESULTS / name)
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     if raw[:1] == ["report"]:
@@ -177,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         return report_mod.main(raw[1:])
     args = _parser().parse_args(argv)
     cfg = _config(args)
+    if args.simulate and args.study != "s1":
+        raise SystemExit("--simulate goes with the s1 study: python -m bench s1 --simulate")
+    if args.study == "s1":
+        return _s1(args, cfg, raw)
     start = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info = machine.info()
@@ -202,11 +239,6 @@ def main(argv: list[str] | None = None) -> int:
         from . import scaling
 
         report["scaling"] = scaling.run(cfg)
-        ok = True
-    elif args.study == "s1":
-        from . import s1_sweeps
-
-        report["s1"] = s1_sweeps.run(cfg)
         ok = True
     else:
         results = []

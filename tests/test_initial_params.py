@@ -72,3 +72,22 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="net"):
         nf.initial_params("net", dim=1)  # type: ignore[arg-type]
     assert "initial_params" in nf.__all__
+
+
+@pytest.mark.parametrize("trajectories, width", [(4, 8), (64, 1100)])
+def test_small_draws_run_on_one_thread_with_the_same_bits(trajectories, width) -> None:
+    # A draw under _SERIAL_DRAW numbers asks the core for one thread (a team costs more
+    # than the draw); the bits must be the core's at any team size, below and above it.
+    from ntkflow import _core
+    from ntkflow._initial import _SERIAL_DRAW, _draw_team, draw_initial, init_spec
+
+    init = nf.Gaussian(1.0, 0.5)
+    numbers = trajectories * width * 2
+    assert _draw_team(numbers) == (1 if numbers < _SERIAL_DRAW else 0)
+    assert (4 * 8 * 2 < _SERIAL_DRAW) and (64 * 1100 * 2 >= _SERIAL_DRAW)
+    p = draw_initial(init, width, 1, trajectories, seed=7)
+    for threads in (1, 2, 3):
+        u, W = _core.initial_params(init_spec(init, 7, 0, 1, False), width=width, dim=1,
+                                    trajectories=trajectories, threads=threads)
+        np.testing.assert_array_equal(p.u0, u)
+        np.testing.assert_array_equal(p.W0, W)

@@ -302,3 +302,23 @@ def test_log_spaced_record_times_end_at_the_horizon() -> None:
         assert np.all(np.diff(t) > 0)
     t = nf.Record(times=5, spacing="log").resolve_times(flow)
     np.testing.assert_allclose(t[1:], np.geomspace(50.0 * 1e-4, 50.0, 4), rtol=1e-15)
+
+
+def test_default_budget_reads_the_machine_at_most_once_per_ttl(monkeypatch) -> None:
+    # The cgroup files are read once per _MACHINE_TTL, not on every check (a tiny sweep
+    # task checks the budget several times): count the reads on a fake clock.
+    from ntkflow import _memory
+
+    reads = []
+    clock = [1000.0]
+    monkeypatch.setattr(_memory, "_machine", None)
+    monkeypatch.setattr(_memory, "_cgroup_limit", lambda: reads.append(1) or 6.0 * 2**30)
+    monkeypatch.setattr(_memory.time, "monotonic", lambda: clock[0])
+    monkeypatch.delenv("NTKFLOW_MEMORY_BUDGET", raising=False)
+    expected = 0.5 * min(_memory._physical_memory(), 6.0 * 2**30)
+    assert all(nf.memory_budget() == expected for _ in range(100))
+    assert len(reads) == 1
+    clock[0] += _memory._MACHINE_TTL  # the TTL is over: read again, once
+    monkeypatch.setattr(_memory, "_cgroup_limit", lambda: reads.append(1) or 2.0 * 2**30)
+    assert nf.memory_budget() == nf.memory_budget() == 2**30
+    assert len(reads) == 2
