@@ -81,8 +81,8 @@ def _duration(seed: int, mean: float) -> float:
     return mean * (0.5 + (seed * 0.6180339887498949) % 1.0)
 
 
-def _sleeping_chunk(chunk: list[Any], isa: str, threads: Any, packed: bool) -> list[Any]:
-    assert packed, "the simulated run always has a store"
+def _sleeping_chunk(chunk: list[Any], isa: str, threads: Any, for_store: bool) -> list[Any]:
+    assert for_store, "the simulated run always has a store"
     out = []
     for t in chunk:
         t0 = time.perf_counter()

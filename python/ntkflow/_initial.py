@@ -68,17 +68,19 @@ more than a small draw (on a loaded 2-core machine a 2-thread team for 4 x 8 num
 depend only on its index, so the team never changes a bit."""
 
 
-def _draw_team(numbers: float) -> int:
-    """The core's ``threads`` for a draw of this many numbers (0: the default team)."""
-    return 1 if numbers < _SERIAL_DRAW else 0
+def _draw_team(numbers: float, threads: int | None = None) -> int:
+    """The core's ``threads`` for a draw of this many numbers (0: the default team), at
+    most ``threads`` when the caller runs on that many."""
+    return 1 if numbers < _SERIAL_DRAW else (threads or 0)
 
 
 def draw_initial(
     init: Init, width: int, dim: int, trajectories: int, *, seed: int, first_trajectory: int = 0,
-    outputs: int = 1, bias: bool = False,
+    outputs: int = 1, bias: bool = False, threads: int | None = None,
 ) -> Params:
     """Initial parameters exactly as ``simulate`` draws them (``b0`` with ``bias``); small
-    draws on one thread (``_SERIAL_DRAW``)."""
+    draws on one thread (``_SERIAL_DRAW``), others on ``threads`` (default: all). The
+    bits never depend on the team."""
     if isinstance(init, Params):
         return init
     # Checked here too, not only in simulate: the config runner and the sweeps call this
@@ -94,7 +96,7 @@ def draw_initial(
     _memory.check(8.0 * numbers, "the initial parameters", "use fewer trajectories")
     u, W = _core.initial_params(init_spec(init, seed, first_trajectory, outputs, bias),
                                 width=width, dim=dim + bias, trajectories=trajectories,
-                                threads=_draw_team(numbers))
+                                threads=_draw_team(numbers, threads))
     if outputs > 1:
         u = u.reshape(trajectories, width, outputs)
     if bias:

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import pickle
 import time
 import traceback
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -302,7 +303,7 @@ def execute(task: Task, isa: str | None, threads: int | None) -> dict[str, Any]:
     if task.compute == "exact" or auto:
         assert isinstance(init, Gaussian) and isinstance(train, GradientFlow)
         params = draw_initial(init, net.width, 1, n, seed=task.seed,
-                              first_trajectory=task.first_trajectory)
+                              first_trajectory=task.first_trajectory, threads=threads)
         flow = GradientFlow(eta_u=train.eta_u, eta_w=train.eta_w, t_max=1.0)
         sol = _exact.line(params, net, data, flow)
     if task.compute == "exact":
@@ -655,7 +656,8 @@ def sweep(
                     writer.add_failure(key, arrays.error, arrays.message,
                                        arrays.traceback)
             elif writer is None:
-                memory[key] = arrays
+                # Pickled by our own Dask worker (a cluster runs pickled code anyway).
+                memory[key] = pickle.loads(arrays[0]) if isinstance(arrays, tuple) else arrays
             elif isinstance(arrays, tuple):  # packed by a Dask worker
                 writer.add_bytes(key, arrays[0], arrays[1])
             else:
@@ -709,18 +711,23 @@ def cost(task: Task) -> float:
 
 
 def _execute_chunk(tasks: Sequence[Task], isa: str, threads: int | None,
-                   packed: bool) -> list[Any]:
-    """A chunk's tasks, one after the other on a worker: their arrays or, for a store,
-    already packed (the .npz bytes and summary row), so that the client only writes."""
+                   for_store: bool) -> list[Any]:
+    """A chunk's tasks, one after the other on a worker, each packed in one bytes object:
+    for a store (its .npz bytes, summary row, seconds), so that the client only writes;
+    else (its arrays pickled, None, seconds). Dask would otherwise ship one frame per
+    array (~28 for a tiny task: 0.43 ms a task), and reading .npz bytes back costs about
+    as much (np.load parses each header), where unpickling costs microseconds."""
     from .store import _npz_bytes
 
     out: list[Any] = []
     for t in tasks:
         arrays = _attempt(t, isa, threads)
-        if packed and not isinstance(arrays, TaskFailure):
+        if isinstance(arrays, TaskFailure):
+            out.append(arrays)
+        elif for_store:
             out.append((_npz_bytes(arrays), summary_row(arrays), float(arrays["seconds"])))
         else:
-            out.append(arrays)
+            out.append((pickle.dumps(arrays, protocol=5), None, float(arrays["seconds"])))
     return out
 
 
@@ -730,7 +737,7 @@ CHUNK_SECONDS = 2.0
 
 
 def _run_dask(client: Any, todo: Sequence[Task], threads: int | None, finish: Any,
-              bar: Any, packed: bool, retries: int = 2) -> None:
+              bar: Any, for_store: bool, retries: int = 2) -> None:
     """Chunks of about CHUNK_SECONDS of work, sized from ``cost`` calibrated by the times
     of the chunks that came back: the first tasks go one per chunk. At most two chunks per
     worker thread are in flight, so the client holds a bounded number of results, and
@@ -764,7 +771,7 @@ def _run_dask(client: Any, todo: Sequence[Task], threads: int | None, finish: An
 
     def submit(c: list[Task] | None = None, attempt: int = 0) -> Any:
         c = chunk() if c is None else c
-        fut = client.submit(_execute_chunk, c, isa, threads, packed,
+        fut = client.submit(_execute_chunk, c, isa, threads, for_store,
                             key=f"ntkflow-{c[0].key}-{len(c)}-{attempt}", pure=False)
         chunks[fut.key] = (fut, c, attempt)
         return fut
@@ -788,7 +795,7 @@ def _run_dask(client: Any, todo: Sequence[Task], threads: int | None, finish: An
             for t, o in zip(c, outs, strict=True):
                 finish(t.key, o)
                 if not isinstance(o, TaskFailure):
-                    spent[0] += o[2] if packed else float(o["seconds"])
+                    spent[0] += o[2]
                     spent[1] += cost(t)
             bar.update(len(c))
             if queue:
