@@ -25,15 +25,9 @@ import ntkflow as nf
 
 from .test_store import index_of, same_arrays, summary_without_seconds, tiny_tasks
 from .test_sweep import assert_same, leftovers, line_tasks
+from .test_sweep import pytestmark as dask_warnings
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:.*[Ss]cratch.*:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*[Pp]ort.*:UserWarning"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:distributed.*"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:dask.*"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:tornado.*"),
-    pytest.mark.filterwarnings("ignore::ResourceWarning:distributed.*"),
-]
+pytestmark = dask_warnings  # the cluster's own warnings, as in test_sweep
 
 HERE = Path(__file__).resolve().parent
 

@@ -367,6 +367,9 @@ def test_dask_survives_a_killed_worker(client: Any, tmp_path: Path) -> None:
     tasks = slow_tasks()
     pids: dict[str, int] = client.run(os.getpid)
     store = tmp_path / "s"
+    # A commit per task: with the default batch (about a second of finished work) the
+    # x86-64-v4 build finished all 8 tasks before the first commit, and nothing was killed.
+    st = nf.Store(store, batch_tasks=1)
     killed: list[tuple[str, int]] = []
 
     def kill_a_busy_worker() -> None:
@@ -383,7 +386,7 @@ def test_dask_survives_a_killed_worker(client: Any, tmp_path: Path) -> None:
     killer = threading.Thread(target=kill_a_busy_worker)
     killer.start()
     try:
-        on_dask = nf.sweep(tasks, client=client, store=store)
+        on_dask = nf.sweep(tasks, client=client, store=st)
     finally:
         killer.join()
     assert killed and killed[0][1] < len(tasks), "no worker was killed mid-sweep"
