@@ -170,7 +170,8 @@ def _save_path(report: dict[str, Any]) -> Path:
     git = str(report["git"])
     short = git[:10] + ("-dirty" if git.endswith("-dirty") else "")
     mode = "" if report["mode"] == "full" else f"-{report['mode']}"
-    return RESULTS / f"run-{stamp}-{short}{mode}.json"
+    some = "-only-" + "-".join(report["only"]) if report.get("only") else ""
+    return RESULTS / f"run-{stamp}-{short}{mode}{some}.json"
 
 
 def _s1(args: argparse.Namespace, cfg: Config, raw: list[str]) -> int:
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         results = []
         report["workloads"] = results
+        report["only"] = _selected(args.only) if args.only else None
         for w in _selected(args.only):
             module, func = REGISTRY[w].split(":")
             run = getattr(importlib.import_module(f".{module}", __package__), func)
@@ -263,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             report["single_thread"] = child = _run_single_thread(args)
             ok = ok and child is not None and child["returncode"] == 0
     print(f"total wall time {time.perf_counter() - start:.1f} s")
-    for path in _write(report, _targets(args, cfg, report), start, complete=True):
+    # Complete: every workload ran to its end (an --only run is a partial record).
+    for path in _write(report, _targets(args, cfg, report), start, complete=not args.only):
         print(f"wrote {path}")
     return 0 if ok else 1
 

@@ -59,8 +59,9 @@ def test_any_workload_is_tabulated_with_its_single_thread_twin(tmp_path: Path) -
 
 
 def test_newest_run_prefers_a_complete_full_run(tmp_path: Path) -> None:
-    """An interrupted full run (saved after each workload) is tabulated only when no
-    complete full run exists, and its table says it is incomplete and what it measured."""
+    """A partial run (interrupted, or --only) is tabulated only when no complete run
+    exists, and its table says it is incomplete and what it measured; a complete full run
+    comes first."""
     newest = json.loads(report.newest_run().read_text())
 
     def save(name: str, **kw: object) -> Path:
@@ -68,13 +69,13 @@ def test_newest_run_prefers_a_complete_full_run(tmp_path: Path) -> None:
         path.write_text(json.dumps({**newest, **kw}))
         return path
 
-    save("run-20260101T0000-a-quick.json", mode="quick")
-    assert report.newest_run(tmp_path).name == "run-20260101T0000-a-quick.json"
     partial = save("run-20260102T0000-b.json", mode="full", complete=False,
                    workloads=[{"workload": "W1-fixed", "rows": [], "summary": []}])
-    assert report.newest_run(tmp_path) == partial
-    assert "INCOMPLETE (interrupted; measured: W1-fixed)" in report.table(
+    assert report.newest_run(tmp_path) == partial  # nothing complete: the record itself
+    assert "INCOMPLETE (measured only: W1-fixed)" in report.table(
         json.loads(partial.read_text()), "x.json")
-    done = save("run-20260101T1200-c.json", mode="full")  # older, but complete
+    quick = save("run-20260101T0000-a-quick.json", mode="quick")
+    assert report.newest_run(tmp_path) == quick  # complete, though older and quick
+    done = save("run-20260101T1200-c.json", mode="full")  # complete and full
     assert report.newest_run(tmp_path) == done
     assert "INCOMPLETE" not in report.table(json.loads(done.read_text()), "x.json")
