@@ -5,7 +5,6 @@ task turned off (``allowed-failures`` 0), so that the sweep's ``retries`` do the
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import signal
@@ -24,7 +23,7 @@ import pytest
 import ntkflow as nf
 
 from .test_store import index_of, same_arrays, summary_without_seconds, tiny_tasks
-from .test_sweep import assert_same, leftovers, line_tasks
+from .test_sweep import assert_same, leftovers, line_tasks, local_cluster
 from .test_sweep import pytestmark as dask_warnings
 
 pytestmark = dask_warnings  # the cluster's own warnings, as in test_sweep
@@ -34,20 +33,8 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    distributed = pytest.importorskip("distributed")
-    import dask
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1,
-                                           processes=True, host="127.0.0.1",
-                                           dashboard_address=None,
-                                           silence_logs=logging.CRITICAL)
-    c = distributed.Client(cluster)
-    try:
-        yield c
-    finally:
-        c.close()
-        cluster.close()
+    # Dask's own reschedules off, so that the sweep's retries do the recovering.
+    yield from local_cluster(**{"distributed.scheduler.allowed-failures": 0})
 
 
 # --------------------------------------------------------------------------- the client

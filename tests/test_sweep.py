@@ -270,18 +270,28 @@ def test_without_dask_local_works_and_client_says_what_to_install(
 # --------------------------------------------------------------------------- Dask
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
+def local_cluster(**config: Any) -> Iterator[Any]:
+    """A Client of 2 single-threaded worker processes on this machine, with these Dask
+    settings while the cluster starts; closed after the tests that use it."""
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None,
-                                       silence_logs=logging.CRITICAL)
+    import dask
+
+    with dask.config.set(config):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1,
+                                           processes=True, host="127.0.0.1",
+                                           dashboard_address=None,
+                                           silence_logs=logging.CRITICAL)
     c = distributed.Client(cluster)
     try:
         yield c
     finally:
         c.close()
         cluster.close()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    yield from local_cluster()
 
 
 def test_dask_gives_the_same_bits(client: Any, tmp_path: Path) -> None:
