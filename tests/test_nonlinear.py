@@ -98,6 +98,32 @@ def test_smooth_gradient_descent_matches_numpy(act: str) -> None:
     assert res.loss[0, -1] < 0.5 * res.loss[0, 0]  # it trains: the steps are not trivial
 
 
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("eta_u, eta_w", [(0.0, 1.1), (0.9, 0.0), (0.9, 1.1)])
+def test_descent_with_fewer_samples_than_inputs_and_a_frozen_layer(act, eta_u, eta_w) -> None:
+    # relu and tanh take a fused path for one output (field_fused: dW^T = X^T B into a
+    # d x m buffer); n = 3 < d = 7 makes that buffer larger than the rows x m one, and
+    # eta = 0 freezes a layer. Against the NumPy descent, bound as above.
+    data, params = problem(7, n=3, d=7, m=9)
+    kappa, lr = 1.3 / np.sqrt(9), 0.4
+    times = [0, 1, 4, 10]
+    res = nf.simulate(nf.TwoLayer(width=9, act=act, kappa=kappa), data,
+                      nf.GradientDescent(lr=lr, steps=10, eta_u=eta_u, eta_w=eta_w),
+                      init=params, record=nf.Record(times=times, params="all"))
+    assert np.all(res.status == 0)
+    for k in range(2):
+        u, W = params.u0[k], params.W0[k]
+        for j, t in enumerate(times):
+            u, W = descend(u, W, data.X, data.y, act, kappa, eta_u, eta_w, lr,
+                           t - (times[j - 1] if j else 0))
+            np.testing.assert_allclose(res.u[k, j], u, rtol=0, atol=1e-12 * np.abs(u).max())
+            np.testing.assert_allclose(res.W[k, j], W, rtol=0, atol=1e-12 * np.abs(W).max())
+        if eta_u == 0:
+            np.testing.assert_array_equal(res.u[k, -1], params.u0[k])
+        if eta_w == 0:
+            np.testing.assert_array_equal(res.W[k, -1], params.W0[k])
+
+
 @pytest.mark.parametrize("act", ["tanh", "erf"])
 def test_flow_matches_scipy_dop853(act: str) -> None:
     data, params = problem(1, n=25, d=3, m=12)
