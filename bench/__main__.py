@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import gemm, machine, peers
-from ._harness import Config
+from ._harness import SLOW_LINE_BUDGET_S, Config
 
 # The workloads, in running order: name -> "module:function" in bench/, each function
 # (cfg: Config, gemm_gflops: float) -> {"workload": name, "rows": [...], ...}. Adding a
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     label = {"full": "full sizes", "quick": "QUICK: scaled-down sizes",
              "tiny": "TINY: smoke-test sizes"}[cfg.mode]
     print(f"mode: {label}; timings: median of {cfg.repeats} after 1 warm-up run "
-          f"(wall clock); peers tried: {', '.join(sorted(cfg.peers)) or 'none'}")
+          f"(wall clock; fewer, at least 2, for a line whose runs would take over "
+          f"{SLOW_LINE_BUDGET_S:.0f} s, said in its row); peers tried: {', '.join(sorted(cfg.peers)) or 'none'}")
     g = gemm.measure(gemm.sizes(cfg.mode), repeats=5)
     print(f"float64 GEMM (NumPy BLAS, {g['n']}x{g['n']}): median {g['gflops_median']:.1f} "
           f"GFLOP/s (min {g['gflops_min']:.1f}, max {g['gflops_max']:.1f})")

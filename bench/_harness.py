@@ -181,7 +181,7 @@ def run_impls(
             table.add(Row(impl.name, status, detail=why, note=impl.note))
             continue
         try:
-            _, answer = timed(impl.run)  # warm-up (JIT compilation, first-touch memory)
+            warm, answer = timed(impl.run)  # warm-up (JIT compilation, first-touch memory)
         except Exception as exc:  # noqa: BLE001 - a peer failing must not stop the harness
             table.add(Row(impl.name, "error", detail=f"{type(exc).__name__}: {exc}"))
             continue
@@ -209,8 +209,11 @@ def run_impls(
                 tol = impl.tol
                 status = "ok" if diff <= tol else "MISMATCH"
         # Only now, with the answer checked, is it timed.
-        n = impl.repeats if impl.repeats is not None else cfg.repeats
+        n = timed_runs(impl.repeats if impl.repeats is not None else cfg.repeats, warm)
         times = [timed(impl.run)[0] * impl.scale for _ in range(n)]
+        if n < cfg.repeats:
+            impl.note = (f"{n} timed runs (a warm-up took {warm:.0f} s)"
+                         + (f"; {impl.note}" if impl.note else ""))
         med = float(np.median(times))
         if is_ref:
             ref_time = med
@@ -226,6 +229,20 @@ def run_impls(
                           else f"max rel diff {diff:.3g} > tolerance {tol:g}")
         table.add(row)
     return table.rows
+
+
+# A line whose warm-up took longer than this share of the budget is timed fewer times
+# (never fewer than twice), so that a full run of every workload fits in a session: W3's
+# NumPy line takes minutes per run.
+SLOW_LINE_BUDGET_S = 240.0
+
+
+def timed_runs(repeats: int, warm_s: float) -> int:
+    """How many timed runs a line gets: ``repeats``, or fewer (at least 2) when that many
+    runs of ``warm_s`` seconds would exceed SLOW_LINE_BUDGET_S."""
+    if repeats <= 2 or warm_s * repeats <= SLOW_LINE_BUDGET_S:
+        return repeats
+    return max(2, int(SLOW_LINE_BUDGET_S // warm_s))
 
 
 def skipped(name: str, why: str) -> Impl:
