@@ -125,6 +125,27 @@ def test_descent_with_fewer_samples_than_inputs_and_a_frozen_layer(act, eta_u, e
             np.testing.assert_array_equal(res.W[k, -1], params.W0[k])
 
 
+@pytest.mark.parametrize("n, d, m", [(1, 1, 3), (9, 5, 37), (8, 3, 47), (17, 32, 48),
+                                     (11, 128, 24), (5, 129, 30), (23, 2, 16)])
+@pytest.mark.parametrize("eta_u, eta_w", [(0.9, 1.1), (0.0, 1.1), (0.9, 0.0)])
+def test_relu_descent_on_the_kernels_edge_shapes(n, d, m, eta_u, eta_w) -> None:
+    # On AVX-512 builds relu with one output and d <= 128 runs relu_kernels.hpp: units in
+    # panels of 24 (the last one padded: m = 37 leaves 13 units in it, 47 leaves 23, 16 a
+    # single partial panel), rows in tiles of 8 (n = 9, 17, 23 leave partial tiles), inputs
+    # in blocks of 8 in the backward kernel (d = 5, 3, 2, 1); d = 129 takes Gemm instead.
+    # Elsewhere every case takes the general path. Against the NumPy descent, bound as above.
+    data, params = problem(11, n=n, d=d, m=m)
+    kappa, lr = 1.3 / np.sqrt(m), 0.3
+    times = [0, 1, 3, 6]
+    res = nf.simulate(nf.TwoLayer(width=m, act="relu", kappa=kappa), data,
+                      nf.GradientDescent(lr=lr, steps=6, eta_u=eta_u, eta_w=eta_w),
+                      init=params, record=nf.Record(times=times, params="all"))
+    assert np.all(res.status == 0)
+    assert_descends_like_numpy(res, params, data, "relu", kappa, eta_u, eta_w, lr, times)
+    assert not np.array_equal(res.u[:, -1] if eta_u else res.W[:, -1],
+                              params.u0 if eta_u else params.W0)  # the steps are not trivial
+
+
 @pytest.mark.parametrize("act", ["tanh", "erf"])
 def test_flow_matches_scipy_dop853(act: str) -> None:
     data, params = problem(1, n=25, d=3, m=12)

@@ -23,6 +23,7 @@
 #include "gemm.hpp"
 #include "gram.hpp"
 #include "nonlinear_stiff.hpp"
+#include "relu_kernels.hpp"
 #include "ntkflow/nonlinear.hpp"
 #include "ntkflow/philox.hpp"
 #include "rosenbrock.hpp"
@@ -173,6 +174,17 @@ bool has_fused_field(const Network& net) {
   return net.outputs == 1 && (net.act == Activation::relu || net.act == Activation::tanh);
 }
 
+/// Whether field_fused runs relu_forward.hpp's kernels: relu, one output, a small input
+/// dimension, and a build for AVX-512.
+bool uses_relu_kernels(const Network& net) {
+#ifdef NTKFLOW_RELU_KERNELS
+  return has_fused_field(net) && net.act == Activation::relu && net.dim <= kReluKernelMaxDim;
+#else
+  (void)net;
+  return false;
+#endif
+}
+
 /// rodas4 and auto integrate smooth activations under gradient flow on the full batch;
 /// relu's piecewise field stays with dopri5, which locates its switches.
 bool stiff_applies(const Network& net, const TrainingData& data, const Schedule& sched) {
@@ -288,10 +300,16 @@ class NetworkThread {
     }
     if (plan_.test && !linear) feat = std::max(feat, nt_ * m_);  // test pre-activations
     hs_.resize(static_cast<std::size_t>(feat));
-    // gs_ also holds field_fused's dW^T (d x m), larger than rows x m when rows < d.
-    gs_.resize(static_cast<std::size_t>(linear ? 0 : std::max(feat, d_ * m_)));
+    // gs_ also holds field_fused's dW^T (d x m) and packed W^T (d x m rounded up to whole
+    // panels), larger than rows x m when rows < d.
+    gs_.resize(static_cast<std::size_t>(
+        linear ? 0 : std::max(feat, d_ * relu_padded_width(m_))));
     if ((multi && !linear) || is_piecewise(net, sched))
       e_.resize(static_cast<std::size_t>(rows * m_));
+    if (uses_relu_kernels(net)) {  // H in panels, padded to whole panels; diag(R) X
+      hs_.resize(std::max(hs_.size(), static_cast<std::size_t>(rows * relu_padded_width(m_))));
+      xr_.resize(static_cast<std::size_t>(rows * d_));
+    }
     f_.resize(static_cast<std::size_t>(rows * c_));
     ky_.resize(static_cast<std::size_t>(nc_));
     p_.resize(static_cast<std::size_t>(d_ * c_));
@@ -1023,33 +1041,23 @@ class NetworkThread {
   /// Eigen packs B^T as a contiguous left-hand side rather than B as a strided right-hand
   /// one. On W3 (relu, n = m = 256, d = 32) a step took 0.81x the time of field_smooth's
   /// general path. (Writing B straight into Eigen's packed layout, and blocks of 16-128
-  /// samples kept in L1 with Eigen's kernel called on them, measured no faster.)
+  /// samples kept in L1 with Eigen's kernel called on them, measured no faster.) For relu
+  /// with d <= 128 on AVX-512 builds, the products and both passes are instead the two
+  /// kernels of relu_kernels.hpp: 1.35x faster again on W3.
   double field_fused(const double* y, double* dy) {
     const View& v = view_;
     const Index rows = v.rows;
     const bool relu = net_.act == Activation::relu;
     double* H = hs_.data();
-    pre_activation(y + wo_, v.x, rows, H);
-    for (Index j = 0; j < rows; ++j) {
-      double* h = H + j * m_;
-      double s = 0.0;
-      if (relu) {
-#pragma omp simd reduction(+ : s)
-        for (Index i = 0; i < m_; ++i) {
-          h[i] = h[i] > 0 ? h[i] : 0.0;
-          s += h[i] * y[i];
-        }
-      } else {
-        for (Index i = 0; i < m_; ++i) {
-          h[i] = std::tanh(h[i]);
-          s += h[i] * y[i];
-        }
-      }
-      f_[j] = net_.kappa * s;
-    }
+    const bool kernel = relu_forward_pass(y, v, H);
+    if (!kernel) forward_fused(y, v, H);
     const double loss = loss_and_slope(net_.loss, f_.data(), v.y, rows, 1);
     const double scale = net_.kappa / static_cast<double>(rows);
     const bool fit_u = net_.eta_u > 0, fit_w = net_.eta_w > 0;
+    if (kernel) {
+      relu_backward_pass(y, v, dy);
+      return loss;
+    }
     std::fill(dy, dy + wo_, 0.0);
     for (Index j = 0; j < rows; ++j) {
       double* h = H + j * m_;
@@ -1079,6 +1087,74 @@ class NetworkThread {
     for (Index i = 0; i < m_; ++i)
       for (Index k = 0; k < d_; ++k) dw[i * d_ + k] = dwt[k * m_ + i];
     return loss;
+  }
+
+  /// field_fused's pass one: Z = X W^T into H, turned into H = act(Z) in place while
+  /// F = kappa H u is summed into f_.
+  void forward_fused(const double* y, const View& v, double* H) {
+    const bool relu = net_.act == Activation::relu;
+    pre_activation(y + wo_, v.x, v.rows, H);
+    for (Index j = 0; j < v.rows; ++j) {
+      double* h = H + j * m_;
+      double s = 0.0;
+      if (relu) {
+#pragma omp simd reduction(+ : s)
+        for (Index i = 0; i < m_; ++i) {
+          h[i] = h[i] > 0 ? h[i] : 0.0;
+          s += h[i] * y[i];
+        }
+      } else {
+        for (Index i = 0; i < m_; ++i) {
+          h[i] = std::tanh(h[i]);
+          s += h[i] * y[i];
+        }
+      }
+      f_[j] = net_.kappa * s;
+    }
+  }
+
+  /// field_fused's pass one for relu and a small input dimension, as one kernel
+  /// (relu_forward.hpp): H = max(X W^T, 0) into H and F = kappa H u into f_. W^T goes to
+  /// gs_, which the pass's dW^T overwrites later. False where the kernel does not apply.
+  bool relu_forward_pass(const double* y, const View& v, double* H) {
+#ifdef NTKFLOW_RELU_KERNELS
+    if (!uses_relu_kernels(net_)) return false;
+    double* wt = gs_.data();
+    pack_relu_weights(y + wo_, m_, d_, wt);
+    relu_forward(v.x, v.rows, d_, wt, m_, y, net_.kappa, H, f_.data());
+    return true;
+#else
+    (void)y, (void)v, (void)H;
+    return false;
+#endif
+  }
+
+  /// After relu_forward_pass, with R in f_: dU and dW through relu_backward (no B formed).
+  void relu_backward_pass(const double* y, const View& v, double* dy) {
+#ifdef NTKFLOW_RELU_KERNELS
+    const Index rows = v.rows, mp = relu_padded_width(m_);
+    const double scale = net_.kappa / static_cast<double>(rows);
+    const bool fit_u = net_.eta_u > 0, fit_w = net_.eta_w > 0;
+    double* xr = xr_.data();
+    for (Index j = 0; j < rows; ++j)
+      for (Index k = 0; k < d_; ++k) xr[j * d_ + k] = f_[j] * v.x[j * d_ + k];
+    const double* g = gs_.data();
+    relu_backward(hs_.data(), rows, m_, xr, d_, f_.data(), fit_w ? gs_.data() : nullptr,
+                  fit_u ? dy : nullptr);
+    if (fit_u) Vec(dy, m_) *= -net_.eta_u * scale;
+    else std::fill(dy, dy + wo_, 0.0);
+    double* dw = dy + wo_;
+    if (!fit_w) {
+      std::fill(dw, dw + m_ * d_, 0.0);
+      return;
+    }
+    for (Index i = 0; i < m_; ++i) {
+      const double a = -net_.eta_w * scale * y[i];
+      for (Index k = 0; k < d_; ++k) dw[i * d_ + k] = a * g[k * mp + i];
+    }
+#else
+    (void)y, (void)v, (void)dy;
+#endif
   }
 
   /// Linear activation: F = kappa X P with P = W^T U, so with C = kappa/rows X^T R (d x c),
@@ -1513,6 +1589,7 @@ class NetworkThread {
   std::optional<Recorder> rec_;
   NeuronRecorder neurons_;
   AlignedBuffer hs_, gs_, e_;                          // H, S (then S o E), E = R U^T
+  AlignedBuffer xr_;                                   // diag(R) X for relu_backward
   AlignedBuffer f_, p_, cv_, M_, ky_;                  // F then R; W^T U; X^T R; W^T W
   AlignedBuffer u0_, w0_, k0_, kt_;
   AlignedBuffer ft_, fts_, ft0_, ftl_, kx_;            // test outputs, twin's, cross Gram
@@ -1715,8 +1792,15 @@ double network_workspace_bytes(const Network& net, Index samples, Index n_probe,
     if (test_lin) feat = std::max(feat, (linear ? d : m) * (nt + n));
   }
   if (n_test > 0 && !linear) feat = std::max(feat, nt * m);
-  const double second = linear ? 0.0 : std::max(feat, d * m);  // gs_: S, or field_fused's dW^T
+  // gs_: S, or field_fused's dW^T and packed W^T (d x m rounded up to whole panels)
+  const double second =
+      linear ? 0.0
+             : std::max(feat, static_cast<double>(net.dim * detail::relu_padded_width(net.width)));
   double doubles = feat + second + rows * c + N + 2.0 * d * c + d * d;
+  if (detail::uses_relu_kernels(net)) {  // diag(R) X, and H's padding to whole panels
+    doubles += rows * d;
+    doubles += std::max(0.0, rows * static_cast<double>(detail::relu_padded_width(net.width)) - feat);
+  }
   if (multi && !linear) doubles += rows * m;  // E = R U^T
   doubles += 10.0 * m * (c + d);  // state and integrator stages
   doubles += m * (c + d);         // initial parameters
