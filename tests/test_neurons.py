@@ -239,3 +239,25 @@ def test_spread_of_huge_but_finite_deltas_does_not_overflow() -> None:
     d = res.deltas / 1e300
     np.testing.assert_allclose(res.delta_std / 1e300, d.std(axis=-1), rtol=1e-14)
     np.testing.assert_allclose(res.delta_mean / 1e300, d.mean(axis=-1), rtol=1e-14)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_delta_summaries_can_be_skipped_without_changing_anything_else(case) -> None:
+    # delta_summaries=False leaves the three summaries None and every other record
+    # bit for bit as the default run makes it (the recorder only reads the parameters);
+    # deltas=True still works on its own.
+    _, net, data, train, kw = case
+    full = nf.simulate(net, data, train, trajectories=3, seed=11,
+                       record=nf.Record(times=6, params="all", deltas=True), **kw)
+    lean = nf.simulate(net, data, train, trajectories=3, seed=11,
+                       record=nf.Record(times=6, params="all", deltas=True,
+                                        delta_summaries=False), **kw)
+    assert lean.delta_mean is None and lean.delta_std is None and lean.delta_drift is None
+    assert full.delta_mean is not None
+    for name in ("loss", "u", "W", "deltas", "steps", "norm_u2"):
+        np.testing.assert_array_equal(getattr(lean, name), getattr(full, name), err_msg=name)
+
+
+def test_delta_summaries_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="delta_summaries"):
+        nf.Record(delta_summaries="no")

@@ -371,7 +371,8 @@ def _moments_ntk_mode(record: Record, dim: int, method: str) -> str:
 def _check_moments_memory(run: _Run, method: str, keep_ntk: bool, neurons: bool) -> None:
     """The moments path's records and each thread's working state, against the budget."""
     dim, width = int(run.data.dim), run.net.width
-    per_time = 5 + dim + (dim * dim if keep_ntk else 0) + (3 if neurons else 0)
+    per_time = (5 + dim + (dim * dim if keep_ntk else 0)
+                + (3 if neurons and run.record.delta_summaries else 0))
     state = width * (1 + dim) if method != "reduced" else dim * (dim + 1) + 1
     if isinstance(run.train, GradientFlow) and run.train.solver in ("auto", "rodas4"):
         # Rodas4's state [p, M, a, Phi] (docs/theory.md §B.6), its 9 workspace vectors and
@@ -502,8 +503,9 @@ def _record_buffers(run: _Run, dim: int, keep_ntk: bool, neurons: bool = True,
         "events": np.zeros(n, dtype=np.int64),
     }
     if neurons:  # the per-neuron delta_i need the parameters (not method="reduced")
-        for name in ("delta_mean", "delta_std", "delta_drift"):
-            rec[name] = np.empty((n, T))
+        if record.delta_summaries:  # the core skips the records it gets no buffer for
+            for name in ("delta_mean", "delta_std", "delta_drift"):
+                rec[name] = np.empty((n, T))
         if record.deltas:
             rec["deltas"] = np.empty((n, T, width))
     if keep_ntk:
@@ -828,7 +830,8 @@ def _check_data_memory(run: _Run, plan: _DataPlan, cnet: _core.Network) -> None:
                 + (1 if relu else 0) + (2 if record.linearized else 0)
                 + (1 if plan.train_labels else 0) + (1 if test is not None else 0)
                 + (1 if plan.test_labels else 0) + (2 if test_lin else 0)
-                + (1 if test_lin and plan.test_labels else 0) + 3)  # + delta_mean, _std, _drift
+                + (1 if test_lin and plan.test_labels else 0)
+                + (3 if record.delta_summaries else 0))  # delta_mean, _std, _drift
     gram_bytes = 8.0 * n * T * g * g if record.gram is not None else 0.0
     workspace = float(_core.network_workspace_bytes(
         cnet, plan.samples, g // plan.c if plan.probe is not None else 0,

@@ -268,10 +268,13 @@ class Task:
             "first_trajectory": self.first_trajectory,
             "seed": self.seed,
             # Record fields added later are described only when set, so that the keys of
-            # existing stores stay valid (no test set, deltas=False: as before they existed).
+            # existing stores stay valid (no test set, deltas=False, delta_summaries=True: as
+            # before they existed).
             "record": _describe(self.record, tuple(
                 name for name, unset in (("test", self.record.test is None),
-                                         ("deltas", not self.record.deltas)) if unset)),
+                                         ("deltas", not self.record.deltas),
+                                         ("delta_summaries", self.record.delta_summaries))
+                if unset)),
             "method": self.method,
             "compute": self.compute,
             "horizon": self.horizon,
