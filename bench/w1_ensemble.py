@@ -9,11 +9,16 @@ eta_u = eta_w = 1, loss recorded at 101 evenly spaced times on [0, 10].
 
 W1-fixed:    classical rk4, dt = 0.01 (1000 steps).
 W1-adaptive: Dormand-Prince 5(4), rtol 1e-8, atol 1e-10, step control per trajectory.
+
+The timed ntkflow lines start from the peers' initial parameters and record only the loss,
+as the peers do; the default call (own draw, default records) is a row of its own
+(_ntkflow_lines).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,6 +70,17 @@ def fused_flops_per_step(width: int) -> float:
     2 x (2 mul + 1 add) = 6, and accumulating the next Gram (u.u, w.w, u.w), 3 FMA = 6:
     12 m (the 2x2 stage algebra is O(1))."""
     return 12.0 * width
+
+
+def dopri5_attempt_flops(width: int) -> float:
+    """Flops ntkflow's fused dopri5 attempt (cpp/src/linear_lanes.hpp, attempt_pass)
+    executes per trajectory and attempted step for d = 1, counted as flops_per_step counts
+    (comparisons, |x| and max not counted): the attempt (un, wn) 2 x 3 = 6, the error
+    scales atol + rtol max(|u|, |un|) 2 x 2 = 4, their shared reciprocal 1 / (su sw) 2, the
+    scaled errors 2 x 5 = 10, the next Gram entries 3 x 2 = 6 and the squared-error sum 4:
+    32 m (the seven stages' 2x2 algebra is O(1)). Accepted and rejected attempts cost the
+    same; a lane that has finished rides along its group at zero cost here (not counted)."""
+    return 32.0 * width
 
 
 def schedule(times: np.ndarray, dt: float) -> tuple[int, np.ndarray]:
@@ -273,6 +289,33 @@ def _header(name: str, cfg: Config, n: int, m: int, what: str) -> None:
           f"loss at {N_TIMES} times on [0, {T_MAX:g}]{label[cfg.mode]}")
 
 
+def _ntkflow_lines(nf: Any, net: Any, data: Any, train: Any, n: int, cfg: Config,
+                   times: np.ndarray) -> tuple[Any, Any, Callable[[str], Any], Impl]:
+    """ntkflow's default call run once (its result, and its drawn initial parameters, which
+    every line then starts from), a runner for the timed lines, and the default call as a
+    line of its own.
+
+    The timed lines do the peers' work: they start from the same given parameters (the
+    peers' are drawn before their clocks start) and record what the peers record, the loss
+    (no kernel record, no per-neuron delta summaries). The default call also draws its
+    initial Gaussians and records the delta summaries and the scalar NTK: at full size
+    that is about half its time, shown in its own row."""
+    res = nf.simulate(net, data, train, init=nf.Gaussian(1.0, 1.0), trajectories=n, seed=0,
+                      record=nf.Record(times=times), threads=cfg.threads)
+    params = res.initial_params()
+    lean = nf.Record(times=times, ntk="none", delta_summaries=False)
+
+    def ntk(method: str) -> Any:
+        return lambda: nf.simulate(net, data, train, init=params, record=lean,
+                                   threads=cfg.threads, method=method).loss
+
+    default = Impl("ntkflow default call", lambda: nf.simulate(
+        net, data, train, init=nf.Gaussian(1.0, 1.0), trajectories=n, seed=0,
+        record=nf.Record(times=times), threads=cfg.threads).loss, tol=0.0, kind="ntkflow",
+        note="draws its start; + delta summaries, NTK")
+    return res, params, ntk, default
+
+
 def run_fixed(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
     nf, n, m, net, data, times = _setup(cfg)
     kappa = net.kappa
@@ -280,21 +323,13 @@ def run_fixed(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
     n_sub, _ = schedule(times, DT)
     steps = n_sub * (N_TIMES - 1)
     _header("W1-fixed", cfg, n, m, f"rk4 dt = {DT:g} ({steps} steps)")
-    rec = nf.Record(times=times, ntk="none")
-    init = nf.Gaussian(1.0, 1.0)
-
-    def ntk(method: str) -> Any:
-        return lambda: nf.simulate(net, data, train, init=init, trajectories=n, seed=0,
-                                   record=rec, threads=cfg.threads, method=method).loss
-
-    res = nf.simulate(net, data, train, init=init, trajectories=n, seed=0, record=rec,
-                      threads=cfg.threads)
-    params = res.initial_params()
+    res, params, ntk, default = _ntkflow_lines(nf, net, data, train, n, cfg, times)
     u0, w0 = params.u0, params.W0[..., 0]
 
     impls = [
         Impl("ntkflow (full parameters, rk4)", ntk("full"), kind="ntkflow",
              note="fused step"),
+        default,
         # The same rk4 on the same parameters, one field evaluation per stage.
         Impl("ntkflow stagewise (textbook rk4)", ntk("stagewise"), tol=1e-10,
              kind="ntkflow"),
@@ -347,24 +382,14 @@ def run_fixed(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
 
 
 def run_adaptive(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
-    del gemm_gflops
     nf, n, m, net, data, times = _setup(cfg)
     kappa = net.kappa
     train = nf.GradientFlow(eta_u=ETA_U, eta_w=ETA_W, t_max=T_MAX, solver="dopri5",
                             rtol=RTOL, atol=ATOL)
     _header("W1-adaptive", cfg, n, m, f"dopri5 rtol {RTOL:g} atol {ATOL:g}")
-    rec = nf.Record(times=times, ntk="none")
-    init = nf.Gaussian(1.0, 1.0)
-
-    def ntk(method: str) -> Any:
-        return lambda: nf.simulate(net, data, train, init=init, trajectories=n, seed=0,
-                                   record=rec, threads=cfg.threads, method=method).loss
-
-    res = nf.simulate(net, data, train, init=init, trajectories=n, seed=0, record=rec,
-                      threads=cfg.threads)
-    red = nf.simulate(net, data, train, init=init, trajectories=n, seed=0, record=rec,
+    res, params, ntk, default = _ntkflow_lines(nf, net, data, train, n, cfg, times)
+    red = nf.simulate(net, data, train, init=params, record=nf.Record(times=times),
                       method="reduced")
-    params = res.initial_params()
     u0, w0 = params.u0, params.W0[..., 0]
     print(f"  accepted steps per trajectory: ntkflow full median "
           f"{int(np.median(res.steps))} (max {int(res.steps.max())}), reduced median "
@@ -379,6 +404,7 @@ def run_adaptive(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
     impls = [
         Impl("ntkflow (full parameters, dopri5)", ntk("full"), kind="ntkflow",
              note="fused step"),
+        default,
         Impl("ntkflow stagewise (textbook dopri5)", ntk("stagewise"), tol=1e-7,
              kind="ntkflow"),
         Impl("ntkflow reduced (exact, width-indep.)", ntk("reduced"), tol=tol,
@@ -409,6 +435,14 @@ def run_adaptive(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
     exact_diff = max_rel_diff(res.loss, exact, per_row=True)
     print(f"  ntkflow (full dopri5) vs closed form nf.exact.line: max rel diff "
           f"{exact_diff:.2e}")
+    attempts = float(res.steps.sum() + res.rejected.sum())
+    executed = dopri5_attempt_flops(m) * attempts
+    t = rows[0].median if rows and rows[0].status == "ok" else math.nan
+    exec_rate = executed / t / 1e9
+    print(f"  ntkflow full executes 32 m flops per attempted step (dopri5_attempt_flops) x "
+          f"{attempts:.0f} attempts = {executed / 1e9:.3g} GFLOP: {exec_rate:.3g} GFLOP/s "
+          f"executed = {100 * exec_rate / gemm_gflops:.1f}% of GEMM "
+          f"({gemm_gflops:.3g} GFLOP/s; issue #17's target: >= 30%)")
     summary: list[str] = []
     sections = like_for_like(rows, "ntkflow stagewise (textbook dopri5)",
                              "ntkflow (full parameters, dopri5)",
@@ -420,7 +454,9 @@ def run_adaptive(cfg: Config, gemm_gflops: float) -> dict[str, Any]:
     return {"workload": "W1-adaptive", "trajectories": n, "width": m, "unit": "traj/s",
             "rows": [r.to_json() for r in rows] + matched, "exact_max_rel_diff": exact_diff,
             "steps_median": float(np.median(res.steps)), "summary": summary,
-            "like_for_like": sections}
+            "like_for_like": sections, "attempts": attempts, "flops_executed": executed,
+            "gflops_executed": exec_rate,
+            "fraction_of_gemm_executed": exec_rate / gemm_gflops}
 
 
 # Matched accuracy: the peers' rtol ladder (atol = rtol * ATOL / RTOL, as the workload's),
