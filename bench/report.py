@@ -49,6 +49,14 @@ def _s(x: Any) -> str:
     return f"{x:.3g}" if x < 100 else f"{x:.0f}"
 
 
+def _setting(x: Any) -> str:
+    """A row's setting: text as given ("rtol 1e-10"), a bare number (W5's rtol in runs
+    saved before it said so) as the number."""
+    if x is None or x == "":
+        return ""
+    return x if isinstance(x, str) else f"{x:.3g}"
+
+
 def _check(r: dict[str, Any]) -> str:
     if r["status"] not in ("ok", "MISMATCH"):
         return str(r.get("detail") or r["status"])
@@ -70,7 +78,7 @@ def _workload_table(w: dict[str, Any], single: dict[str, Any] | None, threads: A
     head.append("check")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in w["rows"]:
-        cells = [r["name"]] + ([r.get("setting") or ""] if settings else [])
+        cells = [r["name"]] + ([_setting(r.get("setting"))] if settings else [])
         ran = r["status"] in ("ok", "MISMATCH")
         cells += [_s(r.get("median")) if ran else "-",
                   _s(r.get("ratio")) if ran and not r.get("reference") else "-",

@@ -390,7 +390,7 @@ def _report(name: str, tuned: Any, n_traj: int, t_default: float, summary: list[
               min=min(tuned.times), max=max(tuned.times), throughput=n_traj / med,
               ratio=med / t_default, note=f"matched accuracy at rtol {tuned.setting:.2g}"
               if tuned.full_met else f"not matched ({tuned.stop})")
-    out.append({**row.to_json(), "setting": tuned.setting, "ladder": tuned.log})
+    out.append({**row.to_json(), "setting": f"rtol {tuned.setting:.2g}", "ladder": tuned.log})
     return min(best, med) if tuned.full_met else best
 
 

@@ -41,6 +41,7 @@ def test_any_workload_is_tabulated_with_its_single_thread_twin(tmp_path: Path) -
     w = {"workload": "W9-new", "summary": ["closing line"], "rows": [
         _row("ntkflow", 1.0, reference=True),
         _row("jax peer", 4.0, setting="rtol 1e-9", matched=False, compile_s=2.5),
+        _row("scipy peer", 5.0, setting=1e-8),  # a bare number, as W5 saved it before
         {"name": "torch peer", "status": "skipped", "detail": "skipped (not installed)",
          "reference": False}]}
     w1 = {"workload": "W9-new", "summary": [], "rows": [
@@ -51,6 +52,7 @@ def test_any_workload_is_tabulated_with_its_single_thread_twin(tmp_path: Path) -
     assert "**W9-new**" in body and "- closing line" in body
     assert "| jax peer | rtol 1e-9 | 4 | 4 | 2.5 | 3 | 3 | ok, accuracy NOT matched |" in body
     assert "| torch peer |  | - | - | - | - | - | skipped (not installed) |" in body
+    assert "| scipy peer | 1e-08 | 5 | 5 | - | - | - | ok |" in body
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.START}\nold numbers\n{report.END}\nrest\n")
     new = report.splice(readme.read_text(), body)
