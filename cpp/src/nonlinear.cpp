@@ -174,7 +174,7 @@ bool has_fused_field(const Network& net) {
   return net.outputs == 1 && (net.act == Activation::relu || net.act == Activation::tanh);
 }
 
-/// Whether field_fused runs relu_forward.hpp's kernels: relu, one output, a small input
+/// Whether field_fused runs relu_kernels.hpp's kernels: relu, one output, a small input
 /// dimension, and a build for AVX-512.
 bool uses_relu_kernels(const Network& net) {
 #ifdef NTKFLOW_RELU_KERNELS
@@ -1052,12 +1052,12 @@ class NetworkThread {
     const bool kernel = relu_forward_pass(y, v, H);
     if (!kernel) forward_fused(y, v, H);
     const double loss = loss_and_slope(net_.loss, f_.data(), v.y, rows, 1);
-    const double scale = net_.kappa / static_cast<double>(rows);
-    const bool fit_u = net_.eta_u > 0, fit_w = net_.eta_w > 0;
     if (kernel) {
       relu_backward_pass(y, v, dy);
       return loss;
     }
+    const double scale = net_.kappa / static_cast<double>(rows);
+    const bool fit_u = net_.eta_u > 0, fit_w = net_.eta_w > 0;
     std::fill(dy, dy + wo_, 0.0);
     for (Index j = 0; j < rows; ++j) {
       double* h = H + j * m_;
@@ -1114,7 +1114,7 @@ class NetworkThread {
   }
 
   /// field_fused's pass one for relu and a small input dimension, as one kernel
-  /// (relu_forward.hpp): H = max(X W^T, 0) into H and F = kappa H u into f_. W^T goes to
+  /// (relu_kernels.hpp): H = max(X W^T, 0) into H and F = kappa H u into f_. W^T goes to
   /// gs_, which the pass's dW^T overwrites later. False where the kernel does not apply.
   bool relu_forward_pass(const double* y, const View& v, double* H) {
 #ifdef NTKFLOW_RELU_KERNELS
@@ -1138,8 +1138,8 @@ class NetworkThread {
     double* xr = xr_.data();
     for (Index j = 0; j < rows; ++j)
       for (Index k = 0; k < d_; ++k) xr[j * d_ + k] = f_[j] * v.x[j * d_ + k];
-    const double* g = gs_.data();
-    relu_backward(hs_.data(), rows, m_, xr, d_, f_.data(), fit_w ? gs_.data() : nullptr,
+    double* g = gs_.data();
+    relu_backward(hs_.data(), rows, m_, xr, d_, f_.data(), fit_w ? g : nullptr,
                   fit_u ? dy : nullptr);
     if (fit_u) Vec(dy, m_) *= -net_.eta_u * scale;
     else std::fill(dy, dy + wo_, 0.0);
